@@ -1,0 +1,154 @@
+"""Model configuration and the named presets.
+
+One `ModelConfig` describes both families: GPT-style (LayerNorm, GELU MLP, learned positions, biases) and
+LLaMA-style (RMSNorm, SwiGLU MLP, rotary embeddings, grouped-query attention, no biases). Presets are built for
+any vocabulary size because the embedding is a large share of a small model. Parameter counts are computed here in
+closed form, so budgets never need to build a model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Literal
+
+
+@dataclass
+class ModelConfig:
+    vocab_size: int = 4096
+    n_layer: int = 4
+    n_head: int = 4
+    n_kv_head: int | None = None  # None = n_head (multi-head); fewer = grouped-query attention
+    d_model: int = 128
+    d_mlp: int | None = None  # MLP hidden size; None = 4 * d_model
+    max_seq_len: int = 256  # context length (the RoPE table and the learned position table are this long)
+    norm: Literal["layernorm", "rmsnorm"] = "rmsnorm"
+    mlp: Literal["gelu", "swiglu"] = "swiglu"
+    pos: Literal["learned", "rope"] = "rope"
+    rope_theta: float = 10000.0
+    bias: bool = False  # biases in linear layers and LayerNorm
+    tie_embeddings: bool = True
+    dropout: float = 0.0
+    norm_eps: float = 1e-5
+    attn_impl: Literal["sdpa", "eager"] = "sdpa"  # eager computes the pattern explicitly (same outputs)
+
+    def __post_init__(self) -> None:
+        if self.n_kv_head is None:
+            self.n_kv_head = self.n_head
+        if self.d_mlp is None:
+            self.d_mlp = 4 * self.d_model
+        problems = []
+        if self.d_model % self.n_head:
+            problems.append(f"d_model={self.d_model} is not divisible by n_head={self.n_head}")
+        if self.n_head % self.n_kv_head:
+            problems.append(f"n_head={self.n_head} is not a multiple of n_kv_head={self.n_kv_head}")
+        if self.pos == "rope" and (self.d_model // self.n_head) % 2:
+            problems.append(f"RoPE needs an even head size, got {self.d_model // self.n_head}")
+        if self.vocab_size < 1 or self.n_layer < 1 or self.max_seq_len < 1:
+            problems.append("vocab_size, n_layer and max_seq_len must be positive")
+        for name, allowed in (("norm", ("layernorm", "rmsnorm")), ("mlp", ("gelu", "swiglu")),
+                              ("pos", ("learned", "rope")), ("attn_impl", ("sdpa", "eager"))):
+            if getattr(self, name) not in allowed:
+                problems.append(f"{name}={getattr(self, name)!r}, expected one of {allowed}")
+        if problems:
+            raise ValueError("invalid ModelConfig: " + "; ".join(problems))
+
+    @property
+    def d_head(self) -> int:
+        return self.d_model // self.n_head
+
+    @property
+    def style(self) -> str:
+        """'llama' or 'gpt' when the config matches one family exactly, else 'custom'."""
+        if (self.norm, self.mlp, self.pos, self.bias) == ("rmsnorm", "swiglu", "rope", False):
+            return "llama"
+        if (self.norm, self.mlp, self.pos) == ("layernorm", "gelu", "learned"):
+            return "gpt"
+        return "custom"
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ModelConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown ModelConfig fields {unknown}; known fields are {sorted(known)}")
+        return cls(**d)
+
+
+GPT_STYLE = dict(norm="layernorm", mlp="gelu", pos="learned", bias=True)
+LLAMA_STYLE = dict(norm="rmsnorm", mlp="swiglu", pos="rope", bias=False)
+
+# (n_layer, n_head, d_model, d_mlp, max_seq_len): the sizes people expect (see shared/PRODUCT.md).
+_SIZES = {
+    "tiny": (4, 4, 128, 512, 256),
+    "6L_6H_288D": (6, 6, 288, 768, 256),
+    "8L_8H_768D": (8, 8, 768, 3072, 512),
+    "12L_8H_1024D": (12, 8, 1024, 4096, 1024),
+}
+
+
+def _build_presets() -> dict[str, dict]:
+    presets: dict[str, dict] = {}
+    for size, (n_layer, n_head, d_model, d_mlp, seq) in _SIZES.items():
+        shape = dict(n_layer=n_layer, n_head=n_head, d_model=d_model, d_mlp=d_mlp, max_seq_len=seq)
+        presets[f"gpt_{size}"] = {**shape, **GPT_STYLE}
+        presets[f"llama_{size}"] = {**shape, **LLAMA_STYLE}
+    presets["gpt2_124M"] = dict(n_layer=12, n_head=12, d_model=768, d_mlp=3072, max_seq_len=1024, **GPT_STYLE)
+    presets["tiny"] = presets["llama_tiny"]  # the CPU default
+    return presets
+
+
+PRESETS: dict[str, dict] = _build_presets()
+
+
+def get_config(preset: str = "tiny", vocab_size: int = 4096, **overrides) -> ModelConfig:
+    """A preset built for `vocab_size`, with any field overridden (e.g. n_kv_head=2, dropout=0.1)."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
+    return ModelConfig(**{**PRESETS[preset], "vocab_size": vocab_size, **overrides})
+
+
+@dataclass(frozen=True)
+class ParamCounts:
+    """Parameter counts by component. `total` counts a tied embedding/LM-head matrix once."""
+
+    embedding: int  # token embedding (the LM head too, when tied)
+    position: int  # learned position table (0 with RoPE)
+    attention: int  # all layers: q, k, v, o (+ biases)
+    mlp: int  # all layers
+    norms: int  # all norm weights (+ LayerNorm biases)
+    lm_head: int  # 0 when tied
+
+    @property
+    def total(self) -> int:
+        return self.embedding + self.position + self.attention + self.mlp + self.norms + self.lm_head
+
+    @property
+    def non_embedding(self) -> int:
+        """Kaplan's N: everything but the token/position embeddings and the LM head."""
+        return self.attention + self.mlp + self.norms
+
+    def as_dict(self) -> dict[str, int]:
+        return {**dataclasses.asdict(self), "total": self.total, "non_embedding": self.non_embedding}
+
+
+def param_counts(cfg: ModelConfig) -> ParamCounts:
+    """Closed-form parameter counts for `cfg` (a test checks them against a built model)."""
+    d, h, L = cfg.d_model, cfg.d_mlp, cfg.n_layer
+    kv = cfg.n_kv_head * cfg.d_head
+    b = 1 if cfg.bias else 0
+    attn = d * d + 2 * d * kv + d * d + b * (d + 2 * kv + d)
+    n_mlp_in = 2 if cfg.mlp == "swiglu" else 1
+    mlp = n_mlp_in * d * h + h * d + b * (n_mlp_in * h + d)
+    norm = d * (2 if cfg.norm == "layernorm" and cfg.bias else 1)
+    return ParamCounts(
+        embedding=cfg.vocab_size * d,
+        position=cfg.max_seq_len * d if cfg.pos == "learned" else 0,
+        attention=L * attn,
+        mlp=L * mlp,
+        norms=(2 * L + 1) * norm,
+        lm_head=0 if cfg.tie_embeddings else cfg.vocab_size * d,
+    )

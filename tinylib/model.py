@@ -1,0 +1,254 @@
+"""The Transformer: one code path for GPT-style and LLaMA-style models.
+
+Reads top to bottom like the architecture diagram: norm, rotary embedding, attention, MLP, block, model.
+The config switches the family (see `tinylib.config`); parameter names follow transformers' Llama naming
+(`q_proj`, `k_proj`, `v_proj`, `o_proj`, `gate_proj`, `up_proj`, `down_proj`) and RoPE uses the same "rotate half"
+pairing as `LlamaForCausalLM`, so exporting to transformers is a rename (and, for GPT-2's Conv1D, a transpose).
+
+Attention runs through `scaled_dot_product_attention` (Flash Attention on CUDA) for training; the eager path computes
+softmax(q k^T / sqrt(d)) explicitly and can return the pattern for teaching and interpretability. Both give the
+same outputs. A `KVCache` makes generation cost O(new tokens); the cache knows nothing about text.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from tinylib.config import ModelConfig
+
+
+class RMSNorm(nn.Module):
+    """x / rms(x) * weight, computed in fp32 for stability under bf16 autocast."""
+
+    def __init__(self, dim: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * xf.type_as(x)
+
+
+def make_norm(cfg: ModelConfig) -> nn.Module:
+    if cfg.norm == "rmsnorm":
+        return RMSNorm(cfg.d_model, cfg.norm_eps)
+    return nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps, bias=cfg.bias)
+
+
+def rope_tables(d_head: int, max_len: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin [max_len, d_head] for the rotate-half convention (dims i and i + d_head/2 form a pair)."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, d_head, 2, dtype=torch.float64) / d_head))
+    angles = torch.outer(torch.arange(max_len, dtype=torch.float64), inv_freq)
+    angles = torch.cat([angles, angles], dim=-1)
+    return angles.cos().float(), angles.sin().float()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate x [B, H, T, D] by the angles of its positions (cos/sin [T, D])."""
+    x1, x2 = x.chunk(2, dim=-1)
+    rotated = torch.cat([-x2, x1], dim=-1)
+    return (x * cos + rotated * sin).type_as(x)
+
+
+class KVCache:
+    """Preallocated keys and values for every layer: [B, n_kv_head, max_len, d_head] each.
+
+    `pos` is how many positions are filled. The model writes new keys/values at `pos` and advances it once per
+    forward; writing past `max_len` raises (the generation engine decides whether to stop or slide).
+    """
+
+    def __init__(self, cfg: ModelConfig, batch_size: int, max_len: int | None = None,
+                 device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32):
+        self.max_len = max_len or cfg.max_seq_len
+        if self.max_len > cfg.max_seq_len:
+            raise ValueError(f"KV cache length {self.max_len} exceeds the model's context {cfg.max_seq_len}")
+        shape = (batch_size, cfg.n_kv_head, self.max_len, cfg.d_head)
+        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layer)]
+        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layer)]
+        self.pos = 0
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store k, v [B, n_kv_head, T, d_head] at the current position; return all keys/values so far."""
+        end = self.pos + k.shape[2]
+        if end > self.max_len:
+            raise ValueError(f"KV cache full: {end} positions requested, room for {self.max_len}")
+        self.k[layer][:, :, self.pos:end] = k
+        self.v[layer][:, :, self.pos:end] = v
+        return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
+
+    def reset(self) -> None:
+        self.pos = 0
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.n_head, self.n_kv_head, self.d_head = cfg.n_head, cfg.n_kv_head, cfg.d_head
+        self.q_proj = nn.Linear(cfg.d_model, cfg.n_head * cfg.d_head, bias=cfg.bias)
+        self.k_proj = nn.Linear(cfg.d_model, cfg.n_kv_head * cfg.d_head, bias=cfg.bias)
+        self.v_proj = nn.Linear(cfg.d_model, cfg.n_kv_head * cfg.d_head, bias=cfg.bias)
+        self.o_proj = nn.Linear(cfg.n_head * cfg.d_head, cfg.d_model, bias=cfg.bias)
+        self.dropout = cfg.dropout
+        self.use_rope = cfg.pos == "rope"
+
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None,
+                cache: KVCache | None, layer: int, eager: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        B, T, _ = x.shape
+        q = self.q_proj(x).view(B, T, self.n_head, self.d_head).transpose(1, 2)
+        k = self.k_proj(x).view(B, T, self.n_kv_head, self.d_head).transpose(1, 2)
+        v = self.v_proj(x).view(B, T, self.n_kv_head, self.d_head).transpose(1, 2)
+        if self.use_rope:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        start = 0
+        if cache is not None:
+            start = cache.pos
+            k, v = cache.update(layer, k, v)
+        S = k.shape[2]
+        # Query i (at absolute position start + i) may look at keys 0..start + i.
+        mask = None if (T == S or T == 1) else (
+            torch.arange(S, device=x.device)[None, :] <= (start + torch.arange(T, device=x.device))[:, None])
+        if eager:
+            if self.n_kv_head != self.n_head:
+                rep = self.n_head // self.n_kv_head
+                k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+            scores = (q @ k.transpose(-2, -1)) / math.sqrt(self.d_head)
+            if T > 1:
+                allowed = mask if mask is not None else torch.ones(T, S, dtype=torch.bool, device=x.device).tril()
+                scores = scores.masked_fill(~allowed, float("-inf"))
+            pattern = scores.float().softmax(dim=-1).type_as(q)
+            y = F.dropout(pattern, self.dropout, self.training) @ v
+        else:
+            pattern = None
+            y = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, is_causal=(mask is None and T > 1),
+                dropout_p=self.dropout if self.training else 0.0,
+                enable_gqa=self.n_kv_head != self.n_head)
+        y = y.transpose(1, 2).reshape(B, T, self.n_head * self.d_head)
+        return self.o_proj(y), pattern
+
+
+class MLP(nn.Module):
+    """GELU: down(gelu(up x)). SwiGLU: down(silu(gate x) * up x)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.swiglu = cfg.mlp == "swiglu"
+        if self.swiglu:
+            self.gate_proj = nn.Linear(cfg.d_model, cfg.d_mlp, bias=cfg.bias)
+        self.up_proj = nn.Linear(cfg.d_model, cfg.d_mlp, bias=cfg.bias)
+        self.down_proj = nn.Linear(cfg.d_mlp, cfg.d_model, bias=cfg.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.swiglu:
+            return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        return self.down_proj(F.gelu(self.up_proj(x), approximate="tanh"))  # GPT-2's gelu_new
+
+
+class Block(nn.Module):
+    """Pre-norm residual block: x + attn(norm(x)), then x + mlp(norm(x))."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.attn_norm = make_norm(cfg)
+        self.attn = Attention(cfg)
+        self.mlp_norm = make_norm(cfg)
+        self.mlp = MLP(cfg)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x, rope, cache, layer, eager):
+        a, pattern = self.attn(self.attn_norm(x), rope, cache, layer, eager)
+        x = x + self.dropout(a)
+        x = x + self.dropout(self.mlp(self.mlp_norm(x)))
+        return x, pattern
+
+
+class Transformer(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.pos_emb = nn.Embedding(cfg.max_seq_len, cfg.d_model) if cfg.pos == "learned" else None
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.norm_f = make_norm(cfg)
+        self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        if cfg.tie_embeddings:
+            self.lm_head.weight = self.tok_emb.weight
+        if cfg.pos == "rope":
+            cos, sin = rope_tables(cfg.d_head, cfg.max_seq_len, cfg.rope_theta)
+            self.register_buffer("rope_cos", cos, persistent=False)
+            self.register_buffer("rope_sin", sin, persistent=False)
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """GPT-2 initialisation: N(0, 0.02), residual projections scaled by 1/sqrt(2 n_layer), zero biases."""
+        if self.cfg.pos == "rope":  # buffers too, so a model built on the meta device can be materialised
+            self.rope_cos, self.rope_sin = (t.to(self.rope_cos.device) for t in rope_tables(
+                self.cfg.d_head, self.cfg.max_seq_len, self.cfg.rope_theta))
+        residual_std = 0.02 / math.sqrt(2 * self.cfg.n_layer)
+        for name, p in self.named_parameters():
+            if name.endswith(("o_proj.weight", "down_proj.weight")):
+                nn.init.normal_(p, 0.0, residual_std)
+            elif name.endswith("norm.weight") or name.endswith("norm_f.weight"):
+                nn.init.ones_(p)
+            elif name.endswith("bias"):
+                nn.init.zeros_(p)
+            else:
+                nn.init.normal_(p, 0.0, 0.02)
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, *, cache: KVCache | None = None,
+                return_attn: bool = False):
+        """Logits [B, T, vocab] and, given targets, the mean cross-entropy (targets of -1 are ignored).
+
+        With `cache`, idx holds the next tokens after `cache.pos` positions and the cache advances by T.
+        With `return_attn=True` (or `attn_impl="eager"`), attention runs eagerly and the third return value is a
+        list of per-layer patterns [B, n_head, T, S]; otherwise returns (logits, loss).
+        """
+        B, T = idx.shape
+        start = cache.pos if cache is not None else 0
+        if start + T > self.cfg.max_seq_len:
+            raise ValueError(f"sequence of {start + T} positions exceeds the model's context of "
+                             f"{self.cfg.max_seq_len}; crop the input or generate with a sliding window")
+        x = self.tok_emb(idx)
+        rope = None
+        if self.pos_emb is not None:
+            x = x + self.pos_emb(torch.arange(start, start + T, device=idx.device))
+        else:
+            rope = (self.rope_cos[start:start + T], self.rope_sin[start:start + T])
+        x = self.drop(x)
+        eager = return_attn or self.cfg.attn_impl == "eager"
+        patterns = []
+        for i, block in enumerate(self.blocks):
+            x, pattern = block(x, rope, cache, i, eager)
+            patterns.append(pattern)
+        if cache is not None:
+            cache.pos += T
+        logits = self.lm_head(self.norm_f(x))
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
+        if return_attn:
+            return logits, loss, patterns
+        return logits, loss
+
+    def make_cache(self, batch_size: int, max_len: int | None = None) -> KVCache:
+        p = self.tok_emb.weight
+        return KVCache(self.cfg, batch_size, max_len, device=p.device, dtype=p.dtype)
+
+    def num_params(self, non_embedding: bool = False) -> int:
+        """Parameters as stored (a tied matrix counted once); non_embedding drops embeddings and the LM head."""
+        n = sum(p.numel() for p in self.parameters())
+        if non_embedding:
+            n -= self.tok_emb.weight.numel()
+            if self.pos_emb is not None:
+                n -= self.pos_emb.weight.numel()
+            if not self.cfg.tie_embeddings:
+                n -= self.lm_head.weight.numel()
+        return n
