@@ -1,0 +1,364 @@
+"""Tokenizers: text <-> token ids, behind one small interface.
+
+What this module does:
+- `Tokenizer` wraps a `tiktoken.Encoding` (GPT-2's BPE, or our own byte-level BPE) and exposes the only things the
+  rest of tinylib relies on: `encode`, `encode_batch`, `decode`, `decode_bytes`, `id_to_piece`, `vocab_size`,
+  `bos_id`, `eos_id`, `name` and a content `hash`. A SentencePiece-backed subclass (llama2.c's tokenizers) can
+  override the `_encode_ordinary*`, `decode_bytes`, `id_to_piece` and `hash` members and keep the rest.
+- `train_bpe` learns byte-level BPE merges on TinyStories text; `save_tokenizer` writes them in tiktoken's
+  `.tiktoken` format plus a JSON sidecar; `get_tokenizer` loads "gpt2", the shipped "tinystories-{512,4096,8192}"
+  or any saved file back as a tiktoken Encoding.
+- `tokenizer_report` measures compression (bytes per token), tokens per story and how much of the vocabulary
+  a text actually uses.
+
+What it leaves to others: files of token ids and batching (tinylib.data), models, generation.
+
+Conventions: `encode` never parses special tokens out of the text (a story that contains the characters
+"<|endoftext|>" is encoded as ordinary text), so decode(encode(s)) == s for every string. Our BPE's vocab_size
+counts the special token `<|endoftext|>`, which sits at the last id (vocab_size - 1) and serves as both BOS and EOS,
+as in GPT-2.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from functools import cached_property
+from pathlib import Path
+
+import tiktoken
+
+EOT = "<|endoftext|>"
+
+# GPT-4's split pattern with numbers grouped by 1-2 digits instead of 1-3 (nanochat's choice): small vocabularies
+# should spend their ids on words, not on three-digit numbers. Pre-tokenization keeps merges inside words,
+# punctuation runs and whitespace runs.
+SPLIT_PATTERN = (
+    r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,2}| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+"""
+)
+
+TOKENIZER_DIR = Path(__file__).resolve().parents[1] / "data" / "tokenizers"
+SHIPPED = ("tinystories-512", "tinystories-4096", "tinystories-8192")
+GPT2_VOCAB_SIZE = 50257
+
+
+def _as_id_list(ids) -> list[int]:
+    """Accept a list, tuple, numpy array or torch tensor of ids; tiktoken wants a list of Python ints."""
+    if hasattr(ids, "tolist"):
+        ids = ids.tolist()
+    if isinstance(ids, int):
+        return [ids]
+    return [int(i) for i in ids]
+
+
+def ranks_hash(mergeable_ranks: dict[bytes, int], special_tokens: dict[str, int], pattern: str) -> str:
+    """sha256 over the ranks (in rank order), the special tokens and the split pattern: equal hash, equal encoding."""
+    h = hashlib.sha256()
+    h.update(b"tinylib-bpe-v1\n")
+    h.update(pattern.encode("utf-8") + b"\n")
+    for token, rank in sorted(mergeable_ranks.items(), key=lambda kv: kv[1]):
+        h.update(base64.b64encode(token) + b" %d\n" % rank)
+    h.update(json.dumps(sorted(special_tokens.items())).encode("utf-8"))
+    return h.hexdigest()
+
+
+class Tokenizer:
+    """A tokenizer over a `tiktoken.Encoding`.
+
+    Attributes the rest of tinylib relies on: `name`, `vocab_size`, `bos_id`, `eos_id`, `hash`, and the methods
+    `encode`, `encode_batch`, `decode`, `decode_bytes`, `id_to_piece`.
+    """
+
+    def __init__(
+        self,
+        encoding: tiktoken.Encoding,
+        *,
+        name: str | None = None,
+        bos_token: str = EOT,
+        eos_token: str = EOT,
+        content_hash: str | None = None,
+    ):
+        specials = {s: encoding.encode_single_token(s) for s in encoding.special_tokens_set}
+        for role, tok in (("bos_token", bos_token), ("eos_token", eos_token)):
+            if tok not in specials:
+                raise ValueError(
+                    f"{role}={tok!r} is not a special token of encoding {encoding.name!r} "
+                    f"(its special tokens: {sorted(specials)}); pass one of those"
+                )
+        self._encoding = encoding
+        self.name = name or encoding.name
+        self.vocab_size = encoding.n_vocab
+        self.bos_id = specials[bos_token]
+        self.eos_id = specials[eos_token]
+        self.special_tokens = dict(specials)
+        if content_hash is not None:
+            self.__dict__["hash"] = content_hash
+
+    # --- what subclasses (e.g. SentencePiece) override -------------------------------------------------------
+    @property
+    def encoding(self) -> tiktoken.Encoding:
+        return self._encoding
+
+    def _encode_ordinary(self, text: str) -> list[int]:
+        return self._encoding.encode_ordinary(text)
+
+    def _encode_ordinary_batch(self, texts: list[str], num_threads: int) -> list[list[int]]:
+        return self._encoding.encode_ordinary_batch(texts, num_threads=num_threads)
+
+    def decode_bytes(self, ids) -> bytes:
+        """Raw bytes of `ids`; a streaming decoder needs them because one character can span several tokens."""
+        return self._encoding.decode_bytes(_as_id_list(ids))
+
+    def token_bytes(self, i: int) -> bytes:
+        return self._encoding.decode_single_token_bytes(int(i))
+
+    @cached_property
+    def hash(self) -> str:
+        """Content hash (sha256 of ranks + specials + pattern); recorded in meta.json to tie token files to it."""
+        enc = self._encoding
+        n_ranks = enc.n_vocab - len(self.special_tokens)
+        ranks = {enc.decode_single_token_bytes(i): i for i in range(n_ranks)}
+        return ranks_hash(ranks, self.special_tokens, enc._pat_str)
+
+    # --- the interface -------------------------------------------------------------------------------------
+    def encode(self, text: str, *, bos: bool = False, eos: bool = False) -> list[int]:
+        """Ids of `text`; special tokens are never parsed from the text. `bos`/`eos` add the boundary ids."""
+        if not isinstance(text, str):
+            raise TypeError(f"encode expects a str, got {type(text).__name__}; use encode_batch for a list")
+        ids = self._encode_ordinary(text)
+        return ([self.bos_id] if bos else []) + ids + ([self.eos_id] if eos else [])
+
+    def encode_batch(
+        self, texts: Sequence[str], *, bos: bool = False, eos: bool = False, num_threads: int = 8
+    ) -> list[list[int]]:
+        """`encode` over many texts; tiktoken releases the GIL, so `num_threads` threads run in parallel."""
+        if isinstance(texts, str):
+            raise TypeError("encode_batch expects a list of str; use encode for one string")
+        out = self._encode_ordinary_batch(list(texts), num_threads)
+        if bos or eos:
+            pre, post = ([self.bos_id] if bos else []), ([self.eos_id] if eos else [])
+            out = [pre + ids + post for ids in out]
+        return out
+
+    def decode(self, ids) -> str:
+        """Text of `ids`; a token sequence that cuts a UTF-8 character in half decodes to U+FFFD there."""
+        return self.decode_bytes(ids).decode("utf-8", errors="replace")
+
+    def id_to_piece(self, i: int) -> str:
+        """Readable label of one id: its text when it is whole UTF-8 (leading spaces kept), else `<0xAB>` bytes."""
+        i = int(i)
+        if not 0 <= i < self.vocab_size:
+            raise ValueError(f"token id {i} is outside the vocabulary of {self.name!r} (0..{self.vocab_size - 1})")
+        b = self.token_bytes(i)
+        try:
+            return b.decode("utf-8")
+        except UnicodeDecodeError:
+            return "".join(f"<0x{x:02X}>" for x in b)
+
+    def __repr__(self) -> str:
+        return f"Tokenizer(name={self.name!r}, vocab_size={self.vocab_size}, bos_id={self.bos_id}, eos_id={self.eos_id})"
+
+    def __getstate__(self):
+        # The cached hash travels with the object so worker processes do not recompute it.
+        return self.__dict__
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# GPT-2
+
+
+def gpt2_tokenizer() -> Tokenizer:
+    """GPT-2's BPE: tiktoken's `r50k_base` has exactly GPT-2's ranks, pattern and `<|endoftext|>` = 50256.
+
+    r50k_base is one cached file, while tiktoken's "gpt2" needs two others; so this works offline with
+    TIKTOKEN_CACHE_DIR pointing at a cache that holds r50k_base.
+    """
+    try:
+        enc = tiktoken.get_encoding("r50k_base")
+    except Exception as e:  # tiktoken raises requests/urllib/blobfile errors depending on what failed
+        cache = os.environ.get("TIKTOKEN_CACHE_DIR", "<unset>")
+        raise RuntimeError(
+            f"cannot load GPT-2's BPE ranks (tiktoken 'r50k_base'): {type(e).__name__}: {e}. Offline, point "
+            f"TIKTOKEN_CACHE_DIR at a folder holding the cached r50k_base file (e.g. ../shared/tiktoken_cache); "
+            f"TIKTOKEN_CACHE_DIR is now {cache}"
+        ) from e
+    return Tokenizer(enc, name="gpt2")
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Our BPE: train with rustbpe, run with tiktoken
+
+
+def train_bpe(
+    texts: Iterable[str] | str, vocab_size: int, name: str | None = None, *, pattern: str = SPLIT_PATTERN
+) -> Tokenizer:
+    """Learn a byte-level BPE of `vocab_size` ids (the last one is `<|endoftext|>`) from `texts`.
+
+    Why rustbpe: it is nanochat's trainer, written in Rust (a few hundred ms for 2 MB of text and 8k merges where a
+    Python BPE takes minutes), deterministic, and its output is exactly tiktoken's mergeable ranks, so the trained
+    tokenizer runs in tiktoken's fast encoder with nothing converted. (HF `tokenizers` would also train fast but
+    stores merges in its own format and is not needed at run time.)
+    """
+    import rustbpe
+
+    if isinstance(texts, str):
+        texts = [texts]
+    vocab_size = int(vocab_size)
+    if vocab_size < 257:
+        raise ValueError(f"vocab_size={vocab_size} is too small: a byte-level BPE needs 256 byte ids + 1 special")
+    n_ranks = vocab_size - 1  # the last id is <|endoftext|>
+    trainer = rustbpe.Tokenizer()
+    trainer.train_from_iterator(iter(texts), vocab_size=n_ranks, pattern=pattern)
+    ranks = {bytes(tok): rank for tok, rank in trainer.get_mergeable_ranks()}
+    if len(ranks) != n_ranks:
+        raise ValueError(
+            f"the training text only supports {len(ranks) - 256} merges, but vocab_size={vocab_size} needs "
+            f"{n_ranks - 256}: give more text or ask for a vocab_size of at most {len(ranks) + 1}"
+        )
+    return _from_ranks(ranks, name or f"bpe-{vocab_size}", pattern)
+
+
+def _from_ranks(ranks: dict[bytes, int], name: str, pattern: str, content_hash: str | None = None) -> Tokenizer:
+    specials = {EOT: len(ranks)}
+    enc = tiktoken.Encoding(name, pat_str=pattern, mergeable_ranks=ranks, special_tokens=specials)
+    tok = Tokenizer(enc, name=name)
+    tok.__dict__["hash"] = content_hash or ranks_hash(ranks, specials, pattern)
+    return tok
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def save_tokenizer(tok: Tokenizer, path: str | os.PathLike) -> Path:
+    """Write `path` (.tiktoken: one "base64(token) rank" line per merge rank) and its JSON sidecar (.json).
+
+    Returns the .tiktoken path; `get_tokenizer(path)` loads it back. Only tiktoken-backed BPE tokenizers with
+    `<|endoftext|>` as their single special token can be saved this way.
+    """
+    path = Path(path)
+    if path.suffix in (".json", ".tiktoken"):
+        path = path.with_suffix("")
+    rank_path, json_path = path.with_suffix(".tiktoken"), path.with_suffix(".json")
+    enc = tok.encoding
+    if set(tok.special_tokens) != {EOT} or tok.special_tokens[EOT] != tok.vocab_size - 1:
+        raise ValueError(
+            f"save_tokenizer writes our BPE format (ranks + <|endoftext|> at the last id); {tok.name!r} has "
+            f"special tokens {tok.special_tokens}"
+        )
+    n_ranks = tok.vocab_size - 1
+    lines = [base64.b64encode(enc.decode_single_token_bytes(i)) + b" %d\n" % i for i in range(n_ranks)]
+    meta = {
+        "name": tok.name,
+        "format": "tiktoken",
+        "pattern": enc._pat_str,
+        "special_tokens": tok.special_tokens,
+        "vocab_size": tok.vocab_size,
+        "bos_id": tok.bos_id,
+        "eos_id": tok.eos_id,
+        "hash": tok.hash,
+        "ranks_file": rank_path.name,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_write_bytes(rank_path, b"".join(lines))
+    _atomic_write_bytes(json_path, (json.dumps(meta, indent=2) + "\n").encode("utf-8"))
+    return rank_path
+
+
+def _load_saved(path: Path) -> Tokenizer:
+    base = path.with_suffix("") if path.suffix in (".json", ".tiktoken") else path
+    rank_path, json_path = base.with_suffix(".tiktoken"), base.with_suffix(".json")
+    for p in (rank_path, json_path):
+        if not p.is_file():
+            raise FileNotFoundError(
+                f"tokenizer file {p} not found: a saved tokenizer is a .tiktoken file plus a .json beside it "
+                f"(write both with tinylib.tokenizer.save_tokenizer)"
+            )
+    meta = json.loads(json_path.read_text(encoding="utf-8"))
+    ranks: dict[bytes, int] = {}
+    for lineno, line in enumerate(rank_path.read_bytes().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            token, rank = line.split()
+            ranks[base64.b64decode(token, validate=True)] = int(rank)
+        except ValueError as e:
+            raise ValueError(f"{rank_path}:{lineno}: expected 'base64-token rank', got {line[:60]!r}") from e
+    specials = {k: int(v) for k, v in meta["special_tokens"].items()}
+    if specials != {EOT: len(ranks)}:
+        raise ValueError(f"{json_path}: special tokens {specials} do not match {len(ranks)} ranks in {rank_path}")
+    content_hash = ranks_hash(ranks, specials, meta["pattern"])
+    if meta.get("hash") not in (None, content_hash):
+        raise ValueError(
+            f"{rank_path} does not match the hash recorded in {json_path} ({meta['hash'][:12]}... vs "
+            f"{content_hash[:12]}...): one of the two files was edited or replaced; re-save the tokenizer"
+        )
+    return _from_ranks(ranks, meta.get("name", base.name), meta["pattern"], content_hash)
+
+
+def get_tokenizer(name: str | os.PathLike) -> Tokenizer:
+    """"gpt2", a shipped tokenizer ("tinystories-512", "tinystories-4096", "tinystories-8192"), or a saved file."""
+    if isinstance(name, Tokenizer):
+        return name
+    if isinstance(name, str) and name in ("gpt2", "r50k_base"):
+        return gpt2_tokenizer()
+    if isinstance(name, str) and name in SHIPPED:
+        return _load_saved(TOKENIZER_DIR / f"{name}.tiktoken")
+    path = Path(name)
+    if path.suffix in (".tiktoken", ".json") or path.exists() or path.with_suffix(".tiktoken").exists():
+        return _load_saved(path)
+    raise ValueError(
+        f"unknown tokenizer {str(name)!r}: use 'gpt2', one of {list(SHIPPED)}, or the path of a saved .tiktoken/.json"
+    )
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Report
+
+
+def tokenizer_report(tok: Tokenizer, texts: Sequence[str] | str) -> dict:
+    """Compression and coverage of `tok` on `texts` (e.g. a list of stories).
+
+    Returns: name, vocab_size, n_texts, n_bytes (UTF-8), n_chars, n_tokens, bytes_per_token, chars_per_token,
+    tokens_per_story (list, for a histogram), tokens_per_story_mean, vocab_used (distinct ids seen),
+    vocab_used_fraction, top_ids (the 20 most frequent ids with their counts).
+    """
+    if isinstance(texts, str):
+        texts = [texts]
+    texts = list(texts)
+    if not texts:
+        raise ValueError("tokenizer_report needs at least one text")
+    encoded = tok.encode_batch(texts)
+    counts: Counter[int] = Counter()
+    for ids in encoded:
+        counts.update(ids)
+    lengths = [len(ids) for ids in encoded]
+    n_tokens = sum(lengths)
+    n_bytes = sum(len(t.encode("utf-8")) for t in texts)
+    return {
+        "name": tok.name,
+        "vocab_size": tok.vocab_size,
+        "n_texts": len(texts),
+        "n_bytes": n_bytes,
+        "n_chars": sum(len(t) for t in texts),
+        "n_tokens": n_tokens,
+        "bytes_per_token": n_bytes / max(n_tokens, 1),
+        "chars_per_token": sum(len(t) for t in texts) / max(n_tokens, 1),
+        "tokens_per_story": lengths,
+        "tokens_per_story_mean": n_tokens / len(texts),
+        "vocab_used": len(counts),
+        "vocab_used_fraction": len(counts) / tok.vocab_size,
+        "top_ids": counts.most_common(20),
+    }
