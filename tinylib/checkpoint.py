@@ -1,0 +1,121 @@
+"""Checkpoints: a folder with `model.safetensors`, `config.json` and (for resuming) `state.pt`.
+
+Weights are safetensors (loading never runs pickled code); `state.pt` holds the optimizer, RNG and data-stream
+state as plain tensors and containers, loaded with `torch.load(weights_only=True)`. A folder is written under a
+temporary name and renamed into place, so a crash never leaves a half-written checkpoint. A training run keeps
+`<run>/latest/` and `<run>/best/` next to `<run>/metrics.jsonl`. This module knows files; training decides when.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from tinylib.config import ModelConfig
+from tinylib.model import Transformer
+
+ROOT = Path(__file__).resolve().parents[1]
+REFERENCE_DIR = ROOT / "checkpoints" / "reference"
+
+
+def save_checkpoint(folder: str | os.PathLike, model: Transformer, meta: dict, state: dict | None = None) -> Path:
+    """Write weights (fp32, tied matrix stored once), `config.json` = meta + model config, and optional state."""
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
+    try:
+        weights = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in model.state_dict().items()}
+        if model.cfg.tie_embeddings:
+            weights.pop("lm_head.weight", None)
+        save_file(weights, str(tmp / "model.safetensors"))
+        config = {**meta, "model": model.cfg.to_dict()}
+        (tmp / "config.json").write_text(json.dumps(config, indent=2, default=str))
+        if state is not None:
+            torch.save(state, tmp / "state.pt")
+        old = folder.with_name(f".{folder.name}.old")
+        if folder.exists():
+            shutil.rmtree(old, ignore_errors=True)
+            folder.rename(old)
+        tmp.rename(folder)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return folder
+
+
+def resolve(path: str | os.PathLike) -> Path:
+    """A checkpoint folder from a checkpoint folder, a run folder (best/, then latest/) or a weights file."""
+    path = Path(path)
+    if path.is_file() and path.name == "model.safetensors":
+        path = path.parent
+    if (path / "model.safetensors").is_file():
+        return path
+    for sub in ("best", "latest"):
+        if (path / sub / "model.safetensors").is_file():
+            return path / sub
+    raise FileNotFoundError(f"no checkpoint at {path}: expected a folder with model.safetensors and config.json, "
+                            "or a run folder with best/ or latest/ (train one with `make demo` or tinylib.train)")
+
+
+def load_meta(path: str | os.PathLike) -> dict:
+    folder = resolve(path)
+    try:
+        return json.loads((folder / "config.json").read_text())
+    except (FileNotFoundError, json.JSONDecodeError) as e:
+        raise ValueError(f"{folder / 'config.json'} is missing or not valid JSON ({e}); the checkpoint is incomplete") from e
+
+
+def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> Transformer:
+    """Build the model from config.json and load its safetensors weights (no pickled code runs)."""
+    folder = resolve(path)
+    cfg = ModelConfig.from_dict(load_meta(folder)["model"])
+    model = Transformer(cfg)
+    weights = load_file(str(folder / "model.safetensors"))
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    if cfg.tie_embeddings:
+        missing = [k for k in missing if k != "lm_head.weight"]
+    if missing or unexpected:
+        raise ValueError(f"{folder} does not match its config: missing {missing}, unexpected {unexpected}")
+    return model.to(device).eval()
+
+
+def load_state(path: str | os.PathLike) -> dict:
+    """The optimizer/RNG/data state saved for resuming (plain tensors and containers only)."""
+    file = resolve(path) / "state.pt"
+    if not file.is_file():
+        raise FileNotFoundError(f"{file} not found: this checkpoint holds weights only and cannot resume training")
+    return torch.load(file, map_location="cpu", weights_only=True)
+
+
+def load_tokenizer(path: str | os.PathLike):
+    """The tokenizer recorded in the checkpoint's config.json."""
+    from tinylib.tokenizer import get_tokenizer
+
+    meta = load_meta(path)
+    if "tokenizer" not in meta:
+        raise ValueError(f"{resolve(path)}/config.json records no tokenizer; pass one explicitly")
+    return get_tokenizer(meta["tokenizer"])
+
+
+def list_checkpoints(root: str | os.PathLike = "checkpoints") -> list[Path]:
+    """Every checkpoint folder under root (newest first), e.g. for the generation widget's dropdown."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    found = [p.parent for p in root.rglob("model.safetensors") if not p.parent.name.startswith(".")]
+    return sorted(found, key=lambda p: (p / "model.safetensors").stat().st_mtime, reverse=True)
+
+
+def find_reference_checkpoint() -> Path | None:
+    """The small model the project ships under checkpoints/reference, when present."""
+    try:
+        return resolve(REFERENCE_DIR)
+    except FileNotFoundError:
+        return None
