@@ -119,9 +119,14 @@ class Tokenizer:
     @cached_property
     def hash(self) -> str:
         """Content hash (sha256 of ranks + specials + pattern); recorded in meta.json to tie token files to it."""
-        enc = self._encoding
-        n_ranks = enc.n_vocab - len(self.special_tokens)
-        ranks = {enc.decode_single_token_bytes(i): i for i in range(n_ranks)}
+        enc, special_ids = self._encoding, set(self.special_tokens.values())
+        ranks = {}
+        for i in range(enc.n_vocab):
+            if i not in special_ids:
+                try:
+                    ranks[enc.decode_single_token_bytes(i)] = i
+                except KeyError:  # an unused id between the ranks and a special token
+                    pass
         return ranks_hash(ranks, self.special_tokens, enc._pat_str)
 
     # --- the interface -------------------------------------------------------------------------------------
