@@ -355,7 +355,7 @@ def _holdout(stories: Iterable[str], val_fraction: float) -> Iterator[tuple[str,
         yield ("val" if -((-(i + 1) * f) // 1) > -((-i * f) // 1) else "train"), story
 
 
-def _default_num_proc() -> int:
+def default_num_proc() -> int:
     return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
 
 
@@ -389,7 +389,7 @@ def prepare_dataset(
     for p in files.values():
         _check_file(p)
     plan = [(files["train"], "train"), (files["valid"], "val")] if "valid" in files else [(files["train"], "holdout")]
-    num_proc = _default_num_proc() if num_proc is None else max(1, int(num_proc))
+    num_proc = default_num_proc() if num_proc is None else max(1, int(num_proc))
     dtype = token_dtype(tok.vocab_size)
 
     out_dir = Path(out_dir)
