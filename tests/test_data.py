@@ -395,3 +395,17 @@ def test_local_folder_is_used_instead_of_download(tinystories_dir, tmp_path, mon
     monkeypatch.setenv("TINYSTORIES_DIR", os.fspath(tinystories_dir))
     assert download_tinystories("V1", dest=tmp_path)["train"] == tinystories_dir / TRAIN
     assert not any(tmp_path.iterdir())
+
+
+def test_command_line(tinystories_dir, tmp_path, capsys):
+    from tinylib.data import main
+
+    out = tmp_path / "cli"
+    assert main(["--tokenizer", "tinystories-512", "--out", str(out), "--source", str(tinystories_dir),
+                 "--version", "V2", "--max-stories", "5", "--num-proc", "1"]) == 0
+    printed = capsys.readouterr().out
+    assert "TinyStories V2 token files" in printed and "tinystories-512" in printed
+    meta = read_meta(out)
+    # The V2 sample has no validation file: 1 of its 5 stories is held out (story 0, then every 100th).
+    assert (meta["splits"]["train"]["stories"], meta["splits"]["val"]["stories"]) == (4, 1)
+    assert meta["sources"][0]["file"] == "TinyStoriesV2-GPT4-train.cs336_fixture_sample.txt"

@@ -71,6 +71,12 @@ class Tokenizer:
 
     Attributes the rest of tinylib relies on: `name`, `vocab_size`, `bos_id`, `eos_id`, `hash`, and the methods
     `encode`, `encode_batch`, `decode`, `decode_bytes`, `id_to_piece`.
+
+    A tokenizer with another backend (e.g. SentencePiece for llama2.c: bos 1, eos 2) subclasses this: its
+    `__init__` sets `name`, `vocab_size`, `bos_id`, `eos_id`, `special_tokens` (and `hash`) without calling ours,
+    and it overrides `_encode_ordinary`, `_encode_ordinary_batch`, `decode_bytes`, `token_bytes` and `encoding`
+    (and `decode`/`id_to_piece` where its pieces need their own rendering). `encode`, `encode_batch` and the
+    bos/eos framing then work unchanged.
     """
 
     def __init__(
