@@ -1,0 +1,155 @@
+"""The story generator widget, driven from Python like a user: set the controls, press the buttons, read the
+story and the status line. Generation runs in the widget's background thread; `wait()` joins it."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tinylib.checkpoint import find_reference_checkpoint, save_checkpoint
+from tinylib.config import get_config
+from tinylib.generate import generate
+from tinylib.model import Transformer
+from tinylib.tokenizer import get_tokenizer
+from tinylib.widgets import StoryGenerator, find_story_model, story_generator
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return get_tokenizer("tinystories-512")
+
+
+def small_model(max_seq_len: int = 64) -> Transformer:
+    torch.manual_seed(0)
+    cfg = get_config("llama_tiny", vocab_size=512, n_layer=2, n_head=4, n_kv_head=2, d_model=64, d_mlp=128,
+                     max_seq_len=max_seq_len)
+    model = Transformer(cfg)
+    with torch.no_grad():  # large weights: greedy output wanders instead of repeating one id
+        for name, p in model.named_parameters():
+            if p.dim() == 2:
+                p.normal_(0, 0.3 if "emb" in name else 1.5 / p.shape[1] ** 0.5)
+    return model.eval()
+
+
+def run(w: StoryGenerator) -> None:
+    w.click_generate()
+    assert w.wait(30), "generation did not finish in 30 s"
+
+
+def test_one_click_gives_a_story(tok, tmp_path):
+    w = story_generator(small_model(), tok, tmp_path)
+    assert w.checkpoint.options[0][1] == "__passed__"
+    assert w.prompt.value and w.temperature.value > 0  # defaults are ready to go
+    w.max_new_tokens.value = 30
+    run(w)
+    assert w.text.startswith(w.prompt.value) and len(w.text) > len(w.prompt.value)
+    assert w.output.outputs[-1]["text"] == w.text
+    assert "tokens/s" in w.status.value and "seed" in w.status.value
+    assert not w.generate_button.disabled and w.stop_button.disabled
+    assert w._repr_mimebundle_()  # displays as its VBox
+
+
+def test_controls_reach_the_sampler(tok, tmp_path):
+    model = small_model()
+    w = StoryGenerator(model, tok, tmp_path)
+    w.prompt.value = "Tom had a"
+    w.temperature.value, w.top_k.value, w.top_p.value, w.max_new_tokens.value = 1.2, 40, 0.8, 25
+    w.seed.value = "123"
+    run(w)
+    ref = generate(model, tok, "Tom had a", max_new_tokens=25, temperature=1.2, top_k=40, top_p=0.8, seed=123)
+    assert w.text == "Tom had a" + ref.text and w.result.tokens == ref.tokens
+    w.temperature.value, w.top_k.value, w.top_p.value = 0.0, 0, 1.0  # greedy; 0 and 1.0 mean "off"
+    run(w)
+    assert w.result.tokens == generate(model, tok, "Tom had a", max_new_tokens=25, temperature=0).tokens
+
+
+def test_stop_button_interrupts(tok, tmp_path):
+    model = small_model()
+    first = generate(model, tok, "Once", max_new_tokens=1, temperature=0)
+    assert first.stop_reason != "eos"  # so only the Stop button can end the run early
+    w = StoryGenerator(model, tok, tmp_path)
+    w.prompt.value, w.temperature.value, w.max_new_tokens.value = "Once", 0.0, 1024
+    w.click_generate()
+    w.click_stop()
+    assert w.wait(30)
+    assert w.result.stop_reason == "interrupted" and w.result.n_new < 1024
+    assert "stopped" in w.status.value
+
+
+@pytest.mark.parametrize("setup, expected", [
+    (dict(prompt="   "), "prompt is empty"),
+    (dict(seed="forty-two"), "not a whole number"),
+    (dict(prompt="Once upon a time there was a girl. " * 20), "shorten the prompt"),
+])
+def test_mistakes_become_messages(tok, tmp_path, setup, expected):
+    w = StoryGenerator(small_model(max_seq_len=32), tok, tmp_path)
+    w.max_new_tokens.value = 5
+    if "prompt" in setup:
+        w.prompt.value = setup["prompt"]
+    if "seed" in setup:
+        w.seed.value = setup["seed"]
+    run(w)
+    assert expected in w.status.value and "b00020" in w.status.value  # shown in red
+    assert "Traceback" not in w.status.value and not w.generate_button.disabled
+
+
+def test_no_checkpoint_message(tmp_path):
+    w = StoryGenerator(checkpoints_dir=tmp_path / "empty")
+    if find_reference_checkpoint() is not None:
+        pytest.skip("a reference checkpoint is shipped, so the list is never empty")
+    assert w.checkpoint.value == ""
+    run(w)
+    assert "No model to generate from" in w.status.value and "make demo" in w.status.value
+
+
+def test_checkpoints_are_listed_and_loaded(tok, tmp_path):
+    model = small_model()
+    save_checkpoint(tmp_path / "ckpt" / "run1" / "best", model, {"tokenizer": "tinystories-512", "step": 10})
+    (tmp_path / "ckpt" / "broken" / "best").mkdir(parents=True)
+    (tmp_path / "ckpt" / "broken" / "best" / "model.safetensors").write_bytes(b"not safetensors")
+    w = StoryGenerator(checkpoints_dir=tmp_path / "ckpt")
+    labels = dict(w.checkpoint.options)
+    assert "run1/best" in labels and "broken/best" in labels
+    w.checkpoint.value = labels["run1/best"]
+    w.temperature.value, w.max_new_tokens.value = 0.0, 15
+    run(w)
+    assert w.result.tokens == generate(model, tok, w.prompt.value, max_new_tokens=15, temperature=0).tokens
+    w.checkpoint.value = labels["broken/best"]
+    run(w)
+    assert "Could not load the checkpoint" in w.status.value
+    assert "Traceback" not in w.status.value
+    save_checkpoint(tmp_path / "ckpt" / "run2" / "latest", model, {"tokenizer": "tinystories-512"})
+    w.refresh()
+    assert "run2/latest" in dict(w.checkpoint.options)
+
+
+def test_find_story_model_prefers_trained_checkpoints(tmp_path, monkeypatch):
+    model = small_model()
+    save_checkpoint(tmp_path / "run" / "latest", model, {"tokenizer": "tinystories-512"})
+    found = find_story_model(tmp_path)
+    assert "checkpoint" in found.source and str(tmp_path) in found.source
+    assert torch.equal(found.model.tok_emb.weight, model.tok_emb.weight)
+    monkeypatch.setenv("TINYLIB_SHARED", str(tmp_path / "no-shared"))
+    if find_reference_checkpoint() is None:
+        fallback = find_story_model(tmp_path / "empty")
+        assert "UNTRAINED" in fallback.source and fallback.tokenizer.vocab_size == 512
+        with pytest.raises(FileNotFoundError, match="make demo"):
+            find_story_model(tmp_path / "empty", allow_random=False)
+
+
+def test_find_story_model_falls_back_to_stories260k(tmp_path, llama2c_dir, monkeypatch):
+    monkeypatch.setenv("TINYLIB_SHARED", str(llama2c_dir.parents[1]))
+    if find_reference_checkpoint() is not None:
+        pytest.skip("the shipped reference checkpoint comes before stories260K")
+    found = find_story_model(tmp_path / "empty")
+    assert "stories260K" in found.source
+    r = generate(found.model, found.tokenizer, "Once upon a time", max_new_tokens=30, temperature=0)
+    assert r.text.count(" ") >= 4  # real words

@@ -1,0 +1,295 @@
+"""The story generator widget (ipywidgets 8, JupyterLab 4), and how it finds a model to generate from.
+
+`StoryGenerator` / `story_generator(...)`: a prompt box, sliders for temperature, top-k, top-p and max new tokens,
+a seed field, a dropdown of models (any model passed in, then every checkpoint under `checkpoints/`), Generate
+and Stop buttons, the story streaming into an Output, and a line with tokens/s. Generation runs in a background
+thread (ipywidgets 8 widgets may be updated from threads), so the story streams and Stop works while the kernel
+stays responsive. Mistakes (no checkpoint, empty prompt, prompt too long, a bad seed) become a readable message
+in the widget, never a traceback.
+
+`find_story_model` picks what a notebook should generate from: the newest trained checkpoint, else the shipped
+reference checkpoint, else llama2.c's stories260K from ../shared, else (if allowed) an untrained tiny model.
+
+What it leaves to others: sampling and decoding (`tinylib.generate`), checkpoint files (`tinylib.checkpoint`).
+"""
+
+from __future__ import annotations
+
+import html
+import os
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import ipywidgets as widgets
+
+from tinylib.generate import stream
+
+ROOT = Path(__file__).resolve().parents[1]
+PASSED = "__passed__"  # dropdown key of a model object given to the widget
+
+
+@dataclass
+class StoryModel:
+    """A model, its tokenizer, and where they came from (shown to the learner)."""
+
+    model: Any
+    tokenizer: Any
+    source: str
+
+
+def _shared_dir() -> Path:
+    return Path(os.environ.get("TINYLIB_SHARED", ROOT.parent / "shared"))
+
+
+def find_story_model(checkpoints_dir: str | os.PathLike = "checkpoints", *, allow_random: bool = True,
+                     device: str = "cpu") -> StoryModel:
+    """The model a generation notebook should use, in this order of preference:
+
+    1. the newest checkpoint under `checkpoints_dir` (what `make demo` or the training notebook wrote),
+    2. the project's shipped reference checkpoint,
+    3. llama2.c's stories260K (a real TinyStories model) from ../shared/models/llama2c,
+    4. with `allow_random`, an untrained tiny model with the shipped 512-token BPE (it babbles; says so).
+    Raises FileNotFoundError saying how to get a model when none is found and `allow_random` is False.
+    """
+    from tinylib import checkpoint
+
+    reference = checkpoint.find_reference_checkpoint()
+    found = [p for p in checkpoint.list_checkpoints(checkpoints_dir)
+             if reference is None or p.resolve() != reference.resolve()]
+    for path, what in [(p, "checkpoint") for p in found] + [(reference, "reference checkpoint")]:
+        if path is None:
+            continue
+        return StoryModel(checkpoint.load_model(path, device=device), checkpoint.load_tokenizer(path),
+                          f"{what} {path}")
+    llama_dir = _shared_dir() / "models" / "llama2c"
+    if (llama_dir / "stories260K.bin").is_file() and (llama_dir / "tok512.model").is_file():
+        from tinylib.llama2c import SentencePieceTokenizer, load_llama2c
+
+        return StoryModel(load_llama2c(llama_dir / "stories260K.bin", device=device),
+                          SentencePieceTokenizer(llama_dir / "tok512.model"),
+                          f"llama2.c stories260K ({llama_dir}); train your own with `make demo`")
+    if not allow_random:
+        raise FileNotFoundError(f"no model found: nothing under {checkpoints_dir}, no reference checkpoint, no "
+                                f"llama2.c model in {llama_dir}. Train one with `make demo`.")
+    import torch
+
+    from tinylib.config import get_config
+    from tinylib.model import Transformer
+    from tinylib.tokenizer import get_tokenizer
+
+    tok = get_tokenizer("tinystories-512")
+    torch.manual_seed(0)
+    model = Transformer(get_config("tiny", vocab_size=tok.vocab_size)).to(device).eval()
+    return StoryModel(model, tok, "an UNTRAINED tiny model (random weights: expect gibberish); "
+                                  "train one with `make demo`")
+
+
+class _UserError(Exception):
+    """A mistake the learner can fix; shown as a message, not a traceback."""
+
+
+def _checkpoint_options(checkpoints_dir: Path) -> list[tuple[str, str]]:
+    from tinylib import checkpoint
+
+    paths = checkpoint.list_checkpoints(checkpoints_dir)
+    reference = checkpoint.find_reference_checkpoint()
+    if reference is not None and all(p.resolve() != reference.resolve() for p in paths):
+        paths.append(reference)
+    options = []
+    for p in paths:
+        try:
+            label = str(p.relative_to(checkpoints_dir))
+        except ValueError:
+            label = str(p)
+        options.append((label, str(p)))
+    return options
+
+
+class StoryGenerator:
+    """The story generator UI. Display it (it is the last expression of a cell) and press Generate.
+
+    model/tokenizer: a model object to offer first in the dropdown (both or neither). checkpoints_dir: where to
+    look for checkpoints. The parts are attributes (prompt, temperature, top_k, top_p, max_new_tokens, seed,
+    checkpoint, generate_button, stop_button, output, status) so code and tests can drive it like a user;
+    `text` is the story shown, `result` the last GenerationResult, `wait()` blocks until generation ends.
+    """
+
+    def __init__(self, model: Any = None, tokenizer: Any = None, checkpoints_dir: str | os.PathLike = "checkpoints",
+                 *, prompt: str = "Once upon a time", model_label: str = "model passed in"):
+        if (model is None) != (tokenizer is None):
+            raise ValueError("pass model and tokenizer together (or neither, to pick a checkpoint from the list)")
+        self.checkpoints_dir = Path(checkpoints_dir)
+        self._loaded: dict[str, tuple[Any, Any]] = {}
+        self._passed_label = model_label
+        if model is not None:
+            self._loaded[PASSED] = (model, tokenizer)
+        style = {"description_width": "110px"}
+        wide = widgets.Layout(width="100%")
+        self.prompt = widgets.Textarea(value=prompt, description="Prompt", placeholder="Once upon a time",
+                                       rows=3, layout=wide, style=style)
+        self.temperature = widgets.FloatSlider(value=0.8, min=0.0, max=2.0, step=0.05, description="temperature",
+                                               readout_format=".2f", style=style)
+        self.top_k = widgets.IntSlider(value=0, min=0, max=200, description="top-k (0 = off)", style=style)
+        self.top_p = widgets.FloatSlider(value=0.9, min=0.05, max=1.0, step=0.05, description="top-p (1 = off)",
+                                         readout_format=".2f", style=style)
+        self.max_new_tokens = widgets.IntSlider(value=200, min=1, max=1024, description="max new tokens",
+                                                style=style)
+        self.seed = widgets.Text(value="", placeholder="random", description="seed", style=style)
+        self.checkpoint = widgets.Dropdown(description="model", style=style, layout=widgets.Layout(width="60%"))
+        self.refresh_button = widgets.Button(description="Refresh list", icon="refresh",
+                                             tooltip="look for new checkpoints")
+        self.generate_button = widgets.Button(description="Generate", button_style="primary", icon="play")
+        self.stop_button = widgets.Button(description="Stop", button_style="warning", icon="stop", disabled=True)
+        self.output = widgets.Output(layout=widgets.Layout(border="1px solid #ddd", padding="4px",
+                                                           min_height="80px"))
+        self.status = widgets.HTML(value="")
+        self.result = None
+        self.text = ""
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.refresh()
+        self.generate_button.on_click(self._on_generate)
+        self.stop_button.on_click(self._on_stop)
+        self.refresh_button.on_click(lambda _b: self.refresh())
+        self.ui = widgets.VBox([
+            widgets.HBox([self.checkpoint, self.refresh_button]),
+            self.prompt,
+            widgets.HBox([widgets.VBox([self.temperature, self.top_k]),
+                          widgets.VBox([self.top_p, self.max_new_tokens])]),
+            widgets.HBox([self.seed, self.generate_button, self.stop_button]),
+            self.output,
+            self.status,
+        ])
+
+    # --- display ---------------------------------------------------------------------------------------------
+    def _repr_mimebundle_(self, **kwargs):
+        return self.ui._repr_mimebundle_(**kwargs)
+
+    def refresh(self) -> None:
+        """Re-list the checkpoints (keeps the current choice when it is still there)."""
+        options = [(self._passed_label, PASSED)] if PASSED in self._loaded else []
+        options += _checkpoint_options(self.checkpoints_dir)
+        if not options:
+            options = [(f"(no checkpoint under {self.checkpoints_dir})", "")]
+        current = self.checkpoint.value
+        self.checkpoint.options = options
+        keys = [k for _, k in options]
+        self.checkpoint.value = current if current in keys else keys[0]
+
+    # --- showing things ----------------------------------------------------------------------------------------
+    def _show_text(self, text: str) -> None:
+        self.text = text
+        self.output.outputs = ({"output_type": "stream", "name": "stdout", "text": text},)
+
+    def _show_status(self, message: str, error: bool = False) -> None:
+        color = "#b00020" if error else "#555"
+        self.status.value = f'<span style="color:{color}">{html.escape(message)}</span>'
+
+    def _set_busy(self, busy: bool) -> None:
+        self.generate_button.disabled = busy
+        self.stop_button.disabled = not busy
+
+    # --- reading the controls ------------------------------------------------------------------------------
+    def _settings(self) -> tuple[dict, str]:
+        prompt = self.prompt.value
+        if not prompt.strip():
+            raise _UserError("The prompt is empty: write the start of a story (e.g. 'Once upon a time') "
+                             "and press Generate.")
+        seed_text = self.seed.value.strip()
+        seed = None
+        if seed_text:
+            try:
+                seed = int(seed_text)
+            except ValueError:
+                raise _UserError(f"Seed {seed_text!r} is not a whole number: type one (e.g. 42) or leave it "
+                                 "empty for a random seed.") from None
+        return dict(max_new_tokens=int(self.max_new_tokens.value), temperature=float(self.temperature.value),
+                    top_k=int(self.top_k.value) or None,
+                    top_p=None if self.top_p.value >= 1.0 else float(self.top_p.value), seed=seed), prompt
+
+    def _model(self) -> tuple[Any, Any]:
+        key = self.checkpoint.value
+        if not key:
+            raise _UserError(f"No model to generate from: no checkpoint under {self.checkpoints_dir}. Train one "
+                             "with `make demo` (or the training notebook) and press Refresh list, or pass "
+                             "model= and tokenizer= to the generator.")
+        if key not in self._loaded:
+            from tinylib import checkpoint
+
+            try:
+                self._loaded[key] = (checkpoint.load_model(key), checkpoint.load_tokenizer(key))
+            except Exception as e:  # missing files, bad JSON, corrupt safetensors: all say "could not load"
+                raise _UserError(f"Could not load the checkpoint {key} ({type(e).__name__}): {e}") from None
+        return self._loaded[key]
+
+    # --- the buttons ---------------------------------------------------------------------------------------
+    def _on_generate(self, _button=None) -> None:
+        if self._thread is not None and self._thread.is_alive():
+            return
+        try:
+            settings, prompt = self._settings()
+        except _UserError as e:
+            self._show_status(str(e), error=True)
+            return
+        self._stop.clear()
+        self._set_busy(True)
+        self._show_status("loading the model..." if self.checkpoint.value not in self._loaded else "generating...")
+        self._thread = threading.Thread(target=self._run, args=(prompt, settings), daemon=True)
+        self._thread.start()
+
+    def _on_stop(self, _button=None) -> None:
+        self._stop.set()
+
+    def click_generate(self) -> None:
+        """Press Generate from code (what the button does)."""
+        self._on_generate(self.generate_button)
+
+    def click_stop(self) -> None:
+        self._on_stop(self.stop_button)
+
+    def wait(self, timeout: float | None = 60.0) -> bool:
+        """Block until the current generation ends; False if it is still running after `timeout` seconds."""
+        if self._thread is None:
+            return True
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    def _run(self, prompt: str, settings: dict) -> None:
+        try:
+            model, tokenizer = self._model()
+            self._show_text(prompt)
+            s = stream(model, tokenizer, prompt, **settings)
+            story, last_draw = prompt, 0.0
+            for piece in s:
+                story += piece
+                if self._stop.is_set():
+                    s.close()
+                    break
+                now = time.perf_counter()
+                if now - last_draw > 0.05:  # ~20 redraws a second is smooth and cheap
+                    self._show_text(story)
+                    self._show_status(f"{s.n_new} tokens...")
+                    last_draw = now
+            self._show_text(story)
+            r = self.result = s.result
+            why = {"eos": "end of story", "max_tokens": "max new tokens reached", "stop_string": "stop string",
+                   "context": "context full", "interrupted": "stopped"}[r.stop_reason]
+            self._show_status(f"{r.n_new} tokens in {r.elapsed_s:.2f} s: {r.tokens_per_s:.1f} tokens/s, first "
+                              f"token after {1000 * r.time_to_first_token_s:.0f} ms; seed {r.seed}; {why}")
+        except _UserError as e:
+            self._show_status(str(e), error=True)
+        except ValueError as e:  # prompt too long, bad settings: the message says what to change
+            self._show_status(str(e), error=True)
+        except Exception as e:  # anything else still becomes a message: a widget must not spill a traceback
+            self._show_status(f"Generation failed ({type(e).__name__}): {e}", error=True)
+        finally:
+            self._set_busy(False)
+
+
+def story_generator(model: Any = None, tokenizer: Any = None, checkpoints_dir: str | os.PathLike = "checkpoints",
+                    **kwargs) -> StoryGenerator:
+    """A `StoryGenerator`; make it the last expression of a notebook cell to show it."""
+    return StoryGenerator(model, tokenizer, checkpoints_dir, **kwargs)
