@@ -1,0 +1,307 @@
+"""tinylib.budget: formulas against hand counts and PyTorch's FLOP counter, the worked example, plans, peaks, MFU,
+token tables re-measured from the shared sample, and predicted-versus-measured for a real short run."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from tinylib import budget
+from tinylib.budget import (
+    PEAKS,
+    TOKENS_PER_BYTE,
+    compare_run,
+    count_flops,
+    flop_params,
+    flops_per_token,
+    mfu,
+    peak_flops,
+    plan,
+    steps_for_tokens,
+    token_target,
+    tokens_per_step,
+)
+from tinylib.config import PRESETS, get_config, param_counts
+from tinylib.model import Transformer
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One intra-op thread: on a shared 2-core machine two spinning threads per process make these small ops ~10x
+    slower. Nothing here asserts a speed, so this changes run time only."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _vocab(preset: str) -> int:
+    return 50257 if preset == "gpt2_124M" else 4096
+
+
+# --- FLOPs ----------------------------------------------------------------------------------------------------
+
+def test_flops_per_token_by_hand():
+    cfg = get_config("tiny", vocab_size=4096)  # 4 layers, d=128, MLP 512 (SwiGLU), tied
+    L, d, T, V = 4, 128, 256, 4096
+    per_layer = 4 * d * d + 3 * d * 512 + 2 * d  # q, k, v, o; gate, up, down; two RMSNorm weights
+    n = L * per_layer + d + V * d  # + final norm + LM head (tied: still a matmul)
+    assert flop_params(cfg) == n
+    assert flop_params(cfg, include_embedding=False) == param_counts(cfg).non_embedding == n - V * d
+    assert flops_per_token(cfg, T) == 6 * n + 12 * L * T * d
+    assert flops_per_token(cfg, T, training=False) == 2 * n + 4 * L * T * d
+    assert flops_per_token(cfg, T, causal=True) == 6 * n + 6 * L * T * d
+    assert flops_per_token(cfg, T, include_embedding=False) == 6 * (n - V * d) + 12 * L * T * d
+    # Tying changes the stored parameters, not the compute.
+    untied = get_config("tiny", vocab_size=4096, tie_embeddings=False)
+    assert param_counts(untied).total == param_counts(cfg).total + V * d
+    assert flops_per_token(untied, T) == flops_per_token(cfg, T)
+    with pytest.raises(ValueError, match="seq_len"):
+        flops_per_token(cfg, 0)
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_formula_matches_flop_counter_on_every_preset(preset):
+    """A real forward+backward of each preset at its full context, on the meta device (shapes only, so
+    gpt2_124M at 1,024 positions costs a second). There SDPA runs its math decomposition, whose matmuls the
+    counter sees. The formula counts norms and biases as matmul weights: the gap stays under 0.5%."""
+    cfg = get_config(preset, vocab_size=_vocab(preset))
+    T = cfg.max_seq_len
+    counted = count_flops(cfg, batch_size=1, seq_len=T, training=True)
+    predicted = flops_per_token(cfg, T) * T
+    assert counted.total == pytest.approx(predicted, rel=0.02)
+    assert abs(counted.total / predicted - 1) < 0.005
+
+
+def test_forward_only_and_gqa_match_flop_counter():
+    cfg = get_config("llama_6L_6H_288D", vocab_size=4096, n_kv_head=2)
+    counted = count_flops(cfg, batch_size=2, seq_len=128, training=False)
+    assert counted.per_token == pytest.approx(flops_per_token(cfg, 128, training=False), rel=0.005)
+    counted = count_flops(cfg, batch_size=2, seq_len=128, training=True)
+    assert counted.per_token == pytest.approx(flops_per_token(cfg, 128), rel=0.005)
+
+
+def test_flop_counter_on_real_cpu_tensors():
+    """On real CPU tensors: the eager attention path counts exactly what the meta device counts; SDPA's fused CPU
+    kernel is invisible to a plain FlopCounterMode (it only knows the CUDA attention ops) and count_flops adds it,
+    with torch's backward formula that includes recomputing the scores (+2 L T d per token over the model FLOPs)."""
+    B, T = 2, 64
+    eager = get_config("tiny", vocab_size=512, attn_impl="eager")
+    sdpa = get_config("tiny", vocab_size=512)
+    torch.manual_seed(0)
+    meta = count_flops(eager, B, T, device="meta")
+    assert count_flops(eager, B, T, device="cpu").total == meta.total
+
+    L, d = sdpa.n_layer, sdpa.d_model
+    counted = count_flops(sdpa, B, T, device="cpu")
+    assert counted.total == meta.total + 2 * L * T * d * B * T
+    assert counted.per_token == pytest.approx(flops_per_token(sdpa, T) + 2 * L * T * d, rel=0.005)
+
+    model, idx = Transformer(sdpa), torch.randint(0, 512, (B, T))
+    plain = FlopCounterMode(display=False)
+    with plain:
+        _, loss = model(idx, idx)
+        loss.backward()
+    matmul_only = 6 * (flop_params(sdpa) - param_counts(sdpa).norms) * B * T
+    assert plain.get_total_flops() == matmul_only  # no attention at all: why count_flops registers the CPU op
+
+
+# --- peaks and MFU --------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("cuda_name, entry", [
+    ("NVIDIA H100 80GB HBM3", "H100 SXM"), ("NVIDIA H100 PCIe", "H100 PCIe"), ("NVIDIA H100 NVL", "H100 NVL"),
+    ("NVIDIA H200", "H200"), ("NVIDIA H200 NVL", "H200 NVL"), ("NVIDIA A100-SXM4-80GB", "A100 SXM"),
+    ("NVIDIA A100-PCIE-40GB", "A100 PCIe"), ("NVIDIA A100 80GB PCIe", "A100 PCIe"), ("NVIDIA L4", "L4"),
+    ("NVIDIA GeForce RTX 4090", "RTX 4090"), ("NVIDIA GeForce RTX 5090", "RTX 5090"),
+    ("Apple M2 Max", "Apple M2 Max"), ("Apple M1", "Apple M1"),
+])
+def test_peak_table_lookup_by_device_name(cuda_name, entry):
+    assert budget._lookup_peak(cuda_name).name == entry
+    assert peak_flops(cuda_name) == budget._lookup_peak(entry).bf16
+
+
+def test_peak_table_entries_are_sourced_and_dense():
+    assert {"H100 SXM", "H100 PCIe", "H200", "A100 SXM", "A100 PCIe", "L4", "RTX 4090", "RTX 5090"} <= {
+        p.name for p in PEAKS}
+    for p in PEAKS:
+        assert len(p.source) > 40 and p.bf16 >= p.fp32 > 0
+    assert peak_flops("H100 SXM") == pytest.approx(1979e12 / 2, rel=1e-3)  # datasheet 1,979 is with sparsity
+    assert peak_flops("A100", "fp32") == 19.5e12
+    with pytest.raises(ValueError, match="unknown device"):
+        peak_flops("TPU v9")
+    with pytest.raises(ValueError, match="dtype"):
+        peak_flops("H100 SXM", "int4")
+
+
+def test_cpu_peak_is_measured_once_per_process():
+    first = budget.measure_peak_flops("cpu", "fp32", size=256, seconds=0.05)
+    assert 1e8 < first < 1e14
+    assert budget.measure_peak_flops("cpu", "fp32", size=256, seconds=0.05) == first  # cached
+    budget._PROBED[("cpu", "bf16", 2048)] = 2e12  # peak_flops("cpu") probes at 2048; seed it to keep this fast
+    assert peak_flops("cpu", torch.bfloat16) == 2e12
+
+
+def test_mfu_is_model_flops_over_peak():
+    cfg = get_config("gpt2_124M", vocab_size=50304)
+    fpt = flops_per_token(cfg, 1024)
+    tps = 0.4 * 989.5e12 / fpt
+    assert mfu(tps, cfg, 1024, "H100 SXM") == pytest.approx(0.4)
+    assert mfu(8 * tps, cfg, 1024, "H100 SXM", n_devices=8) == pytest.approx(0.4)
+    # PRODUCT.md: 162M params at 116k tok/s on an RTX 5090 (6N only: seq 128 makes attention small) ~ 54%
+    assert 116e3 * 6 * 162e6 / peak_flops("RTX 5090") == pytest.approx(0.54, abs=0.01)
+
+
+# --- tokens and steps -----------------------------------------------------------------------------------------
+
+def test_worked_example_and_the_world_size_mistake():
+    """PRODUCT.md: 500M params x 20 = 10B tokens; 22 x 2048 x 4 = 180,224 tokens/step -> ~55k steps."""
+    tokens = token_target(500e6)
+    assert tokens == 10_000_000_000
+    step = tokens_per_step(22, 2048, grad_accum=4)
+    assert step == 180_224
+    steps = steps_for_tokens(tokens, step)
+    assert steps == 55_487 and round(steps, -3) == 55_000
+
+    # On 8 GPUs every rank runs 22 x 2048 x 4: a step is 8x the tokens, so 10B tokens take 8x fewer steps.
+    step8 = tokens_per_step(22, 2048, grad_accum=4, world_size=8)
+    assert step8 == 8 * step and steps_for_tokens(tokens, step8) == 6_936
+    # Forgetting the world size plans 55,487 steps on 8 GPUs: 8x the compute, 80B tokens instead of 10B.
+    assert steps * step8 == pytest.approx(8 * tokens, rel=1e-4)
+    # The other way round (the bug PRODUCT.md recounts): accumulation shrinks with the world size to keep the
+    # step at 180,224 tokens, a log that counts micro x seq x accum without the world size reports half the data.
+    accum_per_rank = 4 // 2
+    logged = tokens_per_step(22, 2048, grad_accum=accum_per_rank)
+    assert tokens_per_step(22, 2048, accum_per_rank, world_size=2) == step == 2 * logged
+    with pytest.raises(ValueError, match="world_size"):
+        tokens_per_step(22, 2048, 4, world_size=0)
+
+
+def test_token_targets():
+    cfg = get_config("llama_8L_8H_768D", vocab_size=4096)
+    assert token_target(cfg) == 20 * param_counts(cfg).total
+    assert token_target(cfg, tokens_per_param=10) == 10 * param_counts(cfg).total
+    assert token_target(cfg, tokens=1e9) == 10**9
+    budget_flops = 1e18
+    assert token_target(cfg, flop_budget=budget_flops, seq_len=512) == int(budget_flops // flops_per_token(cfg, 512))
+    with pytest.raises(ValueError, match="not both"):
+        token_target(cfg, tokens=1, flop_budget=1)
+    with pytest.raises(ValueError, match="ModelConfig"):
+        token_target(1e6, flop_budget=1e18)
+
+
+def test_tokens_per_byte_table_is_reproducible(tinystories_dir, gpt2_available):
+    """The table's numbers are measurements: re-measure each tokenizer on the V1 validation sample."""
+    for name, row in TOKENS_PER_BYTE.items():
+        got = budget.measure_tokens_per_byte(name, tinystories_dir / "TinyStories-valid.first1000.hf.txt")
+        assert got["stories"] == 1000
+        assert got["tokens_per_byte"] == pytest.approx(row["v1"], abs=1e-5)
+    got = budget.measure_tokens_per_byte("tinystories-4096", tinystories_dir / "TinyStories-train.first2316.txt")
+    assert got["tokens_per_byte"] == pytest.approx(TOKENS_PER_BYTE["tinystories-4096"]["v1_train_sample"], abs=1e-5)
+    assert (got["file_bytes"] - got["text_bytes"]) / got["stories"] == pytest.approx(
+        budget.SEPARATOR_BYTES_PER_STORY, abs=0.01)
+
+
+def test_dataset_tokens_and_epochs():
+    v1 = budget.tinystories_tokens("v1", "tinystories-4096")
+    assert 4.5e8 < v1 < 4.9e8  # 1.92 GB at ~4 bytes/token
+    assert budget.tinystories_tokens("v1", "tinystories-512") > 1.6 * v1  # a 512-id vocabulary compresses less
+    assert budget.tinystories_tokens("v2", "tinystories-4096") > v1
+    p = plan("llama_12L_8H_1024D", dataset_tokens=v1)
+    assert p.epochs == pytest.approx(p.steps * p.tokens_per_step / v1)
+    with pytest.raises(ValueError, match="tokenizer"):
+        budget.tinystories_tokens("v1", "llama2")
+
+
+# --- plans ----------------------------------------------------------------------------------------------------
+
+def test_plan_is_consistent():
+    one = plan("gpt2_124M", vocab_size=50304, micro_batch=16, seq_len=1024, grad_accum=4, n_gpus=1,
+               device="H100 SXM", mfu=0.4, price_per_gpu_hour=3.0)
+    assert one.tokens == 20 * one.params
+    assert one.tokens_per_step == 16 * 1024 * 4
+    assert one.steps == math.ceil(one.tokens / one.tokens_per_step)
+    assert one.total_flops == pytest.approx(one.steps * one.tokens_per_step * one.flops_per_token)
+    assert one.hours * 3600 * one.peak_flops * one.mfu == pytest.approx(one.total_flops)
+    assert one.cost == pytest.approx(one.gpu_hours * 3.0)
+    eight = plan("gpt2_124M", vocab_size=50304, micro_batch=16, seq_len=1024, grad_accum=4, n_gpus=8,
+                 device="H100 SXM", mfu=0.4, price_per_gpu_hour=3.0)
+    assert eight.tokens_per_step == 8 * one.tokens_per_step and eight.steps == math.ceil(one.steps / 8)
+    assert eight.hours == pytest.approx(one.hours / 8, rel=1e-3)
+    assert eight.cost == pytest.approx(one.cost, rel=1e-3)  # more GPUs: sooner, not cheaper
+    text = str(one)
+    assert "optimizer steps" in text and "H100 SXM" in text and "$" in text
+    table = budget.plans_table([one, eight])
+    assert table.count("gpt2_124M") == 2
+    with pytest.raises(ValueError, match="mfu"):
+        plan("tiny", mfu=35)
+
+
+# --- prediction versus measurement ----------------------------------------------------------------------------
+
+def _write_run(folder, cfg, records, train):
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    (folder / "latest").mkdir()
+    (folder / "latest" / "config.json").write_text(json.dumps(
+        {"model": cfg.to_dict(), "train": train, "world_size": 1, "tokens_per_step": train["batch_size"] * 256}))
+
+
+def test_compare_run_on_a_written_metrics_log(tmp_path):
+    cfg = get_config("tiny", vocab_size=4096)
+    fpt = flops_per_token(cfg, 256)
+    peak = peak_flops("H100 SXM")
+    tps = 0.2 * peak / fpt  # a run at 20% MFU
+    step_tokens = 16 * 256
+    records = [{"step": 0, "tokens": 0, "val_loss": 8.3}]
+    records += [{"step": s, "tokens": s * step_tokens, "train_loss": 5.0, "lr": 1e-3, "grad_norm": 1.0,
+                 "tokens_per_s": tps * (0.5 if s == 1 else 1.0), "step_time_s": step_tokens / tps * (2 if s == 1 else 1),
+                 "mfu": 0.2, "peak_mem_mb": None} for s in range(1, 11)]
+    run = tmp_path / "run"
+    _write_run(run, cfg, records, {"batch_size": 16, "seq_len": 256, "device": "auto", "dtype": "auto"})
+
+    result = compare_run(run, device="H100 SXM", dtype="bf16", assumed_mfu=0.4)
+    pred, meas = result["MFU (from tokens/s)"]
+    assert (pred, meas) == (0.4, pytest.approx(0.2))
+    assert result["MFU (trainer's log)"][1] == pytest.approx(0.2)
+    pred_tps, meas_tps = result["tokens/s"]
+    assert meas_tps == pytest.approx(tps) and pred_tps == pytest.approx(2 * tps)  # step 1 (warm-up) left out
+    assert result["step time (s)"][1] == pytest.approx(step_tokens / tps)
+    assert result.tokens_per_step == step_tokens
+    assert "predicted" in str(result) and "measured" in str(result)
+    # The metrics file alone works when the model and step size are given.
+    alone = compare_run(run / "metrics.jsonl", device="H100 SXM", model=cfg, step_tokens=step_tokens)
+    assert alone["tokens/s"][1] == pytest.approx(tps)
+    with pytest.raises(ValueError, match="model="):
+        (tmp_path / "bare").mkdir()
+        (tmp_path / "bare" / "metrics.jsonl").write_text(json.dumps(records[2]) + "\n")
+        compare_run(tmp_path / "bare", device="H100 SXM")
+
+
+@pytest.fixture(scope="module")
+def short_run(tinystories_dir, tmp_path_factory):
+    """A real 6-step tiny run with tinylib.train on 200 stories (tinystories-512), logged every step."""
+    from tinylib.data import prepare_dataset
+    from tinylib.train import TrainConfig, train
+
+    root = tmp_path_factory.mktemp("budget_run")
+    prepare_dataset(tinystories_dir, "tinystories-512", root / "data", max_stories=200, num_proc=1, progress=False)
+    cfg = TrainConfig(data=str(root / "data"), preset="tiny", out_dir=str(root / "run"), batch_size=8, seq_len=128,
+                      max_steps=6, warmup_steps=2, eval_every=1000, eval_batches=1, eval_batch_size=4,
+                      sample_prompts=[], log_every=1, progress=False, device="cpu")
+    result = train(cfg)
+    return result, root / "run"
+
+
+def test_compare_run_on_a_real_short_run(short_run):
+    result, run = short_run
+    cmp = compare_run(run, device="cpu")
+    assert cmp.tokens_per_step == 8 * 128 and cmp.steps_measured == 5
+    meas_tps = cmp["tokens/s"][1]
+    assert 0 < meas_tps < 1e6
+    # The trainer's MFU comes from this module with the same peak: both MFU rows agree.
+    assert cmp["MFU (trainer's log)"][1] == pytest.approx(cmp["MFU (from tokens/s)"][1], rel=1e-6)
+    assert 0 < cmp["MFU (from tokens/s)"][1] < 1.5
