@@ -141,8 +141,7 @@ def test_cpu_peak_is_measured_once_per_process():
     first = budget.measure_peak_flops("cpu", "fp32", size=256, seconds=0.05)
     assert 1e8 < first < 1e14
     assert budget.measure_peak_flops("cpu", "fp32", size=256, seconds=0.05) == first  # cached
-    budget._PROBED[("cpu", "bf16", 2048)] = 2e12  # peak_flops("cpu") probes at 2048; seed it to keep this fast
-    assert peak_flops("cpu", torch.bfloat16) == 2e12
+    assert peak_flops("cpu", torch.bfloat16) == budget.measure_peak_flops("cpu", "bf16")  # probed, then cached
 
 
 def test_mfu_is_model_flops_over_peak():
@@ -238,6 +237,24 @@ def test_plan_is_consistent():
     assert table.count("gpt2_124M") == 2
     with pytest.raises(ValueError, match="mfu"):
         plan("tiny", mfu=35)
+
+
+def test_budget_widget_follows_its_controls():
+    box = budget.budget_widget(preset="llama_6L_6H_288D", vocab_size=4096, micro_batch=8, seq_len=256, n_gpus=1)
+    first = box.current()
+    assert first.tokens_per_step == 8 * 256 * 4 and first.n_gpus == 1
+    box.controls["n_gpus"].value = 4
+    box.controls["device"].value = "A100 SXM"
+    now = box.current()
+    assert now.tokens_per_step == 4 * first.tokens_per_step and now.peak_flops == 312e12
+    assert now.hours < first.hours
+
+
+def test_measure_train_step_reports_consistent_figures():
+    cfg = get_config("tiny", vocab_size=512)
+    m = budget.measure_train_step(cfg, batch_size=2, seq_len=32, dtype="fp32", steps=1, warmup=0)
+    assert m.tokens_per_s == pytest.approx(2 * 32 / m.step_time_s)
+    assert m.mfu == pytest.approx(m.tokens_per_s * flops_per_token(cfg, 32) / peak_flops("cpu", "fp32"))
 
 
 # --- prediction versus measurement ----------------------------------------------------------------------------
