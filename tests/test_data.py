@@ -205,6 +205,9 @@ def test_random_batches_deterministic_per_rank_and_resumable(prepared):
     r0 = RandomBatches(tokens, 4, 32, seed=1, rank=0, world_size=2).next_batch()[0]
     r1 = RandomBatches(tokens, 4, 32, seed=1, rank=1, world_size=2).next_batch()[0]
     assert not torch.equal(r0, r1)
+    # The global batch does not depend on how it is split across ranks.
+    whole = RandomBatches(tokens, 8, 32, seed=1).next_batch()[0]
+    assert torch.equal(torch.cat([r0, r1]), whole)
 
     # Resume: a fresh object loaded with the state after 3 steps continues the exact stream.
     run = RandomBatches(tokens, 4, 32, seed=1, rank=1, world_size=2)

@@ -162,3 +162,26 @@ def test_config_round_trips_through_dict():
     cfg = get_config("llama_6L_6H_288D", vocab_size=512, n_kv_head=3)
     assert ModelConfig.from_dict(cfg.to_dict()) == cfg
     assert cfg.style == "llama" and get_config("gpt2_124M").style == "gpt"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_chunked_loss_and_gradients_equal_the_plain_logits_path(dtype):
+    torch.manual_seed(0)
+    model = Transformer(get_config("llama_tiny", vocab_size=700, max_seq_len=64))
+    idx, y = torch.randint(0, 700, (2, 3, 64))
+    y[0, :5] = -1
+    grads = []
+    for return_logits in (True, False):
+        model.zero_grad()
+        with torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):
+            logits, loss = model(idx, y, return_logits=return_logits)
+        loss.backward()
+        grads.append((loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}))
+        assert (logits is None) == (not return_logits)
+    (l1, g1), (l2, g2) = grads
+    tol = dict(atol=1e-5, rtol=1e-4) if dtype == torch.float32 else dict(atol=2e-2, rtol=2e-2)
+    torch.testing.assert_close(l2, l1, **tol)
+    for name in g1:
+        torch.testing.assert_close(g2[name], g1[name], **tol, msg=name)
+    with torch.no_grad():  # evaluation takes the gradient-free branch
+        torch.testing.assert_close(model(idx, y, return_logits=False)[1], model(idx, y)[1], atol=1e-5, rtol=1e-5)

@@ -541,8 +541,11 @@ def _to_torch(buf: np.ndarray, device) -> tuple[torch.Tensor, torch.Tensor]:
 class RandomBatches:
     """Random windows of seq_len + 1 tokens: x = window[:-1], y = window[1:], both int64 [batch_size, seq_len].
 
-    Batch number `step` depends only on (seed, rank, world_size, step): each DDP rank draws its own stream, and a
-    resumed run continues the exact stream after `load_state_dict` (save rank 0's state; every rank loads it).
+    Batch number `step` depends only on (seed, rank, world_size, step): draw `step` picks the window starts of one
+    global batch of world_size x batch_size rows from (seed, step), and rank r takes rows [r*B, (r+1)*B). So ranks
+    see different data, and the global batch is the same however it is split: 2 processes of batch 8 train on
+    exactly what 1 process of batch 16 would. A resumed run continues the exact stream after `load_state_dict`
+    (save rank 0's state; every rank loads it).
     """
 
     def __init__(
@@ -560,8 +563,9 @@ class RandomBatches:
         self._offsets = np.arange(seq_len + 1)
 
     def starts(self, step: int) -> np.ndarray:
-        rng = np.random.default_rng([self.seed, self.world_size, self.rank, step])
-        return rng.integers(0, len(self.tokens) - self.seq_len, size=self.batch_size)
+        rng = np.random.default_rng([self.seed, step])
+        starts = rng.integers(0, len(self.tokens) - self.seq_len, size=self.world_size * self.batch_size)
+        return starts[self.rank * self.batch_size:(self.rank + 1) * self.batch_size]
 
     def next_batch(self, device: str | torch.device = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
         buf = self.tokens[self.starts(self.step)[:, None] + self._offsets]

@@ -56,6 +56,57 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return (x * cos + rotated * sin).type_as(x)
 
 
+class _LinearCrossEntropy(torch.autograd.Function):
+    """Mean cross-entropy of (x @ weight.T) without materialising the [N, vocab] logits all at once.
+
+    Works through the rows in chunks: each chunk's logits live only in cache-sized pieces, and the gradients
+    (softmax - onehot) are formed right away, so backward is two stored tensors. On CPUs, where the vocabulary
+    dominates a small model's step, this removes several full passes over the logits.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, targets, chunk: int, compute_dtype):
+        xc, wc = x.to(compute_dtype), weight.to(compute_dtype)
+        valid = targets != -1
+        n = valid.sum().clamp(min=1)
+        grad_x = torch.empty_like(xc)
+        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
+        total = torch.zeros((), dtype=torch.float32, device=x.device)
+        for a in range(0, x.shape[0], chunk):
+            xs, t, ok = xc[a:a + chunk], targets[a:a + chunk], valid[a:a + chunk]
+            logits = (xs @ wc.T).float()
+            lse = logits.logsumexp(-1)
+            t_safe = t.clamp(min=0)
+            total += ((lse - logits.gather(1, t_safe[:, None]).squeeze(1)) * ok).sum()
+            grad = logits.sub_(lse[:, None]).exp_()
+            grad[torch.arange(len(t), device=t.device), t_safe] -= 1.0
+            grad.mul_((ok / n)[:, None])
+            g = grad.to(compute_dtype)
+            grad_x[a:a + chunk] = g @ wc
+            grad_w += (g.T @ xs).float()
+        ctx.save_for_backward(grad_x, grad_w)
+        ctx.dtypes = (x.dtype, weight.dtype)
+        return total / n
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        grad_x, grad_w = ctx.saved_tensors
+        return (grad_x * grad_out).to(ctx.dtypes[0]), (grad_w * grad_out).to(ctx.dtypes[1]), None, None, None
+
+
+def linear_cross_entropy(x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
+                         chunk: int = 1024) -> torch.Tensor:
+    """cross_entropy(x @ weight.T, targets, ignore_index=-1), chunked; x [N, d], weight [V, d], targets [N]."""
+    dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
+    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
+        return _LinearCrossEntropy.apply(x, weight, targets, chunk, dtype)
+    total = x.new_zeros((), dtype=torch.float32)
+    for a in range(0, x.shape[0], chunk):
+        logits = (x[a:a + chunk].to(dtype) @ weight.to(dtype).T).float()
+        total += F.cross_entropy(logits, targets[a:a + chunk], ignore_index=-1, reduction="sum")
+    return total / (targets != -1).sum().clamp(min=1)
+
+
 class KVCache:
     """Preallocated keys and values for every layer: [B, n_kv_head, max_len, d_head] each.
 
@@ -204,8 +255,11 @@ class Transformer(nn.Module):
                 nn.init.normal_(p, 0.0, 0.02)
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, *, cache: KVCache | None = None,
-                return_attn: bool = False):
+                return_attn: bool = False, return_logits: bool = True):
         """Logits [B, T, vocab] and, given targets, the mean cross-entropy (targets of -1 are ignored).
+
+        Training passes `return_logits=False`: the loss is then computed in chunks without ever holding the full
+        logits (see `linear_cross_entropy`), and the logits returned are None.
 
         With `cache`, idx holds the next tokens after `cache.pos` positions and the cache advances by T.
         With `return_attn=True` (or `attn_impl="eager"`), attention runs eagerly and the third return value is a
@@ -230,7 +284,11 @@ class Transformer(nn.Module):
             patterns.append(pattern)
         if cache is not None:
             cache.pos += T
-        logits = self.lm_head(self.norm_f(x))
+        x = self.norm_f(x)
+        if targets is not None and not return_logits:
+            loss = linear_cross_entropy(x.reshape(-1, x.shape[-1]), self.lm_head.weight, targets.reshape(-1))
+            return (None, loss, patterns) if return_attn else (None, loss)
+        logits = self.lm_head(x)
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)

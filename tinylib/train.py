@@ -243,12 +243,15 @@ def train(cfg: TrainConfig) -> TrainResult:
     out_dir = Path(cfg.out_dir) if cfg.out_dir else default_out_dir(cfg)
 
     meta = read_meta(cfg.data)
-    tokenizer = get_tokenizer(meta["tokenizer"])
+    tokenizer = get_tokenizer(meta["tokenizer"]["name"])
     train_tokens = open_split(cfg.data, "train", tokenizer)
     val_tokens = open_split(cfg.data, "val", tokenizer)
     accum = grad_accum_steps(cfg, world)
     tokens_per_step = cfg.batch_size * cfg.seq_len * accum * world
 
+    from tinylib.budget import flops_per_token, peak_flops
+
+    peak = peak_flops(device, _dtype_name(dtype))  # before seeding: a CPU peak is measured with random matrices
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
     model = build_model(cfg, meta["vocab_size"]).to(device)
     check_fits(model, device, cfg)
@@ -293,14 +296,14 @@ def train(cfg: TrainConfig) -> TrainResult:
               f"world size {world} = {tokens_per_step:,}")
         print(f"device {device}, dtype {str(dtype).removeprefix('torch.')}, compile {use_compile}, out {out_dir}")
 
-    val_bytes_per_token = meta["splits"]["val"]["bytes"] / meta["splits"]["val"]["tokens"]
+    val_bytes_per_token = meta["splits"]["val"]["text_bytes"] / meta["splits"]["val"]["tokens"]
 
     def evaluate() -> float:
         return evaluate_loss(raw_model, val_tokens, seq_len=cfg.seq_len, batch_size=cfg.eval_batch_size,
                              max_batches=cfg.eval_batches, device=device, dtype=dtype)
 
     def save(folder: str, with_state: bool) -> None:
-        meta_out = {"train": dataclasses.asdict(cfg), "tokenizer": meta["tokenizer"], "data": str(cfg.data),
+        meta_out = {"train": dataclasses.asdict(cfg), "tokenizer": tokenizer.name, "data": str(cfg.data),
                     "step": step, "tokens_seen": tokens_seen, "best_val_loss": best_val, "total_steps": total_steps,
                     "world_size": world, "tokens_per_step": tokens_per_step}
         state = None
@@ -363,7 +366,7 @@ def train(cfg: TrainConfig) -> TrainResult:
             x, y = batches.next_batch(device)
             sync = micro == accum - 1
             with (model.no_sync() if world > 1 and not sync else nullcontext()), autocast_context(device, dtype):
-                _, loss = model(x, y)
+                _, loss = model(x, y, return_logits=False)  # chunked loss: the full logits never exist
             (loss / accum).backward()
             loss_sum += loss.detach()
         grad_norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.grad_clip)
@@ -382,12 +385,10 @@ def train(cfg: TrainConfig) -> TrainResult:
         if step > 1:  # the first step includes warm-up costs (allocation, compilation)
             timed_steps, timed_s = timed_steps + 1, timed_s + dt
         if master and (step % cfg.log_every == 0 or step == total_steps):
-            from tinylib.budget import mfu
-
             tps = tokens_per_step / dt
             record = {"step": step, "tokens": tokens_seen, "train_loss": train_loss, "lr": lr,
                       "grad_norm": grad_norm.item(), "tokens_per_s": tps, "step_time_s": dt,
-                      "mfu": mfu(tps / world, raw_model.cfg, cfg.seq_len, device, dtype=_dtype_name(dtype)),
+                      "mfu": tps / world * flops_per_token(raw_model.cfg, cfg.seq_len) / peak,
                       "peak_mem_mb": _peak_mem_mb(device)}
             log.write(record)
             if bar:

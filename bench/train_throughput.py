@@ -1,0 +1,142 @@
+"""Training throughput: tinylib's default training step versus a plain fp32 nanoGPT-style step, in one process.
+
+    python bench/train_throughput.py                       # tiny and 6L/288D, vocab 4096, batch 16 x 256
+    python bench/train_throughput.py --presets gpt2_124M --seq-len 1024 --batch-size 16 --vocab 50304   # on a GPU
+
+The baseline is written out here on purpose (LayerNorm, fused qkv, GELU, SDPA, fp32, plain AdamW, no autocast,
+no compile) so the speedup is measured against something anyone would write, on the same inputs, interleaved in
+rounds so that load from other processes hits both alike. tinylib's step is the one `tinylib.train` runs: its
+model, bf16 autocast where the device supports it, fused AdamW, torch.compile where the trainer enables it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import time
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from tinylib.budget import flops_per_token, peak_flops
+from tinylib.config import get_config
+from tinylib.model import Transformer
+from tinylib.train import TrainConfig, configure_optimizer, pick_device, pick_dtype
+
+
+class BaselineBlock(nn.Module):
+    def __init__(self, d: int, n_head: int, d_mlp: int):
+        super().__init__()
+        self.n_head = n_head
+        self.ln_1, self.ln_2 = nn.LayerNorm(d), nn.LayerNorm(d)
+        self.c_attn, self.c_proj = nn.Linear(d, 3 * d), nn.Linear(d, d)
+        self.c_fc, self.mlp_proj = nn.Linear(d, d_mlp), nn.Linear(d_mlp, d)
+
+    def forward(self, x):
+        B, T, C = x.shape
+        q, k, v = self.c_attn(self.ln_1(x)).split(C, dim=2)
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(B, T, C)
+        x = x + self.c_proj(y)
+        return x + self.mlp_proj(F.gelu(self.c_fc(self.ln_2(x))))
+
+
+class BaselineGPT(nn.Module):
+    """nanoGPT's model, condensed: learned positions, tied head."""
+
+    def __init__(self, vocab: int, seq: int, n_layer: int, n_head: int, d: int, d_mlp: int):
+        super().__init__()
+        self.wte, self.wpe = nn.Embedding(vocab, d), nn.Embedding(seq, d)
+        self.h = nn.ModuleList(BaselineBlock(d, n_head, d_mlp) for _ in range(n_layer))
+        self.ln_f = nn.LayerNorm(d)
+        self.lm_head = nn.Linear(d, vocab, bias=False)
+        self.lm_head.weight = self.wte.weight
+
+    def forward(self, idx, targets):
+        x = self.wte(idx) + self.wpe(torch.arange(idx.shape[1], device=idx.device))
+        for block in self.h:
+            x = block(x)
+        logits = self.lm_head(self.ln_f(x))
+        return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1))
+
+
+def make_steps(preset: str, vocab: int, batch: int, seq: int, device: torch.device):
+    """(name, step function) pairs: the baseline, and tinylib as the trainer would run it."""
+    cfg = get_config(preset, vocab_size=vocab, max_seq_len=max(seq, get_config(preset).max_seq_len))
+    base = BaselineGPT(vocab, cfg.max_seq_len, cfg.n_layer, cfg.n_head, cfg.d_model, cfg.d_mlp).to(device)
+    base_opt = torch.optim.AdamW(base.parameters(), lr=1e-4, weight_decay=0.1)
+    tcfg = TrainConfig(preset=preset)
+    dtype = pick_dtype(tcfg.dtype, device)
+    model = Transformer(cfg).to(device)
+    opt = configure_optimizer(model, tcfg, device)
+    compiled = torch.compile(model) if device.type == "cuda" else model
+    x, y = torch.randint(0, vocab, (2, batch, seq), device=device)
+
+    def baseline_step():
+        loss = base(x, y)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(base.parameters(), 1.0)
+        base_opt.step()
+        base_opt.zero_grad(set_to_none=True)
+        return loss
+
+    def tinylib_step():
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+            _, loss = compiled(x, y, return_logits=False)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return loss
+
+    label = f"tinylib ({str(dtype).removeprefix('torch.')}{', compile' if compiled is not model else ''})"
+    return cfg, dtype, [("baseline fp32", baseline_step), (label, tinylib_step)]
+
+
+def time_steps(step, n: int, device: torch.device) -> float:
+    step().item()
+    t0 = time.perf_counter()
+    for _ in range(n):
+        loss = step()
+    loss.item()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return (time.perf_counter() - t0) / n
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--presets", nargs="+", default=["tiny", "llama_6L_6H_288D", "gpt_6L_6H_288D"])
+    parser.add_argument("--vocab", type=int, default=4096)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--seq-len", type=int, default=256)
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per round")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the median is reported")
+    parser.add_argument("--device", default="auto")
+    args = parser.parse_args()
+    device = pick_device(args.device)
+    tokens = args.batch_size * args.seq_len
+    print(f"device {device}, threads {torch.get_num_threads()}, batch {args.batch_size} x {args.seq_len}, "
+          f"vocab {args.vocab}")
+    header = f"{'preset':<18} {'path':<26} {'ms/step':>9} {'tokens/s':>10} {'MFU':>7} {'speedup':>8}"
+    print(header + "\n" + "-" * len(header))
+    for preset in args.presets:
+        cfg, dtype, steps = make_steps(preset, args.vocab, args.batch_size, args.seq_len, device)
+        times = {name: [] for name, _ in steps}
+        for _ in range(args.rounds):
+            for name, step in steps:
+                times[name].append(time_steps(step, args.steps, device))
+        base_t = statistics.median(times[steps[0][0]])
+        for i, (name, _) in enumerate(steps):
+            t = statistics.median(times[name])
+            run_dtype = "fp32" if i == 0 else {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "fp32")
+            mfu = tokens / t * flops_per_token(cfg, args.seq_len) / peak_flops(device, run_dtype)
+            print(f"{preset:<18} {name:<26} {t * 1000:>9.1f} {tokens / t:>10,.0f} {mfu:>7.1%} {base_t / t:>7.2f}x")
+    if math.isfinite(base_t):
+        print("MFU is against this device's peak for the dtype each path runs in (tinylib.budget.peak_flops).")
+
+
+if __name__ == "__main__":
+    main()

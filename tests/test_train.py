@@ -1,0 +1,157 @@
+"""Training: exact resume, DDP == one process, accumulation, schedule, optimizer groups, checkpoints."""
+
+import json
+import math
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tinylib.checkpoint import list_checkpoints, load_model, load_state, save_checkpoint
+from tinylib.config import get_config
+from tinylib.data import prepare_dataset
+from tinylib.metrics import plot_runs, read_metrics
+from tinylib.model import Transformer
+from tinylib.train import TrainConfig, configure_optimizer, grad_accum_steps, lr_at, parse_args, train
+
+SMALL = {"n_layer": 2, "d_model": 64, "n_head": 4, "d_mlp": 128, "max_seq_len": 64}
+
+
+@pytest.fixture(scope="module")
+def data_dir(tinystories_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("data") / "ts512"
+    prepare_dataset(tinystories_dir, "tinystories-512", out, max_stories=300, num_proc=1, progress=False)
+    return out
+
+
+def small_config(data_dir, out_dir, **kw) -> TrainConfig:
+    base = dict(data=str(data_dir), preset="llama_tiny", model_overrides=dict(SMALL), out_dir=str(out_dir),
+                batch_size=4, seq_len=32, max_steps=8, warmup_steps=2, lr=3e-3, eval_every=4, eval_batches=2,
+                eval_batch_size=4, sample_prompts=[], log_every=1, progress=False, dtype="fp32")
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def weights(folder) -> dict:
+    return load_file(str(Path(folder) / "model.safetensors"))
+
+
+def test_resumed_training_is_bitwise_identical_to_uninterrupted(data_dir, tmp_path):
+    overrides = {**SMALL, "dropout": 0.1}  # dropout makes the saved RNG state matter
+    straight = train(small_config(data_dir, tmp_path / "straight", model_overrides=overrides))
+    assert straight.step == 8
+    train(small_config(data_dir, tmp_path / "split", model_overrides=overrides, until_step=4))
+    assert load_state(tmp_path / "split" / "latest")["data"]["step"] == 4
+    resumed = train(small_config(data_dir, tmp_path / "split", model_overrides=overrides, resume=True))
+    assert resumed.step == 8 and resumed.tokens == straight.tokens
+    a, b = weights(tmp_path / "straight" / "latest"), weights(tmp_path / "split" / "latest")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    # the metrics log of the split run reads like one run
+    steps = [r["step"] for r in read_metrics(tmp_path / "split") if "train_loss" in r]
+    assert steps == list(range(1, 9))
+
+
+def test_gradient_accumulation_reaches_the_token_target(data_dir, tmp_path, capsys):
+    acc = train(small_config(data_dir, tmp_path / "acc", batch_size=4, tokens_per_step=4 * 32 * 3, max_steps=3))
+    assert "micro-batch 4 x sequence 32 x accumulation 3 x world size 1 = 384" in capsys.readouterr().out
+    assert acc.tokens == 3 * 384
+    assert [r["tokens"] for r in read_metrics(tmp_path / "acc") if "train_loss" in r] == [384, 768, 1152]
+
+
+def test_two_gloo_processes_train_the_same_model_as_one(data_dir, tmp_path):
+    """torchrun with 2 CPU processes (gloo), micro-batch 2 each, equals 1 process with micro-batch 4."""
+    single = small_config(data_dir, tmp_path / "one", batch_size=4, max_steps=4, eval_every=100)
+    train(single)
+    config = tmp_path / "ddp.json"
+    ddp = small_config(data_dir, tmp_path / "two", batch_size=2, max_steps=4, eval_every=100)
+    config.write_text(json.dumps(ddp.__dict__))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "tinylib.train", "--config", str(config)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "world size 2 = 128" in proc.stdout  # 2 x 32 x 1 x 2 tokens per step
+    one = [r["train_loss"] for r in read_metrics(tmp_path / "one") if "train_loss" in r]
+    two = [r["train_loss"] for r in read_metrics(tmp_path / "two") if "train_loss" in r]
+    assert len(one) == len(two) == 4
+    assert one == pytest.approx(two, abs=1e-5)
+    for k, v in weights(tmp_path / "one" / "latest").items():
+        torch.testing.assert_close(weights(tmp_path / "two" / "latest")[k], v, atol=1e-5, rtol=1e-4)
+
+
+def test_tokens_per_step_counts_world_size():
+    cfg = TrainConfig(batch_size=22, seq_len=2048, tokens_per_step=22 * 2048 * 4 * 8)
+    assert grad_accum_steps(cfg, world_size=8) == 4
+    assert grad_accum_steps(cfg, world_size=1) == 32
+    with pytest.raises(ValueError, match="not a multiple of batch_size x seq_len x world_size"):
+        grad_accum_steps(TrainConfig(batch_size=3, seq_len=100, tokens_per_step=1000), world_size=1)
+
+
+def test_learning_rate_warms_up_then_follows_the_cosine_to_its_floor():
+    cfg = TrainConfig(lr=1e-3, warmup_steps=10, min_lr_ratio=0.1)
+    assert lr_at(0, cfg, 110) == pytest.approx(1e-4)
+    assert lr_at(9, cfg, 110) == pytest.approx(1e-3)
+    assert lr_at(60, cfg, 110) == pytest.approx(1e-4 + 0.5 * 9e-4 * (1 + math.cos(math.pi * 0.5)))
+    assert lr_at(110, cfg, 110) == pytest.approx(1e-4)
+    assert lr_at(500, cfg, 110) == pytest.approx(1e-4)
+
+
+def test_weight_decay_applies_to_matrices_only():
+    model = Transformer(get_config("gpt_tiny", vocab_size=256))
+    opt = configure_optimizer(model, TrainConfig(weight_decay=0.1), torch.device("cpu"))
+    decay, no_decay = opt.param_groups
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    assert all(p.dim() == 2 for p in decay["params"]) and all(p.dim() == 1 for p in no_decay["params"])
+    assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
+
+
+def test_checkpoints_round_trip_write_atomically_and_refuse_pickled_code(tmp_path):
+    model = Transformer(get_config("tiny", vocab_size=300, max_seq_len=32))
+    folder = save_checkpoint(tmp_path / "run" / "latest", model, {"step": 1, "tokenizer": "tinystories-512"},
+                             state={"step": torch.tensor(1)})
+    loaded = load_model(tmp_path / "run")
+    idx = torch.randint(0, 300, (1, 16))
+    torch.testing.assert_close(loaded(idx)[0], model.eval()(idx)[0], atol=0, rtol=0)
+    assert list_checkpoints(tmp_path) == [folder]
+    # a failing write leaves the previous checkpoint intact and no temporary folder behind
+    with pytest.raises(pickle.PicklingError):
+        save_checkpoint(folder, model, {"step": 2}, state={"bad": lambda: None})
+    assert json.loads((folder / "config.json").read_text())["step"] == 1
+    assert sorted(p.name for p in folder.parent.iterdir()) == ["latest"]
+    # state.pt with an arbitrary pickled object is refused (weights_only loading)
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("echo pwned",))
+
+    torch.save({"x": Evil()}, folder / "state.pt")
+    with pytest.raises(Exception, match="(?i)weights.only|unpickl"):
+        load_state(folder)
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        load_model(tmp_path / "nothing")
+
+
+def test_cli_reads_a_config_file_and_flags_override_it(tmp_path):
+    file = tmp_path / "cfg.json"
+    file.write_text(json.dumps({"preset": "gpt_tiny", "batch_size": 3, "model_overrides": {"dropout": 0.1}}))
+    cfg = parse_args(["--config", str(file), "--batch-size", "5", "--no-progress"])
+    assert (cfg.preset, cfg.batch_size, cfg.model_overrides, cfg.progress) == ("gpt_tiny", 5, {"dropout": 0.1}, False)
+    with pytest.raises(ValueError, match="unknown TrainConfig fields"):
+        TrainConfig.from_dict({"batchsize": 3})
+
+
+def test_metrics_plot_draws_each_run(data_dir, tmp_path):
+    train(small_config(data_dir, tmp_path / "r", max_steps=4))
+    records = read_metrics(tmp_path / "r")
+    last_train = [r for r in records if "train_loss" in r][-1]
+    assert {"step", "tokens", "train_loss", "lr", "grad_norm", "tokens_per_s", "mfu", "peak_mem_mb"} <= last_train.keys()
+    assert records[-1]["val_loss"] > 0 and records[-1]["step"] == 4
+    ax = plot_runs([tmp_path / "r"])
+    assert len(ax.lines) == 2
