@@ -1,0 +1,585 @@
+"""llama2.c interop: load Karpathy's TinyStories models and tokenizers, export ours in llama2.c's format.
+
+What this module does:
+- `load_llama2c(path)` reads the three checkpoint formats of karpathy/llama2.c into a `tinylib.model.Transformer`:
+  the legacy export (`.bin`: 7 int32s, float32 weights, freq_cis tables; a positive vocab_size means the classifier
+  is the token embedding), the version-1 export (256-byte header with magic "ak42") and PyTorch training
+  checkpoints (`ckpt.pt`: `model_args` + `model` state dict, maybe with torch.compile's `_orig_mod.` prefixes).
+- `export_llama2c(model, path)` writes a LLaMA-style tinylib model as a legacy (or version-1) `.bin` that llama2.c's
+  `run.c` runs, and that `load_llama2c` reads back to identical weights.
+- `SentencePieceTokenizer` puts llama2.c's SentencePiece tokenizers (tok512, the Llama 2 32k one) behind
+  tinylib's `Tokenizer` interface.
+- `download_llama2c(name)` fetches stories260K/15M/42M/110M from the Hugging Face repo karpathy/tinyllamas.
+
+The one real conversion: llama2.c applies RoPE to interleaved pairs (dims 2i, 2i+1 of each head, Meta's
+convention) while tinylib rotates halves (dims i, i + d_head/2, transformers' convention). Permuting the rows of
+wq and wk inside each head (transformers' `convert_llama_weights_to_hf` does the same) makes the two identical,
+so tinylib needs no second RoPE. Grouped-query attention needs nothing: both repeat kv head h // n_rep.
+
+What it leaves to others: the model itself (tinylib.model), generation (tinylib.generate), evaluation
+(tinylib.evaluate), transformers/TransformerLens export (tinylib.hf, tinylib.lens).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from tinylib.config import ModelConfig
+from tinylib.model import Transformer
+from tinylib.tokenizer import Tokenizer, _as_id_list
+
+V1_MAGIC = 0x616B3432  # "ak42" read as a little-endian uint32
+V1_HEADER_BYTES = 256
+LEGACY_HEADER = struct.Struct("<7i")
+V1_PREFIX = struct.Struct("<Ii7iB")  # magic, version, 7 params, shared_classifier flag; zero padding follows
+ROPE_THETA = 10000.0  # run.c hard-codes both
+NORM_EPS = 1e-5
+
+HF_REPO = "karpathy/tinyllamas"
+# name -> (model file in the repo, tokenizer file in the repo or None, published validation loss)
+MODELS: dict[str, tuple[str, str | None, float]] = {
+    "stories260K": ("stories260K/stories260K.bin", "stories260K/tok512.model", 1.297),
+    "stories15M": ("stories15M.bin", None, 1.072),
+    "stories42M": ("stories42M.bin", None, 0.847),
+    "stories110M": ("stories110M.bin", None, 0.760),
+}
+LLAMA2_TOKENIZER_NOTE = (
+    "stories15M/42M/110M use the Llama 2 SentencePiece tokenizer (tokenizer.model, 32000 ids), which is not in "
+    "karpathy/tinyllamas: take it from github.com/karpathy/llama2.c (or ../shared/models/llama2c/tokenizer.model)"
+)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Header and file layout
+
+
+@dataclass(frozen=True)
+class Llama2cHeader:
+    """The seven numbers every llama2.c export starts with, plus the classifier flag and the format version."""
+
+    dim: int
+    hidden_dim: int
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    vocab_size: int  # always positive here; the legacy sign is decoded into shared_classifier
+    seq_len: int
+    shared_classifier: bool
+    version: int  # 0 = legacy .bin, 1 = "ak42" version 1, -1 = PyTorch checkpoint
+
+    @property
+    def head_size(self) -> int:
+        return self.dim // self.n_heads
+
+    def config(self) -> ModelConfig:
+        """The tinylib config of this model: LLaMA style, run.c's eps and theta, no dropout."""
+        return ModelConfig(
+            vocab_size=self.vocab_size, n_layer=self.n_layers, n_head=self.n_heads, n_kv_head=self.n_kv_heads,
+            d_model=self.dim, d_mlp=self.hidden_dim, max_seq_len=self.seq_len, norm="rmsnorm", mlp="swiglu",
+            pos="rope", rope_theta=ROPE_THETA, bias=False, tie_embeddings=self.shared_classifier, dropout=0.0,
+            norm_eps=NORM_EPS)
+
+    def problems(self) -> list[str]:
+        """What makes these numbers impossible for a llama2.c model (empty when they are fine)."""
+        out = [f"{k}={getattr(self, k)} is not positive" for k in
+               ("dim", "hidden_dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "seq_len")
+               if getattr(self, k) <= 0]
+        if out:
+            return out
+        if self.dim % self.n_heads:
+            out.append(f"dim={self.dim} is not divisible by n_heads={self.n_heads}")
+        elif self.head_size % 2:
+            out.append(f"head size {self.head_size} is odd (RoPE needs pairs)")
+        if self.n_heads % self.n_kv_heads:
+            out.append(f"n_heads={self.n_heads} is not a multiple of n_kv_heads={self.n_kv_heads}")
+        return out
+
+
+def _layout(h: Llama2cHeader, version: int) -> list[tuple[str, tuple[int, ...]]]:
+    """(llama2.c tensor name, shape) in file order; names follow llama2.c's model.py state dict."""
+    L, d, hd, kv = h.n_layers, h.dim, h.hidden_dim, h.n_kv_heads * h.head_size
+
+    def per_layer(name: str, shape: tuple[int, ...]) -> list[tuple[str, tuple[int, ...]]]:
+        return [(f"layers.{i}.{name}.weight", shape) for i in range(L)]
+
+    emb = [("tok_embeddings.weight", (h.vocab_size, d))]
+    att_norm, ffn_norm = per_layer("attention_norm", (d,)), per_layer("ffn_norm", (d,))
+    attn = (per_layer("attention.wq", (d, d)) + per_layer("attention.wk", (kv, d))
+            + per_layer("attention.wv", (kv, d)) + per_layer("attention.wo", (d, d)))
+    w1, w2, w3 = (per_layer("feed_forward.w1", (hd, d)), per_layer("feed_forward.w2", (d, hd)),
+                  per_layer("feed_forward.w3", (hd, d)))
+    final = [("norm.weight", (d,))]
+    classifier = [] if h.shared_classifier else [("output.weight", (h.vocab_size, d))]
+    if version == 0:
+        freqs = [("freq_cis_real", (h.seq_len, h.head_size // 2)), ("freq_cis_imag", (h.seq_len, h.head_size // 2))]
+        return emb + att_norm + attn + ffn_norm + w1 + w2 + w3 + final + freqs + classifier
+    return att_norm + ffn_norm + final + emb + attn + w1 + w2 + w3 + classifier
+
+
+def _header_bytes(version: int) -> int:
+    return LEGACY_HEADER.size if version == 0 else V1_HEADER_BYTES
+
+
+def expected_file_size(h: Llama2cHeader, version: int) -> int:
+    """Bytes of a float32 export with header `h`: the header, then 4 bytes per number of the layout."""
+    return _header_bytes(version) + 4 * sum(math.prod(shape) for _, shape in _layout(h, version))
+
+
+def _describe(h: Llama2cHeader) -> str:
+    return (f"dim={h.dim}, hidden_dim={h.hidden_dim}, n_layers={h.n_layers}, n_heads={h.n_heads}, "
+            f"n_kv_heads={h.n_kv_heads}, vocab_size={h.vocab_size}, seq_len={h.seq_len}, "
+            f"shared_classifier={h.shared_classifier}")
+
+
+def read_llama2c_header(path: str | os.PathLike) -> Llama2cHeader:
+    """Parse and check the header of a legacy or version-1 `.bin`, including that the file length matches it."""
+    path = Path(path)
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(V1_HEADER_BYTES)
+    if len(head) >= 4 and head[:4] == b"GGUF":
+        raise ValueError(f"{path} is a GGUF file (llama.cpp); load_llama2c reads llama2.c's .bin exports and ckpt.pt")
+    if len(head) >= 8 and struct.unpack_from("<I", head)[0] == V1_MAGIC:
+        version = struct.unpack_from("<i", head, 4)[0]
+        if version != 1:
+            hint = (" (version 2 is llama2.c's int8 Q8_0 export; tinylib reads float32 exports: re-export with "
+                    "llama2.c's `export.py --version 1`, or version 0)") if version == 2 else ""
+            raise ValueError(f"{path}: unsupported llama2.c export version {version}; expected version 1 after the "
+                             f"'ak42' magic{hint}")
+        if len(head) < V1_PREFIX.size:
+            raise ValueError(f"{path}: truncated version-1 header: {len(head)} bytes, expected {V1_HEADER_BYTES}")
+        _, _, *params, shared = V1_PREFIX.unpack_from(head)
+        if shared not in (0, 1):
+            raise ValueError(f"{path}: shared_classifier flag at byte 36 is {shared}, expected 0 or 1")
+        dim, hidden, n_layers, n_heads, n_kv, vocab, seq = params
+        h = Llama2cHeader(dim, hidden, n_layers, n_heads, n_kv, vocab, seq, bool(shared), 1)
+    else:
+        if len(head) < LEGACY_HEADER.size:
+            raise ValueError(f"{path} has {size} bytes, too short for a llama2.c model: a legacy export starts with "
+                             f"a {LEGACY_HEADER.size}-byte header, a version-1 export with {V1_HEADER_BYTES} bytes")
+        dim, hidden, n_layers, n_heads, n_kv, vocab, seq = LEGACY_HEADER.unpack_from(head)
+        h = Llama2cHeader(dim, hidden, n_layers, n_heads, n_kv, abs(vocab), seq, vocab > 0, 0)
+    problems = h.problems()
+    if problems:
+        magic = struct.unpack_from("<I", head)[0] if len(head) >= 4 else None
+        found = f"first uint32 0x{magic:08x}" if magic is not None else "no bytes"
+        raise ValueError(
+            f"{path} is not a llama2.c model file: expected the version-1 magic 0x{V1_MAGIC:08x} ('ak42') or a "
+            f"legacy header of 7 int32s (dim, hidden_dim, n_layers, n_heads, n_kv_heads, +/-vocab_size, seq_len); "
+            f"found {found}, read as a legacy header: {'; '.join(problems)}")
+    expected = expected_file_size(h, h.version)
+    if size != expected:
+        kind = "legacy" if h.version == 0 else "version-1"
+        what = (f"{expected - size} bytes missing (truncated file?)" if size < expected
+                else f"{size - expected} extra bytes (padded file, or a header that does not match the weights)")
+        raise ValueError(f"{path}: a {kind} llama2.c export with {_describe(h)} has {expected:,} bytes, but the "
+                         f"file has {size:,}: {what}")
+    return h
+
+
+# ------------------------------------------------------------------------------------------------------------
+# RoPE pairing: llama2.c (interleaved) <-> tinylib/transformers (rotate half)
+
+
+def interleaved_to_half(w: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """Reorder the rows of a q/k projection inside each head: row 2i+j moves to j*d/2 + i (j = 0, 1).
+
+    After this, tinylib's rotate-half RoPE on the new rows equals llama2.c's interleaved RoPE on the old ones.
+    """
+    rows, cols = w.shape
+    d = rows // n_heads
+    return w.reshape(n_heads, d // 2, 2, cols).transpose(1, 2).reshape(rows, cols)
+
+
+def half_to_interleaved(w: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """The inverse of `interleaved_to_half` (for export)."""
+    rows, cols = w.shape
+    d = rows // n_heads
+    return w.reshape(n_heads, 2, d // 2, cols).transpose(1, 2).reshape(rows, cols)
+
+
+# llama2.c state-dict name (after "layers.{i}.") -> tinylib name (after "blocks.{i}.")
+_LAYER_NAMES = {
+    "attention_norm.weight": "attn_norm.weight",
+    "attention.wq.weight": "attn.q_proj.weight",
+    "attention.wk.weight": "attn.k_proj.weight",
+    "attention.wv.weight": "attn.v_proj.weight",
+    "attention.wo.weight": "attn.o_proj.weight",
+    "ffn_norm.weight": "mlp_norm.weight",
+    "feed_forward.w1.weight": "mlp.gate_proj.weight",  # llama2.c: w2(silu(w1 x) * w3 x)
+    "feed_forward.w3.weight": "mlp.up_proj.weight",
+    "feed_forward.w2.weight": "mlp.down_proj.weight",
+}
+_TOP_NAMES = {"tok_embeddings.weight": "tok_emb.weight", "norm.weight": "norm_f.weight",
+              "output.weight": "lm_head.weight"}
+
+
+def _to_tinylib_state(sd: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch.Tensor]:
+    out: dict[str, torch.Tensor] = {}
+    for name, t in sd.items():
+        if name in _TOP_NAMES:
+            out[_TOP_NAMES[name]] = t
+            continue
+        _, i, rest = name.split(".", 2)
+        if rest == "attention.wq.weight":
+            t = interleaved_to_half(t, cfg.n_head)
+        elif rest == "attention.wk.weight":
+            t = interleaved_to_half(t, cfg.n_kv_head)
+        out[f"blocks.{i}.{_LAYER_NAMES[rest]}"] = t
+    if cfg.tie_embeddings:
+        out["lm_head.weight"] = out["tok_emb.weight"]
+    return out
+
+
+def _to_llama2c_state(model: Transformer) -> dict[str, torch.Tensor]:
+    cfg = model.cfg
+    sd = {k: v.detach().float().cpu() for k, v in model.state_dict().items()}
+    inv_top = {v: k for k, v in _TOP_NAMES.items()}
+    inv_layer = {v: k for k, v in _LAYER_NAMES.items()}
+    out: dict[str, torch.Tensor] = {}
+    for name, t in sd.items():
+        if name in inv_top:
+            out[inv_top[name]] = t
+            continue
+        _, i, rest = name.split(".", 2)
+        if rest == "attn.q_proj.weight":
+            t = half_to_interleaved(t, cfg.n_head)
+        elif rest == "attn.k_proj.weight":
+            t = half_to_interleaved(t, cfg.n_kv_head)
+        out[f"layers.{i}.{inv_layer[rest]}"] = t
+    if cfg.tie_embeddings:
+        out.pop("output.weight", None)
+    return out
+
+
+def _build(cfg: ModelConfig, sd: dict[str, torch.Tensor], device: torch.device | str) -> Transformer:
+    model = Transformer(cfg)
+    model.load_state_dict(_to_tinylib_state(sd, cfg), strict=True)
+    return model.to(device).eval()
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Import
+
+
+def _read_bin(path: Path) -> tuple[Llama2cHeader, dict[str, torch.Tensor]]:
+    h = read_llama2c_header(path)
+    flat = np.fromfile(path, dtype="<f4", offset=_header_bytes(h.version))
+    sd: dict[str, torch.Tensor] = {}
+    pos = 0
+    for name, shape in _layout(h, h.version):
+        n = math.prod(shape)
+        if not name.startswith("freq_cis"):  # tinylib computes RoPE itself
+            sd[name] = torch.from_numpy(flat[pos:pos + n].reshape(shape).copy())
+        pos += n
+    return h, sd
+
+
+def _read_ckpt(path: Path) -> tuple[Llama2cHeader, dict[str, torch.Tensor]]:
+    """llama2.c's train.py checkpoint: plain dicts, ints, floats, strings and tensors, so weights_only loads it."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ValueError(f"cannot read {path} as a PyTorch checkpoint with torch.load(weights_only=True) "
+                         f"({type(e).__name__}: {e}); tinylib never unpickles code, so convert it to a llama2.c "
+                         f".bin with llama2.c's export.py") from e
+    if not isinstance(ckpt, dict) or "model" not in ckpt or "model_args" not in ckpt:
+        found = sorted(ckpt)[:10] if isinstance(ckpt, dict) else type(ckpt).__name__
+        raise ValueError(f"{path}: expected llama2.c's checkpoint dict with 'model_args' and 'model', found {found}")
+    args = dict(ckpt["model_args"])
+    sd = {k.removeprefix("_orig_mod."): v.float() for k, v in ckpt["model"].items()}
+    missing = {"tok_embeddings.weight", "norm.weight", "layers.0.feed_forward.w1.weight"} - set(sd)
+    if missing:
+        raise ValueError(f"{path}: the 'model' state dict lacks {sorted(missing)}: not a llama2.c model")
+    for key in ("rope_theta", "norm_eps"):
+        default = ROPE_THETA if key == "rope_theta" else NORM_EPS
+        if float(args.get(key, default)) != default:
+            raise ValueError(f"{path}: {key}={args[key]}, but llama2.c models (and this loader) use {default}")
+    shared = "output.weight" not in sd or torch.equal(sd["output.weight"], sd["tok_embeddings.weight"])
+    if shared:
+        sd.pop("output.weight", None)
+    n_heads = int(args["n_heads"])
+    h = Llama2cHeader(
+        dim=int(args["dim"]), hidden_dim=int(sd["layers.0.feed_forward.w1.weight"].shape[0]),
+        n_layers=int(args["n_layers"]), n_heads=n_heads, n_kv_heads=int(args.get("n_kv_heads") or n_heads),
+        vocab_size=int(args["vocab_size"]), seq_len=int(args["max_seq_len"]), shared_classifier=shared, version=-1)
+    if h.problems():
+        raise ValueError(f"{path}: impossible model_args {args}: {'; '.join(h.problems())}")
+    expected = dict(_layout(h, 1))
+    shapes = {k: tuple(v.shape) for k, v in sd.items()}
+    if shapes != expected:
+        diff = sorted(set(expected) ^ set(shapes)) or [k for k in expected if expected[k] != shapes[k]]
+        raise ValueError(f"{path}: state dict does not match model_args ({_describe(h)}); differing entries: "
+                         + ", ".join(f"{k} expected {expected.get(k)} found {shapes.get(k)}" for k in diff[:5]))
+    return h, sd
+
+
+def _resolve(path: str | os.PathLike) -> Path:
+    p = Path(path)
+    if p.exists():
+        return p
+    if str(path) in MODELS:
+        return download_llama2c(str(path))
+    raise FileNotFoundError(f"llama2.c model {str(path)!r} not found: give the path of a .bin/.pt file or one of "
+                            f"the names {sorted(MODELS)} to download it")
+
+
+def read_llama2c(path: str | os.PathLike) -> tuple[Llama2cHeader, dict[str, torch.Tensor]]:
+    """The header and the float32 weights of a llama2.c file, in llama2.c's own names and RoPE layout.
+
+    Names are those of llama2.c's model.py state dict (`layers.0.attention.wq.weight`, ...); `output.weight` is
+    absent when the classifier is shared. `load_llama2c` converts this into a tinylib model.
+    """
+    p = _resolve(path)
+    with open(p, "rb") as f:
+        is_zip = f.read(4) == b"PK\x03\x04"  # torch.save's zip container
+    return _read_ckpt(p) if is_zip or p.suffix == ".pt" else _read_bin(p)
+
+
+def load_llama2c(path: str | os.PathLike, *, device: torch.device | str = "cpu") -> Transformer:
+    """A tinylib `Transformer` (fp32, eval mode) from a llama2.c legacy `.bin`, version-1 `.bin` or `ckpt.pt`.
+
+    `path` may also be a model name from `MODELS` ("stories260K", "stories15M", ...) when no such file exists:
+    it is then downloaded with `download_llama2c`. The tokenizer is separate: `SentencePieceTokenizer(...)`.
+    The config is LLaMA style with run.c's constants (norm_eps 1e-5, rope_theta 10000), d_mlp = hidden_dim,
+    max_seq_len = the model's training context, tied embeddings when the classifier is shared.
+    """
+    h, sd = read_llama2c(path)
+    return _build(h.config(), sd, device)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Export
+
+
+def exportable_problems(model: Transformer) -> list[str]:
+    """Why `model` cannot be written as a llama2.c file (empty when it can)."""
+    cfg = getattr(model, "cfg", None)
+    if not isinstance(cfg, ModelConfig):
+        return [f"expected a tinylib Transformer, got {type(model).__name__}"]
+    out = []
+    for field, want in (("norm", "rmsnorm"), ("mlp", "swiglu"), ("pos", "rope"), ("bias", False)):
+        if getattr(cfg, field) != want:
+            out.append(f"{field}={getattr(cfg, field)!r} (llama2.c needs {want!r})")
+    if cfg.norm_eps != NORM_EPS:
+        out.append(f"norm_eps={cfg.norm_eps} (run.c hard-codes {NORM_EPS})")
+    if cfg.rope_theta != ROPE_THETA:
+        out.append(f"rope_theta={cfg.rope_theta} (run.c hard-codes {ROPE_THETA:g})")
+    return out
+
+
+def _freq_cis(head_size: int, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """llama2.c's precompute_freqs_cis in its own float32 arithmetic, so exports match its files bit for bit."""
+    freqs = 1.0 / (ROPE_THETA ** (torch.arange(0, head_size, 2)[: head_size // 2].float() / head_size))
+    angles = torch.outer(torch.arange(seq_len), freqs).float()
+    return torch.cos(angles), torch.sin(angles)
+
+
+def export_llama2c(model: Transformer, path: str | os.PathLike, version: int = 0) -> Path:
+    """Write a LLaMA-style tinylib model as llama2.c's legacy (version=0) or version-1 float32 export.
+
+    The file runs in llama2.c's run.c (legacy; version 1 in its Python tools) and loads back with
+    `load_llama2c` to identical weights. Written atomically (temporary name, then rename).
+    """
+    if version not in (0, 1):
+        raise ValueError(f"version={version}: llama2.c's float32 exports are version 0 (legacy) and 1")
+    problems = exportable_problems(model)
+    if problems:
+        raise ValueError("this model cannot be exported to llama2.c, which only runs LLaMA-style models: "
+                         + "; ".join(problems))
+    cfg = model.cfg
+    shared = bool(cfg.tie_embeddings)
+    h = Llama2cHeader(cfg.d_model, cfg.d_mlp, cfg.n_layer, cfg.n_head, cfg.n_kv_head, cfg.vocab_size,
+                      cfg.max_seq_len, shared, version)
+    sd = _to_llama2c_state(model)
+    if version == 0:
+        sd["freq_cis_real"], sd["freq_cis_imag"] = _freq_cis(h.head_size, h.seq_len)
+        header = LEGACY_HEADER.pack(h.dim, h.hidden_dim, h.n_layers, h.n_heads, h.n_kv_heads,
+                                    h.vocab_size if shared else -h.vocab_size, h.seq_len)
+    else:
+        header = V1_PREFIX.pack(V1_MAGIC, 1, h.dim, h.hidden_dim, h.n_layers, h.n_heads, h.n_kv_heads,
+                                h.vocab_size, h.seq_len, int(shared))
+        header += b"\0" * (V1_HEADER_BYTES - len(header))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(header)
+            for name, shape in _layout(h, version):
+                t = sd[name]
+                if tuple(t.shape) != shape:  # a bug guard: the layout and the model disagree
+                    raise RuntimeError(f"{name}: shape {tuple(t.shape)}, layout expects {shape}")
+                f.write(t.contiguous().numpy().astype("<f4", copy=False).tobytes())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Tokenizer
+
+
+class SentencePieceTokenizer(Tokenizer):
+    """llama2.c's SentencePiece tokenizers (tok512, the Llama 2 32k `tokenizer.model`) as a tinylib `Tokenizer`.
+
+    Ids: unk 0, bos 1 ("<s>"), eos 2 ("</s>"). llama2.c frames every story as BOS + tokens, so pass `bos=True`
+    to `encode` to match its training data. Its models end a story by emitting BOS (1) rather than EOS, so
+    generation must treat both `bos_id` and `eos_id` as stop ids (see `stop_ids`).
+
+    Text conventions are SentencePiece's: `encode` adds the dummy-prefix space ("Once" is "▁Once") and collapses
+    runs of spaces (the models' normalizer removes extra whitespace), so decode(encode(s)) == s holds for text
+    without leading, trailing or repeated spaces. `decode`/`decode_bytes` give what SentencePiece's decoder gives:
+    pieces concatenated with "▁" as a space, byte-fallback pieces ("<0x0A>") as their byte, control ids (BOS/EOS)
+    as nothing, and the dummy-prefix space dropped at the start of the text (so after a leading BOS too, as run.c
+    does). A streaming decoder that takes decode_bytes([prev, tok]) minus decode_bytes([prev]) gets it right.
+    """
+
+    def __init__(self, path: str | os.PathLike, *, name: str | None = None):
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"SentencePiece model {path} not found (llama2.c's tok512.model or the Llama 2 "
+                                    f"tokenizer.model; {LLAMA2_TOKENIZER_NOTE})")
+        self._init_from_proto(path.read_bytes(), name or path.stem, str(path))
+
+    def _init_from_proto(self, proto: bytes, name: str, source: str) -> None:
+        import sentencepiece as spm
+
+        sp = spm.SentencePieceProcessor()
+        try:
+            sp.LoadFromSerializedProto(proto)
+        except Exception as e:  # sentencepiece raises RuntimeError/OSError with its own text
+            raise ValueError(f"{source} is not a SentencePiece model ({type(e).__name__}: {e})") from e
+        if sp.bos_id() != 1 or sp.eos_id() != 2:
+            raise ValueError(f"{source}: bos/eos ids are {sp.bos_id()}/{sp.eos_id()}; llama2.c tokenizers use 1/2")
+        self._sp, self._proto = sp, proto
+        self.name = name
+        self.vocab_size = sp.vocab_size()
+        self.bos_id, self.eos_id = sp.bos_id(), sp.eos_id()
+        self.special_tokens = {sp.id_to_piece(i): i for i in range(self.vocab_size)
+                               if sp.is_control(i) or sp.is_unknown(i)}
+        self.__dict__["hash"] = hashlib.sha256(proto).hexdigest()
+        # Bytes of every id, computed once: decode_bytes is then a list lookup (fast enough to stream).
+        table = []
+        for i in range(self.vocab_size):
+            piece = sp.id_to_piece(i)
+            if sp.is_control(i):
+                table.append(b"")
+            elif sp.is_unknown(i):
+                table.append(" \u2047 ".encode())  # SentencePiece's surface for <unk>
+            elif sp.is_byte(i):
+                table.append(bytes([int(piece[3:5], 16)]))
+            else:
+                table.append(piece.replace("\u2581", " ").encode("utf-8"))
+        self._bytes = table
+        self._strippable = [not (sp.is_byte(i) or sp.is_unknown(i) or sp.is_control(i)) and b.startswith(b" ")
+                            for i, b in enumerate(table)]
+
+    @property
+    def encoding(self):
+        raise AttributeError(f"{self.name!r} is a SentencePiece tokenizer and has no tiktoken encoding")
+
+    @property
+    def stop_ids(self) -> tuple[int, int]:
+        """Ids that end a generated story: llama2.c's models emit BOS (1) there; EOS (2) for safety."""
+        return (self.bos_id, self.eos_id)
+
+    def _encode_ordinary(self, text: str) -> list[int]:
+        return self._sp.encode(text)
+
+    def _encode_ordinary_batch(self, texts: list[str], num_threads: int) -> list[list[int]]:
+        return self._sp.encode(texts, num_threads=num_threads)
+
+    def token_bytes(self, i: int) -> bytes:
+        i = int(i)
+        if not 0 <= i < self.vocab_size:
+            raise ValueError(f"token id {i} is outside the vocabulary of {self.name!r} (0..{self.vocab_size - 1})")
+        return self._bytes[i] if not self._sp.is_control(i) else self._sp.id_to_piece(i).encode()
+
+    def decode_bytes(self, ids) -> bytes:
+        """UTF-8 bytes of `ids`, exactly `sp.decode(ids).encode()` for whole characters (a test checks it)."""
+        out, at_start = [], True
+        for i in _as_id_list(ids):
+            if not 0 <= i < self.vocab_size:
+                raise ValueError(f"token id {i} is outside the vocabulary of {self.name!r} (0..{self.vocab_size - 1})")
+            b = self._bytes[i]
+            if at_start and self._strippable[i]:  # SentencePiece drops the dummy-prefix space at the start
+                b = b[1:]
+            if b:
+                at_start = False
+                out.append(b)
+        return b"".join(out)
+
+    def id_to_piece(self, i: int) -> str:
+        """The SentencePiece piece with "▁" shown as a space, "<0x0A>" for byte pieces, "<s>" for control ids."""
+        i = int(i)
+        if not 0 <= i < self.vocab_size:
+            raise ValueError(f"token id {i} is outside the vocabulary of {self.name!r} (0..{self.vocab_size - 1})")
+        return self._sp.id_to_piece(i).replace("\u2581", " ")
+
+    def __repr__(self) -> str:
+        return (f"SentencePieceTokenizer(name={self.name!r}, vocab_size={self.vocab_size}, bos_id={self.bos_id}, "
+                f"eos_id={self.eos_id})")
+
+    def __getstate__(self):
+        return {"proto": self._proto, "name": self.name}
+
+    def __setstate__(self, state):
+        self._init_from_proto(state["proto"], state["name"], state["name"])
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Download
+
+
+def _hf_offline() -> bool:
+    """HF_HUB_OFFLINE as set now (huggingface_hub itself reads it once, at import)."""
+    import huggingface_hub.constants as hfc
+
+    env = os.environ.get("HF_HUB_OFFLINE")
+    return env.strip().lower() in ("1", "true", "yes", "on") if env is not None else hfc.is_offline_mode()
+
+
+def download_llama2c(name: str, dest: str | os.PathLike | None = None, *, revision: str = "main",
+                     endpoint: str | None = None) -> Path:
+    """Fetch a llama2.c TinyStories model from the Hugging Face repo karpathy/tinyllamas; return the .bin path.
+
+    stories260K also brings its tokenizer (`tok512.model`, beside the .bin); the larger models use the Llama 2
+    tokenizer, which that repo does not hold. Files go under `dest` (keeping the repo's sub-folders), or into the
+    Hugging Face cache when `dest` is None. `hf_hub_download` streams, resumes a partial download and renames a
+    file into place only when complete. `endpoint` defaults to $HF_ENDPOINT read at call time. Offline
+    ($HF_HUB_OFFLINE) an already downloaded copy is returned; otherwise the error names the local-path option.
+    """
+    if name not in MODELS:
+        raise ValueError(f"unknown llama2.c model {name!r}; choose one of {sorted(MODELS)}")
+    from huggingface_hub import hf_hub_download
+
+    model_file, tok_file, _ = MODELS[name]
+    endpoint = endpoint or os.environ.get("HF_ENDPOINT") or None
+    offline = _hf_offline()
+    paths = []
+    for filename in [model_file] + ([tok_file] if tok_file else []):
+        try:
+            paths.append(Path(hf_hub_download(
+                HF_REPO, filename, revision=revision, local_dir=None if dest is None else str(dest),
+                endpoint=endpoint, local_files_only=offline)))
+        except Exception as e:  # offline, no network, missing file: all mean the same thing to the user
+            reason = ("HF_HUB_OFFLINE is set and there is no downloaded copy" if offline
+                      else f"download from {endpoint or 'huggingface.co'} failed")
+            raise FileNotFoundError(
+                f"llama2.c model file {filename} ({name}) from the Hugging Face repo {HF_REPO} is not available: "
+                f"{reason} ({type(e).__name__}: {e}). Load a local copy instead: "
+                f"load_llama2c('path/to/{Path(model_file).name}') and SentencePieceTokenizer('path/to/"
+                f"{Path(tok_file).name if tok_file else 'tokenizer.model'}') (this workspace has stories260K in "
+                f"../shared/models/llama2c/), or go online (unset HF_HUB_OFFLINE) to download it"
+            ) from e
+    return paths[0]
