@@ -259,12 +259,13 @@ def test_measure_train_step_reports_consistent_figures():
 
 # --- prediction versus measurement ----------------------------------------------------------------------------
 
-def _write_run(folder, cfg, records, train):
+def _write_run(folder, cfg, records, train, **extra):
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     (folder / "latest").mkdir()
     (folder / "latest" / "config.json").write_text(json.dumps(
-        {"model": cfg.to_dict(), "train": train, "world_size": 1, "tokens_per_step": train["batch_size"] * 256}))
+        {"model": cfg.to_dict(), "train": train, "world_size": 1, "tokens_per_step": train["batch_size"] * 256,
+         **extra}))
 
 
 def test_compare_run_on_a_written_metrics_log(tmp_path):
@@ -289,6 +290,11 @@ def test_compare_run_on_a_written_metrics_log(tmp_path):
     assert result["step time (s)"][1] == pytest.approx(step_tokens / tps)
     assert result.tokens_per_step == step_tokens
     assert "predicted" in str(result) and "measured" in str(result)
+    # A recorded device name is looked up in the table, so a GPU run can be analysed on a laptop.
+    named = tmp_path / "named"
+    _write_run(named, cfg, records, {"batch_size": 16, "seq_len": 256}, device_name="NVIDIA H100 80GB HBM3",
+               dtype="bf16")
+    assert compare_run(named, assumed_mfu=0.4)["MFU (from tokens/s)"][1] == pytest.approx(0.2)
     # The metrics file alone works when the model and step size are given.
     alone = compare_run(run / "metrics.jsonl", device="H100 SXM", model=cfg, step_tokens=step_tokens)
     assert alone["tokens/s"][1] == pytest.approx(tps)

@@ -660,12 +660,14 @@ def compare_run(run: str | os.PathLike, *, device: str | torch.device | None = N
                 assumed_mfu: float | None = None, model: ModelConfig | None = None,
                 step_tokens: int | None = None, seq_len: int | None = None, skip_first: int = 1) -> RunComparison:
     """Read a run's metrics.jsonl (a run folder or the file) and set measured step time, tokens/s and MFU beside
-    the prediction at `assumed_mfu` (default `ASSUMED_MFU` for the device type).
+    the prediction at `assumed_mfu` (default `ASSUMED_MFU` for the device type and dtype).
 
     The model, sequence length and tokens per step come from the run's config.json (`<run>/config.json` or its
     `latest/`/`best/` checkpoint) unless given. Device and dtype: given, else the config's when it names them,
-    else this machine's default device (cuda, mps, cpu) and bf16. Records up to step `skip_first` are left out
-    (warm-up and compilation make them slow); the measured figures are medians over the rest.
+    else this machine's default device (cuda, mps, cpu) and bf16. A CPU peak is re-measured now, so on a machine
+    busier or quieter than during the run the two MFU rows differ (the trainer's row used the peak it measured).
+    Records up to step `skip_first` are left out (warm-up and compilation make them slow); the measured figures
+    are medians over the rest.
     """
     from tinylib.metrics import read_metrics
 
@@ -686,7 +688,9 @@ def compare_run(run: str | os.PathLike, *, device: str | torch.device | None = N
     if step_tokens is None:
         raise ValueError("cannot tell the tokens per step: the run's config.json has none; pass step_tokens=")
     if device is None:
-        device = config.get("device") or train_cfg.get("device") or "auto"
+        named = config.get("device_name")  # e.g. "NVIDIA H100 80GB HBM3": a table entry works on any machine
+        device = named if named and _lookup_peak(named) else (config.get("device") or train_cfg.get("device")
+                                                             or "auto")
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else (
                 "mps" if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available() else "cpu")
