@@ -320,3 +320,16 @@ def test_result_fields_and_timing(tok):
     with pytest.raises(ValueError, match="empty prompt"):
         generate(model, tok, "", bos=False)
     assert generate(model, tok, "", max_new_tokens=3, temperature=0).prompt_tokens == [tok.bos_id]
+
+
+def test_measures(trained, tok):
+    from tinylib.generate import continuation_logprob, distinct_n
+
+    assert distinct_n([1, 2, 3, 4, 5], 2) == 1.0 and distinct_n([7, 7, 7, 7, 7], 2) == 0.25
+    model, text = trained
+    r = generate(model, tok, "Tom", max_new_tokens=60, temperature=0)
+    ref = model(torch.tensor([r.prompt_tokens + r.tokens]))[0][0].detach().log_softmax(-1)
+    T = len(r.prompt_tokens)
+    expected = sum(float(ref[T - 1 + i, t]) for i, t in enumerate(r.tokens)) / len(r.tokens)
+    assert continuation_logprob(model, r.prompt_tokens, r.tokens) == pytest.approx(expected, abs=1e-5)
+    assert expected > -0.1  # the memorised sentence is near certain

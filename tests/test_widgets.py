@@ -51,7 +51,7 @@ def test_one_click_gives_a_story(tok, tmp_path):
     w.max_new_tokens.value = 30
     run(w)
     assert w.text.startswith(w.prompt.value) and len(w.text) > len(w.prompt.value)
-    assert w.output.outputs[-1]["text"] == w.text
+    assert w.output.outputs[-1]["data"]["text/plain"] == w.text and len(w.output.outputs) == 1
     assert "tokens/s" in w.status.value and "seed" in w.status.value
     assert not w.generate_button.disabled and w.stop_button.disabled
     assert w._repr_mimebundle_()  # displays as its VBox

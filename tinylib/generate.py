@@ -152,7 +152,7 @@ def _as_batch(ids, device: torch.device) -> tuple[torch.Tensor, bool]:
 
 def _row_seeds(seed: int | Sequence[int] | None, batch: int) -> list[int]:
     if seed is None:  # drawn from torch's global RNG, so torch.manual_seed also makes a run reproducible
-        return [int(s) for s in torch.randint(0, 2**62, (batch,))]
+        return [int(s) for s in torch.randint(0, 2**31, (batch,))]
     if isinstance(seed, int):
         return [seed + i for i in range(batch)]
     seeds = [int(s) for s in seed]
@@ -353,7 +353,7 @@ class TextStream:
         stops = [stop] if isinstance(stop, str) else [s for s in (stop or []) if s]
         ids = _encode_prompt(tokenizer, prompt, bos)
         if seed is None:
-            seed = int(torch.randint(0, 2**62, ()))
+            seed = int(torch.randint(0, 2**31, ()))
         stop_ids = stop_ids_of(tokenizer)
         self.max_new_tokens = max_new_tokens
         self.n_new = 0
@@ -513,3 +513,34 @@ def generate(model, tokenizer, prompt: str | list[str], *, max_new_tokens: int =
                 tokens_per_s=counts[j] / elapsed if elapsed > 0 else 0.0, elapsed_s=elapsed,
                 stop_reason=row.finished, seed=seeds[i])
     return results  # type: ignore[return-value]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Measuring what was generated (for comparing sampling settings)
+
+
+def distinct_n(tokens: Sequence[int], n: int = 3) -> float:
+    """Share of the n-grams of `tokens` that are distinct (Li et al. 2016): 1.0 never repeats, near 0 loops."""
+    grams = [tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1)]
+    return len(set(grams)) / len(grams) if grams else 1.0
+
+
+@torch.inference_mode()
+def continuation_logprob(model: torch.nn.Module, prompt_tokens: Sequence[int], tokens: Sequence[int]) -> float:
+    """Mean log-probability (nats per token) the model gives its own continuation: near 0 = predictable text,
+    very negative = surprising text. Uses the last max_seq_len tokens when the whole is longer."""
+    if not tokens:
+        return float("nan")
+    seq = list(prompt_tokens) + list(tokens)
+    seq = seq[-(model.cfg.max_seq_len + 1):]
+    n = min(len(tokens), len(seq) - 1)
+    device = next(model.parameters()).device
+    x = torch.tensor([seq[:-1]], device=device)
+    was_training = model.training
+    model.eval()
+    try:
+        logits = model(x)[0][0, -n:].float()
+    finally:
+        model.train(was_training)
+    target = torch.tensor(seq[-n:], device=device)
+    return float(logits.log_softmax(-1).gather(1, target[:, None]).mean())

@@ -29,6 +29,7 @@ from tinylib.generate import stream
 
 ROOT = Path(__file__).resolve().parents[1]
 PASSED = "__passed__"  # dropdown key of a model object given to the widget
+_STORY_STYLE = "white-space: pre-wrap; word-break: normal; font-family: Georgia, serif; font-size: 15px; line-height: 1.5"
 
 
 @dataclass
@@ -181,8 +182,12 @@ class StoryGenerator:
 
     # --- showing things ----------------------------------------------------------------------------------------
     def _show_text(self, text: str) -> None:
+        # Replacing the Output's content (rather than appending) keeps one output however many redraws; HTML so
+        # the story wraps at word boundaries in a reading font; text/plain for tests and consoles.
         self.text = text
-        self.output.outputs = ({"output_type": "stream", "name": "stdout", "text": text},)
+        story = f'<div style="{_STORY_STYLE}">{html.escape(text)}</div>'
+        self.output.outputs = ({"output_type": "display_data", "metadata": {},
+                                "data": {"text/plain": text, "text/html": story}},)
 
     def _show_status(self, message: str, error: bool = False) -> None:
         color = "#b00020" if error else "#555"

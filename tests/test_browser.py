@@ -1,0 +1,160 @@
+"""The story generator in a real browser: JupyterLab on 127.0.0.1 with a token, notebooks/04_generation.ipynb
+opened in headless Debian chromium through Playwright, Run All Cells, Generate, and story text must appear.
+
+Needs the `chromium` Debian package (/usr/bin/chromium) and the `playwright` Python package (no browser
+download: Playwright drives the system chromium). When either is missing the test FAILS and says what to install;
+set TINYLIB_SKIP_BROWSER=1 to skip it on purpose. The screenshot goes to the test's tmp_path and is copied to
+runs/browser/story_generator.png (gitignored), whose path is printed.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOK = ROOT / "notebooks" / "04_generation.ipynb"
+CHROMIUM = Path(os.environ.get("TINYLIB_CHROMIUM", "/usr/bin/chromium"))
+ARTIFACT = ROOT / "runs" / "browser" / "story_generator.png"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run"]
+
+pytestmark = pytest.mark.browser
+
+
+def _requirements():
+    if os.environ.get("TINYLIB_SKIP_BROWSER") == "1":
+        pytest.skip("TINYLIB_SKIP_BROWSER=1: the browser test was skipped on purpose")
+    problems = []
+    if not CHROMIUM.is_file():
+        problems.append(f"no chromium at {CHROMIUM}: install it with `apt-get install -y chromium` "
+                        "(or point TINYLIB_CHROMIUM at a chromium binary)")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        sync_playwright = None
+        problems.append("the playwright Python package is missing: `pip install playwright` (the '[dev]' extra "
+                        "has it; no `playwright install` is needed, the test drives the system chromium)")
+    if problems:
+        pytest.fail("browser test cannot run: " + "; ".join(problems), pytrace=False)
+    return sync_playwright
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_for_server(url: str, proc: subprocess.Popen, log: Path, timeout: float = 60) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"JupyterLab exited with {proc.returncode}:\n{log.read_text()[-3000:]}", pytrace=False)
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.3)
+    pytest.fail(f"JupyterLab did not answer at {url} within {timeout} s:\n{log.read_text()[-3000:]}", pytrace=False)
+
+
+@pytest.fixture
+def lab(tmp_path):
+    """A JupyterLab server whose root is a temp copy (the committed notebook never gets outputs saved into it)."""
+    root = tmp_path / "lab"
+    (root / "notebooks").mkdir(parents=True)
+    shutil.copy(NOTEBOOK, root / "notebooks" / NOTEBOOK.name)
+    if (ROOT / "checkpoints").is_dir():  # the notebook looks in ../checkpoints, as in the repo
+        (root / "checkpoints").symlink_to(ROOT / "checkpoints")
+    port, token = _free_port(), secrets.token_hex(16)
+    env = {**os.environ, "TINYLIB_SMOKE": "1", "OMP_NUM_THREADS": "1",
+           "JUPYTER_CONFIG_DIR": str(tmp_path / "jupyter-config"), "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime"),
+           "IPYTHONDIR": str(tmp_path / "ipython")}
+    jupyter = Path(sys.executable).with_name("jupyter")
+    log = tmp_path / "jupyterlab.log"
+    cmd = [str(jupyter), "lab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
+           f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}",
+           f"--LabApp.user_settings_dir={tmp_path / 'lab-settings'}",
+           f"--LabApp.workspaces_dir={tmp_path / 'lab-workspaces'}",
+           "--LabApp.news_url=None", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+           "--LabApp.extension_manager=readonly", "--ServerApp.port_retries=0"]
+    if hasattr(os, "geteuid") and os.geteuid() == 0:  # CI containers run as root
+        cmd.append("--allow-root")
+    with log.open("w") as out:
+        proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    try:
+        _wait_for_server(f"http://127.0.0.1:{port}/api/status?token={token}", proc, log)
+        yield f"http://127.0.0.1:{port}", token, log
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)  # the server and the kernel it started, nothing else
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(5)
+
+
+def _wait_for_idle_kernel(page, timeout: float = 45) -> None:
+    """Accept JupyterLab's "Select Kernel" dialog if it shows (python3 is preselected), then wait for Idle."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        select = page.locator(".jp-Dialog button", has_text="Select")
+        if select.count() and select.first.is_visible():
+            select.first.click()
+        elif page.locator(".jp-Dialog").count() == 0 and \
+                "Idle" in (page.locator(".jp-StatusBar-Widget", has_text="|").first.text_content() or ""):
+            return
+        time.sleep(0.3)
+    raise TimeoutError(f"the notebook's kernel did not become idle within {timeout} s")
+
+
+def test_story_generator_in_jupyterlab(lab, tmp_path):
+    sync_playwright = _requirements()
+    base, token, log = lab
+    shot = tmp_path / "story_generator.png"
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.goto(f"{base}/lab/tree/notebooks/{NOTEBOOK.name}?token={token}", timeout=45_000)
+            page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=45_000)
+            _wait_for_idle_kernel(page)
+            page.click(".lm-MenuBar-itemLabel:text-is('Run')")
+            page.click(".lm-Menu-itemLabel:text-is('Run All Cells')")
+            generate = page.locator("button.jupyter-button", has_text="Generate")
+            generate.wait_for(state="visible", timeout=60_000)
+            generate.scroll_into_view_if_needed()
+            generate.click()
+            status = page.locator(".widget-html", has_text="tokens/s")
+            status.wait_for(state="visible", timeout=30_000)
+            story = page.locator(".widget-output .jp-OutputArea-output").last.inner_text()
+            status.scroll_into_view_if_needed()
+            no_news = page.locator(".jp-toast-button", has_text="No")  # JupyterLab's "news?" toast
+            if no_news.count():
+                no_news.first.click()
+            page.screenshot(path=str(shot))
+        except Exception:
+            page.screenshot(path=str(tmp_path / "failure.png"))
+            print(f"failure screenshot: {tmp_path / 'failure.png'}\nJupyterLab log:\n{log.read_text()[-3000:]}")
+            raise
+        finally:
+            browser.close()
+    assert story.startswith("Once upon a time"), story
+    assert len(story.split()) > len("Once upon a time".split()) + 3, f"no story text appeared: {story!r}"
+    ARTIFACT.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(shot, ARTIFACT)
+    print(f"screenshot: {ARTIFACT} (also {shot})")
