@@ -306,9 +306,12 @@ def hf_tokenizer(tokenizer: Any):
                         "transformers tokenizer")
     bos = encoding.decode_single_token_bytes(tokenizer.bos_id).decode("utf-8")
     eos = encoding.decode_single_token_bytes(tokenizer.eos_id).decode("utf-8")
-    return PreTrainedTokenizerFast(tokenizer_object=_tiktoken_backend(encoding, bos), bos_token=bos,
-                                   eos_token=eos, add_bos_token=True, model_max_length=1 << 30,
-                                   clean_up_tokenization_spaces=False)
+    hf_tok = PreTrainedTokenizerFast(tokenizer_object=_tiktoken_backend(encoding, bos), bos_token=bos,
+                                     eos_token=eos, add_bos_token=True, model_max_length=1 << 30,
+                                     clean_up_tokenization_spaces=False)
+    # TransformerLens reads init_kwargs["name_or_path"] (a hub name for tokenizers that were downloaded)
+    hf_tok.init_kwargs.setdefault("name_or_path", getattr(tokenizer, "name", "tinylib"))
+    return hf_tok
 
 
 # ------------------------------------------------------------------------------------------------------------
