@@ -38,7 +38,7 @@ def evaluate_loss(model: torch.nn.Module, tokens: np.ndarray, *, seq_len: int, b
         for x, y in sequential_batches(tokens, batch_size, seq_len, max_batches=max_batches):
             x, y = x.to(device), y.to(device)
             with autocast_context(device, dtype):
-                _, loss = model(x, y)
+                _, loss = model(x, y, return_logits=False)
             total += loss.item() * y.numel()
             count += y.numel()
     finally:

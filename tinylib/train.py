@@ -232,8 +232,11 @@ def sample_completions(model: Transformer, tokenizer, prompts: list[str], max_ne
         set_rng_state(saved)
 
 
-def train(cfg: TrainConfig) -> TrainResult:
-    """Train a model as `cfg` says; returns the final figures. Works the same under torchrun."""
+def train(cfg: TrainConfig, on_record=None) -> TrainResult:
+    """Train a model as `cfg` says; returns the final figures. Works the same under torchrun.
+
+    `on_record(record)` is called on rank 0 with every metrics record (e.g. `tinylib.metrics.LivePlot`).
+    """
     from tinylib.tokenizer import get_tokenizer
 
     rank, _, world, device = setup_distributed(cfg.device)
@@ -305,7 +308,9 @@ def train(cfg: TrainConfig) -> TrainResult:
     def save(folder: str, with_state: bool) -> None:
         meta_out = {"train": dataclasses.asdict(cfg), "tokenizer": tokenizer.name, "data": str(cfg.data),
                     "step": step, "tokens_seen": tokens_seen, "best_val_loss": best_val, "total_steps": total_steps,
-                    "world_size": world, "tokens_per_step": tokens_per_step}
+                    "world_size": world, "tokens_per_step": tokens_per_step, "device": str(device),
+                    "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else device.type,
+                    "dtype": _dtype_name(dtype)}
         state = None
         if with_state:
             data_states = [batches.state_dict()]
@@ -340,6 +345,8 @@ def train(cfg: TrainConfig) -> TrainResult:
                 bpb = bits_per_byte(last_val, 1, val_bytes_per_token)
                 record = {"step": step, "tokens": tokens_seen, "val_loss": last_val, "val_bpb": bpb}
                 log.write(record)
+                if on_record:
+                    on_record(record)
                 msg = f"step {step}: val loss {last_val:.4f} nats/token, {bpb:.4f} bits/byte"
                 improved = best_val is None or last_val < best_val
                 if improved:
@@ -391,6 +398,8 @@ def train(cfg: TrainConfig) -> TrainResult:
                       "mfu": tps / world * flops_per_token(raw_model.cfg, cfg.seq_len) / peak,
                       "peak_mem_mb": _peak_mem_mb(device)}
             log.write(record)
+            if on_record:
+                on_record(record)
             if bar:
                 bar.set_postfix(loss=f"{train_loss:.3f}", tok_s=f"{tps:,.0f}", mfu=f"{record['mfu']:.1%}")
         if bar:
