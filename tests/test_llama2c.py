@@ -25,6 +25,7 @@ from tinylib.llama2c import (
     SentencePieceTokenizer,
     download_llama2c,
     export_llama2c,
+    find_llama2c_tokenizer,
     half_to_interleaved,
     interleaved_to_half,
     load_llama2c,
@@ -207,6 +208,19 @@ def test_seeded_sampling_is_reproducible(m260k, tok512):
                         seed=s) for s in (7, 7, 8))
     assert a.tokens == b.tokens and a.text == b.text and a.tokens != c.tokens
     assert a.text and b.stop_reason in ("eos", "max_tokens")
+
+
+def test_sample_script(llama2c_dir, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "llama2c_sample.py"
+    spec = importlib.util.spec_from_file_location("llama2c_sample", script)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.main([str(llama2c_dir / "stories260K.bin"), "-t", "0", "-n", "12"]) == 0
+    out = capsys.readouterr().out
+    assert out.strip() and RUN_C_GREEDY.startswith(out.strip()), out
 
 
 # --- synthetic checkpoints: ckpt.pt, untied classifier, GQA, round trips -------------------------------------
@@ -443,6 +457,7 @@ def test_download_through_fake_hub_then_offline(fake_hub, tmp_path, monkeypatch,
     assert (tmp_path / "stories260K" / "tok512.model").is_file()
     assert ("GET", "/karpathy/tinyllamas/resolve/main/stories260K/stories260K.bin") in fake_hub.log
     assert same_weights(load_llama2c(path), m260k)
+    assert find_llama2c_tokenizer(path) == tmp_path / "stories260K" / "tok512.model"
     # Offline: the downloaded copy is found without the network; a model never downloaded is a clear error.
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     n = len(fake_hub.log)
@@ -455,3 +470,35 @@ def test_download_through_fake_hub_then_offline(fake_hub, tmp_path, monkeypatch,
     with pytest.raises(FileNotFoundError, match="download from http://127.0.0.1.*failed"):
         download_llama2c("stories42M", dest=tmp_path)
     assert set(MODELS) == {"stories260K", "stories15M", "stories42M", "stories110M"}
+
+
+# --- the rest of the workspace: transformers export ------------------------------------------------------------
+
+
+def test_imported_model_exports_to_transformers(m260k, tok512, tmp_path, tinystories_dir):
+    hf_mod = pytest.importorskip("tinylib.hf", reason="tinylib.hf (to_hf/save_hf) not in this checkout")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tinylib.data import parse_stories
+
+    folder = hf_mod.save_hf(m260k, tmp_path / "hf", tokenizer=tok512)
+    hf = AutoModelForCausalLM.from_pretrained(folder)
+    hf_tok = AutoTokenizer.from_pretrained(folder)
+    stories = parse_stories((tinystories_dir / "TinyStories-valid.first1000.hf.txt").read_text())[:5]
+    for s in stories:
+        assert hf_tok(s)["input_ids"] == tok512.encode(s, bos=True)
+    idx = torch.tensor([tok512.encode(stories[0], bos=True)[:64]])
+    with torch.no_grad():
+        torch.testing.assert_close(hf(idx).logits, m260k(idx)[0], atol=1e-4, rtol=1e-4)
+
+
+def test_imported_model_goes_through_transformer_lens(m260k, tok512):
+    lens = pytest.importorskip("tinylib.lens", reason="tinylib.lens (to_lens) not in this checkout")
+    bridge = lens.to_lens(m260k, tok512)
+    idx = torch.tensor([tok512.encode("Once upon a time, there was a cat named Tom.", bos=True)])
+    with torch.no_grad():
+        logits, cache = bridge.run_with_cache(idx)
+        ours, _, patterns = m260k(idx, return_attn=True)
+    torch.testing.assert_close(logits, ours, atol=1e-4, rtol=1e-4)
+    # 8 query heads over 4 shared key/value heads: the bridge's patterns are our eager ones.
+    torch.testing.assert_close(cache["blocks.4.attn.hook_pattern"], patterns[4], atol=1e-5, rtol=1e-4)

@@ -322,7 +322,8 @@ def _read_ckpt(path: Path) -> tuple[Llama2cHeader, dict[str, torch.Tensor]]:
     return h, sd
 
 
-def _resolve(path: str | os.PathLike) -> Path:
+def resolve_llama2c(path: str | os.PathLike) -> Path:
+    """The local file of `path`, downloading it first when it is a model name from `MODELS` and not a file."""
     p = Path(path)
     if p.exists():
         return p
@@ -338,7 +339,7 @@ def read_llama2c(path: str | os.PathLike) -> tuple[Llama2cHeader, dict[str, torc
     Names are those of llama2.c's model.py state dict (`layers.0.attention.wq.weight`, ...); `output.weight` is
     absent when the classifier is shared. `load_llama2c` converts this into a tinylib model.
     """
-    p = _resolve(path)
+    p = resolve_llama2c(path)
     with open(p, "rb") as f:
         is_zip = f.read(4) == b"PK\x03\x04"  # torch.save's zip container
     return _read_ckpt(p) if is_zip or p.suffix == ".pt" else _read_bin(p)
@@ -485,6 +486,11 @@ class SentencePieceTokenizer(Tokenizer):
                             for i, b in enumerate(table)]
 
     @property
+    def model_proto(self) -> bytes:
+        """The serialized SentencePiece model (what transformers' LlamaTokenizer reads as tokenizer.model)."""
+        return self._proto
+
+    @property
     def encoding(self):
         raise AttributeError(f"{self.name!r} is a SentencePiece tokenizer and has no tiktoken encoding")
 
@@ -535,6 +541,19 @@ class SentencePieceTokenizer(Tokenizer):
 
     def __setstate__(self, state):
         self._init_from_proto(state["proto"], state["name"], state["name"])
+
+
+def find_llama2c_tokenizer(model: str | os.PathLike) -> Path:
+    """The SentencePiece file that goes with a llama2.c model: tok512.model for a 512-id vocabulary, the Llama 2
+    tokenizer.model otherwise, looked for beside the model file (or one folder up)."""
+    path = resolve_llama2c(model)
+    header, _ = read_llama2c(path) if path.suffix == ".pt" else (read_llama2c_header(path), None)
+    name = "tok512.model" if header.vocab_size == 512 else "tokenizer.model"
+    for folder in (path.parent, path.parent.parent):
+        if (folder / name).is_file():
+            return folder / name
+    raise FileNotFoundError(f"no {name} beside {path}: pass the tokenizer's path"
+                            + ("" if name == "tok512.model" else f" ({LLAMA2_TOKENIZER_NOTE})"))
 
 
 # ------------------------------------------------------------------------------------------------------------
