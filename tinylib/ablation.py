@@ -115,19 +115,35 @@ class HeadAblation:
 
 
 def ablate_each_head(model: Any, tokens: torch.Tensor, kind: Kind = "zero", *, means: Means | None = None,
-                     positions: slice = slice(None)) -> HeadAblation:
-    """Loss change when each head alone is ablated (n_layer x n_head forward passes over `tokens`)."""
+                     positions: slice = slice(None), batch_size: int = 16) -> HeadAblation:
+    """Loss change when each head alone is ablated.
+
+    One forward pass per layer and batch chunk: the chunk is repeated n_head times and copy h has head h ablated,
+    which gives the same numbers as n_layer x n_head separate runs (a test checks one against weight zeroing)."""
     bridge = as_bridge(model)
+    if kind not in ("zero", "mean"):
+        raise ValueError(f"kind={kind!r}: expected 'zero' or 'mean'")
     if kind == "mean" and means is None:
         means = component_means(bridge, tokens)
     base = float(token_losses(bridge, tokens)[:, positions].mean())
     L, H = bridge.cfg.n_layers, bridge.cfg.n_heads
-    delta = torch.zeros(L, H)
-    for layer in range(L):
-        for h in range(H):
-            delta[layer, h] = ablated_loss(bridge, tokens, heads=[(layer, h)], kind=kind, means=means,
-                                           positions=positions) - base
-    return HeadAblation(kind, base, delta)
+    sums = torch.zeros(L, H)
+    count = 0
+    for chunk in tokens.split(max(1, batch_size // H)):
+        B = chunk.shape[0]
+        rep = chunk.repeat(H, 1)  # rows [h * B:(h + 1) * B] ablate head h
+        for layer in range(L):
+            def fn(z, hook, _layer=layer, _b=B):
+                zz = z.view(H, _b, *z.shape[1:])  # [copy, B, T, head, d_head]
+                for h in range(H):
+                    zz[h, :, :, h] = 0 if kind == "zero" else means.z[_layer, h].to(z.dtype)
+                return z
+
+            logits = bridge.run_with_hooks(rep, fwd_hooks=[(f"blocks.{layer}.attn.hook_z", fn)])
+            loss = F.cross_entropy(logits[:, :-1].float().transpose(1, 2), rep[:, 1:], reduction="none")
+            sums[layer] += loss[:, positions].reshape(H, -1).sum(-1)
+        count += loss[:, positions].numel() // H
+    return HeadAblation(kind, base, sums / count - base)
 
 
 def ablate_neurons(model: Any, tokens: torch.Tensor, neurons: Sequence[tuple[int, int]], kind: Kind = "zero", *,
