@@ -220,3 +220,11 @@ def test_dla_layernorm_gpt_model(random_model):
     dla = direct_logit_attribution(random_model, seq, pos=5)
     assert dla.total == pytest.approx(dla.logit, abs=1e-3)
     assert "final norm bias" in dla.names and "L1 attn bias" in dla.names
+
+
+def test_helpers_accept_a_checkpoint_path(tmp_path, induction_model, rep):
+    from tinylib.checkpoint import save_checkpoint
+
+    save_checkpoint(tmp_path / "run" / "best", induction_model, {"step": 0})
+    scores = head_scores(tmp_path / "run", rep[:4])
+    assert top_heads(scores["induction"], 1)[0][:2] == (1, 0)
