@@ -219,6 +219,19 @@ def test_engine_stops_on_stop_ids_per_row():
     assert len(got) == max(k0, k1) + 1 and got == free[:len(got)]
 
 
+def test_engine_accepts_lists_tensors_and_arrays():
+    import numpy as np
+
+    model = chaotic_model("gpt")
+    rows = [[1, 2, 3], [4, 5, 6]]
+    want = list(sample_tokens(model, rows, max_new_tokens=5, temperature=0))
+    assert list(sample_tokens(model, torch.tensor(rows), max_new_tokens=5, temperature=0)) == want
+    assert list(sample_tokens(model, np.array(rows), max_new_tokens=5, temperature=0)) == want
+    assert list(sample_tokens(model, rows[1], max_new_tokens=5, temperature=0)) == [w[1] for w in want]
+    with pytest.raises(ValueError, match="different lengths"):
+        list(sample_tokens(model, [[1, 2], [3]], max_new_tokens=2))
+
+
 def test_generation_stops_at_end_of_text(tok):
     """A GPT-style model rigged so <|endoftext|> always wins: generation ends at once, with no text."""
     model = chaotic_model("gpt", tie_embeddings=False)

@@ -130,9 +130,9 @@ def _as_batch(ids, device: torch.device) -> tuple[torch.Tensor, bool]:
     if isinstance(ids, torch.Tensor):
         t = ids.to(device=device, dtype=torch.long)
     else:
-        rows = list(ids)
-        if rows and isinstance(rows[0], (list, tuple)) or (rows and isinstance(rows[0], torch.Tensor)
-                                                          and rows[0].dim() == 1):
+        rows = ids.tolist() if hasattr(ids, "tolist") else list(ids)  # numpy arrays too
+        rows = [r.tolist() if isinstance(r, torch.Tensor) else r for r in rows]
+        if rows and isinstance(rows[0], (list, tuple)):
             lengths = {len(r) for r in rows}
             if len(lengths) > 1:
                 raise ValueError(f"prompt rows have different lengths {sorted(lengths)}: sample_tokens needs "
