@@ -328,6 +328,10 @@ def get_tokenizer(name: str | os.PathLike) -> Tokenizer:
     if isinstance(name, str) and name in SHIPPED:
         return _load_saved(TOKENIZER_DIR / f"{name}.tiktoken")
     path = Path(name)
+    if path.suffix == ".model":  # llama2.c / Llama 2 SentencePiece tokenizers
+        from tinylib.llama2c import SentencePieceTokenizer
+
+        return SentencePieceTokenizer(path)
     if path.suffix in (".tiktoken", ".json") or path.exists() or path.with_suffix(".tiktoken").exists():
         return _load_saved(path)
     raise ValueError(
