@@ -73,6 +73,7 @@ def _wait_for_server(url: str, proc: subprocess.Popen, log: Path, timeout: float
 @pytest.fixture
 def lab(tmp_path):
     """A JupyterLab server whose root is a temp copy (the committed notebook never gets outputs saved into it)."""
+    _requirements()  # fail (or skip) before starting a server for nothing
     root = tmp_path / "lab"
     (root / "notebooks").mkdir(parents=True)
     shutil.copy(NOTEBOOK, root / "notebooks" / NOTEBOOK.name)
