@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from tinylib.budget import flops_per_token, peak_flops
 from tinylib.config import get_config
 from tinylib.model import Transformer
-from tinylib.train import TrainConfig, configure_optimizer, pick_device, pick_dtype
+from tinylib.train import TrainConfig, compile_plan, configure_optimizer, pick_device, pick_dtype
 
 
 class BaselineBlock(nn.Module):
@@ -64,14 +64,16 @@ class BaselineGPT(nn.Module):
 
 def make_steps(preset: str, vocab: int, batch: int, seq: int, device: torch.device):
     """(name, step function) pairs: the baseline, and tinylib as the trainer would run it."""
-    cfg = get_config(preset, vocab_size=vocab, max_seq_len=max(seq, get_config(preset).max_seq_len))
-    base = BaselineGPT(vocab, cfg.max_seq_len, cfg.n_layer, cfg.n_head, cfg.d_model, cfg.d_mlp).to(device)
-    base_opt = torch.optim.AdamW(base.parameters(), lr=1e-4, weight_decay=0.1)
     tcfg = TrainConfig(preset=preset)
     dtype = pick_dtype(tcfg.dtype, device)
+    use_compile, attn_impl = compile_plan(tcfg, device)
+    cfg = get_config(preset, vocab_size=vocab, max_seq_len=max(seq, get_config(preset).max_seq_len),
+                     attn_impl=attn_impl)
+    base = BaselineGPT(vocab, cfg.max_seq_len, cfg.n_layer, cfg.n_head, cfg.d_model, cfg.d_mlp).to(device)
+    base_opt = torch.optim.AdamW(base.parameters(), lr=1e-4, weight_decay=0.1)
     model = Transformer(cfg).to(device)
     opt = configure_optimizer(model, tcfg, device)
-    compiled = torch.compile(model) if device.type == "cuda" else model
+    compiled = torch.compile(model) if use_compile else model
     x, y = torch.randint(0, vocab, (2, batch, seq), device=device)
 
     def baseline_step():
@@ -91,12 +93,12 @@ def make_steps(preset: str, vocab: int, batch: int, seq: int, device: torch.devi
         opt.zero_grad(set_to_none=True)
         return loss
 
-    label = f"tinylib ({str(dtype).removeprefix('torch.')}{', compile' if compiled is not model else ''})"
+    label = f"tinylib ({str(dtype).removeprefix('torch.')}{', compile' if use_compile else ''}, {attn_impl})"
     return cfg, dtype, [("baseline fp32", baseline_step), (label, tinylib_step)]
 
 
 def time_steps(step, n: int, device: torch.device) -> float:
-    step().item()
+    step().item()  # the first call of a compiled step compiles it
     t0 = time.perf_counter()
     for _ in range(n):
         loss = step()
@@ -108,7 +110,8 @@ def time_steps(step, n: int, device: torch.device) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--presets", nargs="+", default=["tiny", "llama_6L_6H_288D", "gpt_6L_6H_288D"])
+    parser.add_argument("--presets", nargs="+",
+                        default=["tiny", "gpt_tiny", "llama_6L_6H_288D", "gpt_6L_6H_288D"])
     parser.add_argument("--vocab", type=int, default=4096)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--seq-len", type=int, default=256)

@@ -52,7 +52,8 @@ printout:
 cfg = TrainConfig(data=str(DATA), preset="tiny", out_dir=str(RUNS / "llama_tiny"), max_steps=steps,
                   warmup_steps=2 if SMOKE else 100, lr=2e-3, eval_every=3 if SMOKE else 100,
                   eval_batches=2 if SMOKE else 10, batch_size=8 if SMOKE else 16, seq_len=64 if SMOKE else 256,
-                  sample_tokens=8 if SMOKE else 32, log_every=1 if SMOKE else 10)
+                  sample_tokens=8 if SMOKE else 32, log_every=1 if SMOKE else 10,
+                  compile="off" if SMOKE else "auto")  # compiling pays off only for longer runs
 live = LivePlot(every=1 if SMOKE else 5, title="llama-style tiny")
 result = train(cfg, on_record=live)
 print(result)"""),

@@ -314,7 +314,7 @@ def short_run(tinystories_dir, tmp_path_factory):
     prepare_dataset(tinystories_dir, "tinystories-512", root / "data", max_stories=200, num_proc=1, progress=False)
     cfg = TrainConfig(data=str(root / "data"), preset="tiny", out_dir=str(root / "run"), batch_size=8, seq_len=128,
                       max_steps=6, warmup_steps=2, eval_every=1000, eval_batches=1, eval_batch_size=4,
-                      sample_prompts=[], log_every=1, progress=False, device="cpu")
+                      sample_prompts=[], log_every=1, progress=False, device="cpu", compile="off")
     result = train(cfg)
     return result, root / "run"
 

@@ -32,7 +32,7 @@ def data_dir(tinystories_dir, tmp_path_factory):
 def small_config(data_dir, out_dir, **kw) -> TrainConfig:
     base = dict(data=str(data_dir), preset="llama_tiny", model_overrides=dict(SMALL), out_dir=str(out_dir),
                 batch_size=4, seq_len=32, max_steps=8, warmup_steps=2, lr=3e-3, eval_every=4, eval_batches=2,
-                eval_batch_size=4, sample_prompts=[], log_every=1, progress=False, dtype="fp32")
+                eval_batch_size=4, sample_prompts=[], log_every=1, progress=False, dtype="fp32", compile="off")
     base.update(kw)
     return TrainConfig(**base)
 
