@@ -412,3 +412,13 @@ def test_command_line(tinystories_dir, tmp_path, capsys):
     # The V2 sample has no validation file: 1 of its 5 stories is held out (story 0, then every 100th).
     assert (meta["splits"]["train"]["stories"], meta["splits"]["val"]["stories"]) == (4, 1)
     assert meta["sources"][0]["file"] == "TinyStoriesV2-GPT4-train.cs336_fixture_sample.txt"
+
+
+def test_sequential_batches_spread_covers_the_whole_file():
+    tokens = np.arange(10_001, dtype=np.uint16)
+    first = [x[0, 0].item() for x, _ in sequential_batches(tokens, 2, 100, max_batches=3)]
+    spread = [x[0, 0].item() for x, _ in sequential_batches(tokens, 2, 100, max_batches=3, spread=True)]
+    assert first == [0, 200, 400]
+    assert spread == [0, 4800, 9800]  # batches 0, 24 and 49 of 50
+    every = list(sequential_batches(tokens, 2, 100, spread=True))
+    assert len(every) == 50

@@ -593,12 +593,13 @@ class RandomBatches:
 
 def sequential_batches(
     tokens: np.ndarray, batch_size: int, seq_len: int, *, max_batches: int | None = None, rank: int = 0,
-    world_size: int = 1, device: str | torch.device = "cpu",
+    world_size: int = 1, device: str | torch.device = "cpu", spread: bool = False,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Non-overlapping windows in order, for evaluation: window w is tokens[w*T : w*T + T + 1].
 
     Full batches only; batch j goes to rank j % world_size and every rank gets the same number of batches (so DDP
-    all-reduces line up), at most `max_batches` each.
+    all-reduces line up), at most `max_batches` each. With `spread=True` those batches are spaced evenly over the
+    whole file instead of taken from its start, so a small evaluation budget still samples every part of it.
     """
     if batch_size < 1 or seq_len < 1:
         raise ValueError(f"batch_size={batch_size} and seq_len={seq_len} must be positive")
@@ -611,11 +612,13 @@ def sequential_batches(
             f"{len(tokens):,} tokens make fewer than {world_size} batch(es) of {batch_size} x {seq_len}: "
             f"lower batch_size or seq_len"
         )
-    if max_batches is not None:
-        per_rank = min(per_rank, max_batches)
+    chosen = np.arange(per_rank)
+    if max_batches is not None and max_batches < per_rank:
+        chosen = (np.linspace(0, per_rank - 1, max_batches).round().astype(int) if spread
+                  else np.arange(max_batches))
     offsets = np.arange(seq_len + 1)
-    for i in range(per_rank):
-        j = i * world_size + rank
+    for i in chosen:
+        j = int(i) * world_size + rank
         starts = (j * batch_size + np.arange(batch_size)) * seq_len
         yield _to_torch(np.asarray(tokens[starts[:, None] + offsets]), device)
 

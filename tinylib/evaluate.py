@@ -26,16 +26,17 @@ def autocast_context(device: torch.device | str, dtype: torch.dtype | None):
 def evaluate_loss(model: torch.nn.Module, tokens: np.ndarray, *, seq_len: int, batch_size: int = 8,
                   max_batches: int | None = None, device: torch.device | str | None = None,
                   dtype: torch.dtype | None = None) -> float:
-    """Mean nats per predicted token over consecutive non-overlapping windows of `tokens`.
+    """Mean nats per predicted token over non-overlapping windows of `tokens`.
 
-    Deterministic (the same windows every call), so it can compare checkpoints and implementations.
+    Deterministic (the same windows every call), so it can compare checkpoints and implementations. With
+    `max_batches`, the batches are spread evenly over the whole file (a file's start is rarely representative).
     """
     device = device or next(model.parameters()).device
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
     try:
-        for x, y in sequential_batches(tokens, batch_size, seq_len, max_batches=max_batches):
+        for x, y in sequential_batches(tokens, batch_size, seq_len, max_batches=max_batches, spread=True):
             x, y = x.to(device), y.to(device)
             with autocast_context(device, dtype):
                 _, loss = model(x, y, return_logits=False)
