@@ -455,6 +455,7 @@ def test_download_through_fake_hub_then_offline(fake_hub, tmp_path, monkeypatch,
     assert path == tmp_path / "stories260K" / "stories260K.bin"
     assert path.read_bytes() == fake_hub.files["stories260K/stories260K.bin"]
     assert (tmp_path / "stories260K" / "tok512.model").is_file()
+    assert not list(tmp_path.rglob("*.part*"))  # tinylib.download's partial files are renamed or removed
     assert ("GET", "/karpathy/tinyllamas/resolve/main/stories260K/stories260K.bin") in fake_hub.log
     assert same_weights(load_llama2c(path), m260k)
     assert find_llama2c_tokenizer(path) == tmp_path / "stories260K" / "tok512.model"

@@ -2,8 +2,8 @@
 
 What this module does:
 - Finds TinyStories text: a local folder (an argument or $TINYSTORIES_DIR) or the official files of the Hugging Face
-  dataset `roneneldan/TinyStories`, downloaded with huggingface_hub (progress bar, resume, size check, written under
-  a temporary name and renamed when complete).
+  dataset `roneneldan/TinyStories`, downloaded with tinylib.download (progress bar, resume across runs, size
+  check, written under a temporary name and renamed when complete).
 - Parses stories: split on `<|endoftext|>`, strip, and collapse blank lines so that the official .txt files (one
   newline per paragraph break) and the HF export (two) give the same story text.
 - Tokenizes in parallel (worker processes, each running tiktoken's batch encoder) and writes `train.bin`,
@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from tinylib.download import SizeMismatchError, hub_download, hub_offline
 from tinylib.tokenizer import Tokenizer, get_tokenizer
 
 if TYPE_CHECKING:
@@ -57,7 +58,6 @@ TINYSTORIES_FILES = {
 EOT = "<|endoftext|>"
 DATA_DIR = Path(__file__).resolve().parents[1] / "data"
 META_FORMAT_VERSION = 1
-_TRUE = {"1", "true", "yes", "on"}
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -121,13 +121,6 @@ def find_tinystories(source: str | os.PathLike | None = None, version: str = "V1
     return found
 
 
-def _hf_offline() -> bool:
-    import huggingface_hub.constants as hfc
-
-    env = os.environ.get("HF_HUB_OFFLINE")
-    return (env.strip().lower() in _TRUE) if env is not None else hfc.is_offline_mode()
-
-
 def _unavailable(version: str, fname: str, reason: str) -> FileNotFoundError:
     return FileNotFoundError(
         f"TinyStories {version} file {fname} is not available: {reason}. Either point TINYSTORIES_DIR at a folder "
@@ -148,12 +141,12 @@ def download_tinystories(
     """The official TinyStories files of `version`, as {split: path}.
 
     A local folder (`source`, else $TINYSTORIES_DIR) that holds them is used instead of the network. Otherwise each
-    file is fetched with `huggingface_hub.hf_hub_download` into `dest` (default data/tinystories): it streams with a
-    progress bar into a temporary `.incomplete` file, resumes with a Range request when the connection drops, and
-    renames the file into place only when it is complete; a file already there is not fetched again. We then check
-    its size against the Hub's. (huggingface_hub >= 1.x keeps no partial file across separate runs, so a killed
-    process restarts that file.) `endpoint` defaults to $HF_ENDPOINT read at call time.
-    Offline ($HF_HUB_OFFLINE) or unreachable with no local copy: one FileNotFoundError that names TINYSTORIES_DIR.
+    file is fetched with `tinylib.download.hub_download` into `dest` (default data/tinystories): it streams with a
+    progress bar into `<name>.part`, resumes with a Range request after a dropped connection or a killed process
+    (while the Hub's file is unchanged), checks the size against the Hub's and renames the file into place only
+    when it is complete; a file already there is not fetched again. `endpoint` defaults to $HF_ENDPOINT read at
+    call time. Offline ($HF_HUB_OFFLINE) or unreachable with no local copy: one FileNotFoundError that names
+    TINYSTORIES_DIR; a size mismatch is a SizeMismatchError (a ValueError).
     """
     version = _check_version(version)
     bad = [s for s in splits if s not in TINYSTORIES_FILES[version]]
@@ -170,8 +163,8 @@ def download_tinystories(
     for split in splits:
         fname = TINYSTORIES_FILES[version][split]
         target = dest / fname
-        if _hf_offline():
-            # hf_hub_download renames a file into place only once complete, so an existing one is whole.
+        if hub_offline():
+            # hub_download renames a file into place only once complete, so an existing one is whole.
             if target.is_file():
                 out[split] = target
                 continue
@@ -181,21 +174,12 @@ def download_tinystories(
 
 
 def _hub_download(fname: str, dest: Path, revision: str, endpoint: str | None, version: str) -> Path:
-    from huggingface_hub import get_hf_file_metadata, hf_hub_download, hf_hub_url
-
     try:
-        url = hf_hub_url(HF_REPO, fname, repo_type="dataset", revision=revision, endpoint=endpoint)
-        expected = get_hf_file_metadata(url).size
-        path = Path(
-            hf_hub_download(HF_REPO, fname, repo_type="dataset", revision=revision, local_dir=dest, endpoint=endpoint)
-        )
+        return hub_download(HF_REPO, fname, dest, repo_type="dataset", revision=revision, endpoint=endpoint)
+    except SizeMismatchError:
+        raise
     except Exception as e:  # network, HTTP and offline errors all mean the same thing to the user
         raise _unavailable(version, fname, f"download from {endpoint or 'huggingface.co'} failed ({type(e).__name__}: {e})") from e
-    size = path.stat().st_size
-    if expected is not None and size != expected:
-        path.unlink(missing_ok=True)
-        raise ValueError(f"downloaded {path} has {size:,} bytes but the Hub says {expected:,}: removed it; retry")
-    return path
 
 
 # ------------------------------------------------------------------------------------------------------------

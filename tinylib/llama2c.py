@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from tinylib.config import ModelConfig
+from tinylib.download import SizeMismatchError, hub_download, hub_offline
 from tinylib.model import Transformer
 from tinylib.tokenizer import Tokenizer, _as_id_list
 
@@ -44,6 +45,7 @@ ROPE_THETA = 10000.0  # run.c hard-codes both
 NORM_EPS = 1e-5
 
 HF_REPO = "karpathy/tinyllamas"
+DOWNLOAD_DIR = Path(__file__).resolve().parents[1] / "data" / "llama2c"  # download_llama2c's default dest
 # name -> (model file in the repo, tokenizer file in the repo or None, published validation loss)
 MODELS: dict[str, tuple[str, str | None, float]] = {
     "stories260K": ("stories260K/stories260K.bin", "stories260K/tok512.model", 1.297),
@@ -560,37 +562,29 @@ def find_llama2c_tokenizer(model: str | os.PathLike) -> Path:
 # Download
 
 
-def _hf_offline() -> bool:
-    """HF_HUB_OFFLINE as set now (huggingface_hub itself reads it once, at import)."""
-    import huggingface_hub.constants as hfc
-
-    env = os.environ.get("HF_HUB_OFFLINE")
-    return env.strip().lower() in ("1", "true", "yes", "on") if env is not None else hfc.is_offline_mode()
-
-
 def download_llama2c(name: str, dest: str | os.PathLike | None = None, *, revision: str = "main",
                      endpoint: str | None = None) -> Path:
     """Fetch a llama2.c TinyStories model from the Hugging Face repo karpathy/tinyllamas; return the .bin path.
 
     stories260K also brings its tokenizer (`tok512.model`, beside the .bin); the larger models use the Llama 2
-    tokenizer, which that repo does not hold. Files go under `dest` (keeping the repo's sub-folders), or into the
-    Hugging Face cache when `dest` is None. `hf_hub_download` streams, resumes a partial download and renames a
-    file into place only when complete. `endpoint` defaults to $HF_ENDPOINT read at call time. Offline
-    ($HF_HUB_OFFLINE) an already downloaded copy is returned; otherwise the error names the local-path option.
+    tokenizer, which that repo does not hold. Files go under `dest` (default data/llama2c, git-ignored), keeping
+    the repo's sub-folders, through `tinylib.download.hub_download` (the data module's machinery: progress bar,
+    resume across runs, size check, renamed into place when complete). `endpoint` defaults to $HF_ENDPOINT read
+    at call time. Offline ($HF_HUB_OFFLINE) an already downloaded copy is returned; otherwise the error names the
+    local-path option.
     """
     if name not in MODELS:
         raise ValueError(f"unknown llama2.c model {name!r}; choose one of {sorted(MODELS)}")
-    from huggingface_hub import hf_hub_download
-
     model_file, tok_file, _ = MODELS[name]
+    dest = Path(dest) if dest is not None else DOWNLOAD_DIR
     endpoint = endpoint or os.environ.get("HF_ENDPOINT") or None
-    offline = _hf_offline()
+    offline = hub_offline()
     paths = []
     for filename in [model_file] + ([tok_file] if tok_file else []):
         try:
-            paths.append(Path(hf_hub_download(
-                HF_REPO, filename, revision=revision, local_dir=None if dest is None else str(dest),
-                endpoint=endpoint, local_files_only=offline)))
+            paths.append(hub_download(HF_REPO, filename, dest, revision=revision, endpoint=endpoint))
+        except SizeMismatchError:
+            raise
         except Exception as e:  # offline, no network, missing file: all mean the same thing to the user
             reason = ("HF_HUB_OFFLINE is set and there is no downloaded copy" if offline
                       else f"download from {endpoint or 'huggingface.co'} failed")
