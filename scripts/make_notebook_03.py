@@ -18,6 +18,7 @@ cells = [
 All the training code lives in `tinylib/train.py` (one file, read it!); this notebook only calls it.
 `SMOKE` mode (set by the tests) shrinks every run to a few steps."""),
     new_code_cell("""import os
+import tempfile
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -28,7 +29,8 @@ from tinylib.train import TrainConfig, train
 
 SMOKE = os.environ.get("TINYLIB_SMOKE") == "1"
 ROOT = Path.cwd().parent if Path.cwd().name == "notebooks" else Path.cwd()
-RUNS = ROOT / "checkpoints" / ("notebook03-smoke" if SMOKE else "notebook03")
+# smoke runs (the tests) go to a temporary folder so they never show up among your checkpoints
+RUNS = Path(tempfile.mkdtemp(prefix="notebook03-")) if SMOKE else ROOT / "checkpoints" / "notebook03"
 print("smoke mode" if SMOKE else "full mode", "- runs go to", RUNS)"""),
     new_markdown_cell("""## 1. Token files
 

@@ -155,3 +155,12 @@ def test_metrics_plot_draws_each_run(data_dir, tmp_path):
     assert records[-1]["val_loss"] > 0 and records[-1]["step"] == 4
     ax = plot_runs([tmp_path / "r"])
     assert len(ax.lines) == 2
+
+
+def test_time_budget_caps_a_token_target(data_dir, tmp_path, capsys):
+    """max_time_s with max_steps: the steps that fit the time win, and the schedule ends there."""
+    result = train(small_config(data_dir, tmp_path / "timed", max_steps=100_000, max_time_s=3.0, eval_every=10**6))
+    assert "steps fit in 3 s" in capsys.readouterr().out
+    assert 6 <= result.step < 100_000
+    records = [r for r in read_metrics(tmp_path / "timed") if "lr" in r]
+    assert records[-1]["lr"] == pytest.approx(small_config(data_dir, "").lr * 0.1, rel=0.05)  # annealed to the floor

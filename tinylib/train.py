@@ -47,7 +47,8 @@ class TrainConfig:
     batch_size: int = 16  # micro-batch per process
     seq_len: int = 256
     tokens_per_step: int | None = None  # None: one micro-batch per process per step
-    # length of training (the first that is set wins: max_steps, max_tokens, max_time_s)
+    # length of training: max_steps, else max_tokens; max_time_s alone plans the steps that fit the time, and
+    # together with either it caps them (the schedule is fixed after the first few timed steps, within warmup)
     max_steps: int | None = None
     max_tokens: int | None = None
     max_time_s: float | None = None  # steps are planned from the measured speed of the first steps
@@ -275,6 +276,7 @@ def train(cfg: TrainConfig, on_record=None) -> TrainResult:
     batches = RandomBatches(train_tokens, cfg.batch_size, cfg.seq_len, seed=cfg.seed, rank=rank, world_size=world)
 
     step, tokens_seen, best_val, total_steps = 0, 0, None, None
+    time_planned = cfg.max_time_s is None
     if cfg.max_steps is not None:
         total_steps = cfg.max_steps
     elif cfg.max_tokens is not None:
@@ -292,6 +294,7 @@ def train(cfg: TrainConfig, on_record=None) -> TrainResult:
         set_rng_state(state["rng"])
         step, tokens_seen = saved_meta["step"], saved_meta["tokens_seen"]
         best_val, total_steps = saved_meta["best_val_loss"], saved_meta["total_steps"]
+        time_planned = True  # the resumed run keeps the schedule it was given
         if master:
             print(f"resumed from {folder} at step {step} ({tokens_seen:,} tokens)")
 
@@ -341,11 +344,16 @@ def train(cfg: TrainConfig, on_record=None) -> TrainResult:
     last_val, train_loss = None, float("nan")
     stop_at = cfg.until_step
     while True:
-        if total_steps is None and timed_steps >= 5:  # plan a time-limited run from the measured step time
+        if not time_planned and timed_steps >= 5:  # fit the run into max_time_s from the measured step time
             per_step = timed_s / timed_steps * 1.05  # leave room for evaluation
-            total_steps = max(step + 1, int(step + (cfg.max_time_s - (time.perf_counter() - t_start)) / per_step))
+            fit = max(step + 1, int(step + (cfg.max_time_s - (time.perf_counter() - t_start)) / per_step))
+            total_steps = fit if total_steps is None else min(total_steps, fit)
+            time_planned = True
             if master:
-                print(f"{per_step * 1000:.0f} ms/step measured: planning {total_steps} steps for {cfg.max_time_s:.0f} s")
+                print(f"{per_step * 1000:.0f} ms/step measured: {total_steps} steps fit in {cfg.max_time_s:.0f} s")
+                if bar:
+                    bar.total = total_steps
+                    bar.refresh()
         last = total_steps is not None and step >= total_steps
         paused = stop_at is not None and step >= stop_at
         if master and bar is None and total_steps is not None and cfg.progress:
