@@ -28,7 +28,8 @@ class ModelConfig:
     rope_theta: float = 10000.0
     bias: bool = False  # biases in linear layers and LayerNorm
     tie_embeddings: bool = True
-    dropout: float = 0.0
+    dropout: float = 0.0  # on embeddings and on each residual branch
+    attn_dropout: float | None = None  # on attention probabilities; None = dropout (costly on CPUs: B x H x T x T)
     norm_eps: float = 1e-5
     attn_impl: Literal["sdpa", "eager"] = "sdpa"  # eager computes the pattern explicitly (same outputs)
 
@@ -37,6 +38,8 @@ class ModelConfig:
             self.n_kv_head = self.n_head
         if self.d_mlp is None:
             self.d_mlp = 4 * self.d_model
+        if self.attn_dropout is None:
+            self.attn_dropout = self.dropout
         problems = []
         if self.d_model % self.n_head:
             problems.append(f"d_model={self.d_model} is not divisible by n_head={self.n_head}")

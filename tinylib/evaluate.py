@@ -25,28 +25,51 @@ def autocast_context(device: torch.device | str, dtype: torch.dtype | None):
 @torch.no_grad()
 def evaluate_loss(model: torch.nn.Module, tokens: np.ndarray, *, seq_len: int, batch_size: int = 8,
                   max_batches: int | None = None, device: torch.device | str | None = None,
-                  dtype: torch.dtype | None = None) -> float:
-    """Mean nats per predicted token over non-overlapping windows of `tokens`.
+                  dtype: torch.dtype | None = None, stride: int | None = None) -> float:
+    """Mean nats per predicted token over windows of `tokens`.
 
-    Deterministic (the same windows every call), so it can compare checkpoints and implementations. With
-    `max_batches`, the batches are spread evenly over the whole file (a file's start is rarely representative).
+    Deterministic (the same windows every call), so it can compare checkpoints and implementations.
+    Non-overlapping windows by default (as nanoGPT and llama2.c evaluate): the first tokens of each window are
+    predicted with little context, which overstates the loss a little. With `stride` < seq_len, windows start every
+    `stride` tokens and only their last `stride` targets are scored, so every token but the first window's has at
+    least seq_len - stride tokens of context (the "sliding window" perplexity). With `max_batches`, the batches are
+    spread evenly over the whole file (a file's start is rarely representative).
     """
     device = device or next(model.parameters()).device
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
     try:
-        for x, y in sequential_batches(tokens, batch_size, seq_len, max_batches=max_batches, spread=True):
+        for x, y in _windows(tokens, seq_len, batch_size, max_batches, stride):
             x, y = x.to(device), y.to(device)
             with autocast_context(device, dtype):
                 _, loss = model(x, y, return_logits=False)
-            total += loss.item() * y.numel()
-            count += y.numel()
+            n = int((y != -1).sum())
+            total += loss.item() * n
+            count += n
     finally:
         model.train(was_training)
     if count == 0:
         raise ValueError(f"no evaluation windows: {len(tokens)} tokens is fewer than seq_len + 1 = {seq_len + 1}")
     return total / count
+
+
+def _windows(tokens: np.ndarray, seq_len: int, batch_size: int, max_batches: int | None, stride: int | None):
+    if stride is None or stride == seq_len:
+        yield from sequential_batches(tokens, batch_size, seq_len, max_batches=max_batches, spread=True)
+        return
+    if not 0 < stride < seq_len:
+        raise ValueError(f"stride={stride} must be in (0, seq_len={seq_len}]")
+    starts = np.arange(0, len(tokens) - seq_len, stride)
+    batches = [starts[i:i + batch_size] for i in range(0, len(starts), batch_size)]
+    if max_batches is not None and max_batches < len(batches):
+        batches = [batches[i] for i in np.linspace(0, len(batches) - 1, max_batches).round().astype(int)]
+    offsets = np.arange(seq_len + 1)
+    for batch in batches:
+        window = torch.from_numpy(np.asarray(tokens[batch[:, None] + offsets]).astype(np.int64))
+        x, y = window[:, :-1], window[:, 1:].clone()
+        y[batch > 0, : seq_len - stride] = -1  # already scored by the previous window, with less context
+        yield x, y
 
 
 def bits_per_byte(loss_nats: float, n_tokens: int, n_bytes: int) -> float:

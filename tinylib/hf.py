@@ -80,7 +80,7 @@ def hf_config(cfg: ModelConfig, *, bos_id: int | None = None, eos_id: int | None
             head_dim=cfg.d_head, hidden_act="silu", max_position_embeddings=cfg.max_seq_len,
             rms_norm_eps=cfg.norm_eps, tie_word_embeddings=cfg.tie_embeddings,
             rope_parameters={"rope_type": "default", "rope_theta": float(cfg.rope_theta)},
-            attention_bias=cfg.bias, mlp_bias=cfg.bias, attention_dropout=cfg.dropout,
+            attention_bias=cfg.bias, mlp_bias=cfg.bias, attention_dropout=cfg.attn_dropout,
             bos_token_id=bos_id, eos_token_id=eos_id, pad_token_id=None,
             attn_implementation=attn_implementation, architectures=["LlamaForCausalLM"])
     from transformers import GPT2Config
@@ -88,7 +88,7 @@ def hf_config(cfg: ModelConfig, *, bos_id: int | None = None, eos_id: int | None
     return GPT2Config(
         vocab_size=cfg.vocab_size, n_positions=cfg.max_seq_len, n_embd=cfg.d_model, n_layer=cfg.n_layer,
         n_head=cfg.n_head, n_inner=cfg.d_mlp, activation_function="gelu_new", layer_norm_epsilon=cfg.norm_eps,
-        resid_pdrop=cfg.dropout, embd_pdrop=cfg.dropout, attn_pdrop=cfg.dropout,
+        resid_pdrop=cfg.dropout, embd_pdrop=cfg.dropout, attn_pdrop=cfg.attn_dropout,
         tie_word_embeddings=cfg.tie_embeddings, bos_token_id=bos_id, eos_token_id=eos_id,
         attn_implementation=attn_implementation, architectures=["GPT2LMHeadModel"])
 
