@@ -29,6 +29,7 @@ def save_checkpoint(folder: str | os.PathLike, model: Transformer, meta: dict, s
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
+    os.chmod(tmp, 0o755)  # mkdtemp makes it private; a checkpoint is an ordinary folder
     try:
         weights = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in model.state_dict().items()}
         if model.cfg.tie_embeddings:
