@@ -28,7 +28,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from tinylib.checkpoint import load_state, resolve, save_checkpoint
-from tinylib.config import get_config, param_counts
+from tinylib.config import config_from_dict, get_config, param_counts
 from tinylib.data import RandomBatches, open_split, read_meta
 from tinylib.evaluate import autocast_context, bits_per_byte, evaluate_loss
 from tinylib.metrics import MetricsLog
@@ -79,11 +79,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown TrainConfig fields {unknown}; known fields are {sorted(known)}")
-        return cls(**d)
+        return config_from_dict(cls, d)
 
 
 @dataclass
