@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import hashlib
-import http.server
 import json
 import os
-import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
 import tiktoken
 import torch
+from fakehub import serve
 
 from tinylib.data import (
     HF_REPO,
@@ -279,74 +277,14 @@ def test_failed_prepare_keeps_previous_files(prepared, tmp_path, tok512):
 # --- download through a fake Hub on 127.0.0.1 ------------------------------------------------------------------
 
 
-class _FakeHub(http.server.ThreadingHTTPServer):
-    """Serves /datasets/{repo}/resolve/{revision}/{file} with the headers hf_hub_download needs, Range included."""
-
-    def __init__(self, files: dict[str, bytes]):
-        self.files, self.log = files, []
-        self.drop_after: dict[str, int] = {}  # file -> bytes sent before the connection drops (once)
-        super().__init__(("127.0.0.1", 0), _HubHandler)
-
-
-class _HubHandler(http.server.BaseHTTPRequestHandler):
-    def log_message(self, *args):
-        pass
-
-    def _serve(self, body: bool):
-        hub: _FakeHub = self.server
-        prefix = f"/datasets/{HF_REPO}/resolve/main/"
-        hub.log.append((self.command, self.path, self.headers.get("Range")))
-        name = self.path[len(prefix):] if self.path.startswith(prefix) else None
-        if name not in hub.files:
-            self.send_response(404)
-            self.send_header("X-Error-Code", "EntryNotFound")
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-            return
-        data = hub.files[name]
-        start = 0
-        if self.headers.get("Range", "").startswith("bytes="):
-            start = int(self.headers["Range"][6:].split("-")[0])
-            self.send_response(206)
-            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
-        else:
-            self.send_response(200)
-        self.send_header("ETag", '"' + hashlib.sha256(data).hexdigest() + '"')
-        self.send_header("X-Repo-Commit", "0123456789abcdef0123456789abcdef01234567")
-        self.send_header("Accept-Ranges", "bytes")
-        self.send_header("Content-Length", str(len(data) - start))
-        self.end_headers()
-        if body:
-            cut = hub.drop_after.pop(name, None) if start == 0 else None
-            self.wfile.write(data[start:cut])
-
-    def do_HEAD(self):
-        self._serve(body=False)
-
-    def do_GET(self):
-        self._serve(body=True)
-
-
 @pytest.fixture
 def fake_hub(tinystories_dir, monkeypatch):
-    import huggingface_hub.constants
-
     files = {
         "TinyStories-train.txt": (tinystories_dir / TRAIN).read_bytes()[:200_000],
         "TinyStories-valid.txt": (tinystories_dir / VALID).read_bytes()[:100_000],
     }
-    hub = _FakeHub(files)
-    thread = threading.Thread(target=hub.serve_forever, daemon=True)
-    thread.start()
     monkeypatch.delenv("TINYSTORIES_DIR", raising=False)
-    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{hub.server_address[1]}")
-    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
-    monkeypatch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    # huggingface_hub reads HF_HUB_OFFLINE once at import (conftest set it to 1); this test is the one online one.
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
-    yield hub
-    hub.shutdown()
-    hub.server_close()
+    yield from serve(monkeypatch, files, repo=f"datasets/{HF_REPO}")
 
 
 def test_download_through_fake_hub(fake_hub, tmp_path):

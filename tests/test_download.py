@@ -6,12 +6,10 @@ drive hub_download directly to show what survives between calls (the `.part` fil
 
 from __future__ import annotations
 
-import hashlib
-import http.server
 import random
-import threading
 
 import pytest
+from fakehub import FakeHub, serve
 from huggingface_hub.errors import HfHubHTTPError
 
 from tinylib.download import SizeMismatchError, hub_download
@@ -22,82 +20,22 @@ BIG = "stories/big.bin"
 BIG_SIZE, DROP_AT = 12_000_000, 11_000_000
 
 
-class _Hub(http.server.ThreadingHTTPServer):
-    """Serves /{repo}/resolve/{rev}/{file} and /datasets/{repo}/resolve/{rev}/{file} with Range support."""
-
-    def __init__(self):
-        self.files: dict[str, bytes] = {}
-        self.log: list[tuple[str, str, str | None]] = []  # (method, path, Range header)
-        self.drop_after: dict[str, int] = {}  # file -> bytes sent before the connection drops (once)
-        self.down = False  # after a drop, GETs answer 503 until a test sets this back: the network "stays down"
-        self.size_lie: dict[str, int] = {}  # file -> size announced by HEAD instead of the real one
-        super().__init__(("127.0.0.1", 0), _Handler)
-
-
-class _Handler(http.server.BaseHTTPRequestHandler):
-    def log_message(self, *args):
-        pass
-
-    def _reply(self, status: int, headers: dict[str, str]):
-        self.send_response(status)
-        for k, v in headers.items():
-            self.send_header(k, v)
-        self.end_headers()
-
-    def _serve(self, body: bool):
-        hub: _Hub = self.server
-        hub.log.append((self.command, self.path, self.headers.get("Range")))
-        name = self.path.split("/resolve/", 1)[-1].split("/", 1)[-1]
-        data = hub.files.get(name)
-        if data is None:
-            return self._reply(404, {"X-Error-Code": "EntryNotFound", "Content-Length": "0"})
-        if body and hub.down:
-            return self._reply(503, {"Content-Length": "0"})
-        start = int(self.headers["Range"][6:].split("-")[0]) if self.headers.get("Range") else 0
-        headers = {"ETag": f'"{hashlib.sha256(data).hexdigest()}"', "X-Repo-Commit": "a" * 40,
-                   "Accept-Ranges": "bytes", "Content-Length": str(len(data) - start)}
-        if not body:
-            headers["Content-Length"] = str(hub.size_lie.get(name, len(data)))
-        if start:
-            headers["Content-Range"] = f"bytes {start}-{len(data) - 1}/{len(data)}"
-        self._reply(206 if start else 200, headers)
-        if body:
-            cut = hub.drop_after.pop(name, None) if start == 0 else None
-            hub.down = hub.down or cut is not None
-            self.wfile.write(data[start:cut])
-
-    def do_HEAD(self):
-        self._serve(body=False)
-
-    def do_GET(self):
-        self._serve(body=True)
-
-
 @pytest.fixture
 def hub(monkeypatch):
-    import huggingface_hub.constants
-
-    server = _Hub()
-    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{server.server_address[1]}")
-    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
-    # huggingface_hub reads HF_HUB_OFFLINE once at import (conftest set it to 1); these tests go online.
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
-    yield server
-    server.shutdown()
-    server.server_close()
+    yield from serve(monkeypatch)
 
 
-def _gets(hub: _Hub, since: int) -> list[str | None]:
+def _gets(hub: FakeHub, since: int) -> list[str | None]:
     """The Range headers of the GETs since log entry `since` (None: a request for the whole file)."""
     return [r for c, _, r in hub.log[since:] if c == "GET"]
 
 
-def _interrupted_download(hub: _Hub, tmp_path) -> tuple[bytes, int]:
+def _interrupted_download(hub: FakeHub, tmp_path) -> tuple[bytes, int]:
     """A first call whose connection drops at DROP_AT and stays down: it fails and leaves a .part behind."""
     data = random.Random(0).randbytes(BIG_SIZE)
     hub.files[BIG] = data
     hub.drop_after[BIG] = DROP_AT
+    hub.status_after_drop = 503  # after the drop, GETs answer 503 until reset: the network "stays down"
     with pytest.raises(HfHubHTTPError, match="503"):
         hub_download(REPO, BIG, tmp_path, progress=False)
     part = tmp_path / "stories" / "big.bin.part"
@@ -105,7 +43,7 @@ def _interrupted_download(hub: _Hub, tmp_path) -> tuple[bytes, int]:
     assert 0 < kept <= DROP_AT and data.startswith(part.read_bytes())
     assert (tmp_path / "stories" / "big.bin.part.json").is_file()
     assert not (tmp_path / BIG).exists()
-    hub.down = False
+    hub.status = None
     return data, kept
 
 

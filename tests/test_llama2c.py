@@ -7,17 +7,15 @@ RoPE, repeat_kv for grouped-query attention); tinylib's converted model must giv
 from __future__ import annotations
 
 import hashlib
-import http.server
 import pickle
 import random
-import re
 import struct
-import threading
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from fakehub import serve
 
 from tinylib.config import ModelConfig, get_config
 from tinylib.llama2c import (
@@ -399,55 +397,11 @@ def test_llama2_tokenizer_and_pickling(llama2c_dir, tok512):
 # --- download through a fake Hub on 127.0.0.1 -------------------------------------------------------------------
 
 
-class _Hub(http.server.BaseHTTPRequestHandler):
-    files: dict[str, bytes] = {}
-    log: list[tuple[str, str]] = []
-
-    def log_message(self, *args):
-        pass
-
-    def _serve(self, body: bool):
-        self.log.append((self.command, self.path))
-        m = re.fullmatch(r"/karpathy/tinyllamas/resolve/([^/]+)/(.+)", self.path.split("?")[0])
-        data = self.files.get(m.group(2)) if m else None
-        if data is None:
-            self.send_response(404)
-            self.send_header("X-Error-Code", "EntryNotFound")
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-            return
-        self.send_response(200)
-        self.send_header("ETag", f'"{hashlib.sha256(data).hexdigest()}"')
-        self.send_header("X-Repo-Commit", "a" * 40)
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        if body:
-            self.wfile.write(data)
-
-    def do_HEAD(self):
-        self._serve(False)
-
-    def do_GET(self):
-        self._serve(True)
-
-
 @pytest.fixture
 def fake_hub(llama2c_dir, monkeypatch):
-    import huggingface_hub.constants
-
-    _Hub.files = {"stories260K/stories260K.bin": (llama2c_dir / "stories260K.bin").read_bytes(),
-                  "stories260K/tok512.model": (llama2c_dir / "tok512.model").read_bytes()}
-    _Hub.log = []
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Hub)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{server.server_address[1]}")
-    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
-    monkeypatch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    # huggingface_hub reads HF_HUB_OFFLINE once at import (conftest set it to 1); this test goes online.
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
-    yield _Hub
-    server.shutdown()
-    server.server_close()
+    files = {"stories260K/stories260K.bin": (llama2c_dir / "stories260K.bin").read_bytes(),
+             "stories260K/tok512.model": (llama2c_dir / "tok512.model").read_bytes()}
+    yield from serve(monkeypatch, files, repo="karpathy/tinyllamas")
 
 
 def test_download_through_fake_hub_then_offline(fake_hub, tmp_path, monkeypatch, m260k):
@@ -456,7 +410,7 @@ def test_download_through_fake_hub_then_offline(fake_hub, tmp_path, monkeypatch,
     assert path.read_bytes() == fake_hub.files["stories260K/stories260K.bin"]
     assert (tmp_path / "stories260K" / "tok512.model").is_file()
     assert not list(tmp_path.rglob("*.part*"))  # tinylib.download's partial files are renamed or removed
-    assert ("GET", "/karpathy/tinyllamas/resolve/main/stories260K/stories260K.bin") in fake_hub.log
+    assert ("GET", "/karpathy/tinyllamas/resolve/main/stories260K/stories260K.bin", None) in fake_hub.log
     assert same_weights(load_llama2c(path), m260k)
     assert find_llama2c_tokenizer(path) == tmp_path / "stories260K" / "tok512.model"
     # Offline: the downloaded copy is found without the network; a model never downloaded is a clear error.
