@@ -20,6 +20,17 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Decoding a tiny model is a chain of tiny ops: one torch thread is fastest (and immune to a busy CPU)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def tinystories_dir() -> Path:
     """Real TinyStories text (../shared/data/tinystories, or $TINYSTORIES_DIR)."""

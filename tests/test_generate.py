@@ -21,14 +21,7 @@ from tinylib.generate import (
 from tinylib.model import Transformer
 from tinylib.tokenizer import get_tokenizer
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Decoding a tiny model is a chain of tiny ops: one thread is fastest (and immune to a busy shared CPU)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny-model decoding is fastest on one thread
 
 
 @pytest.fixture(scope="module")

@@ -13,13 +13,7 @@ from tinylib.model import Transformer
 from tinylib.tokenizer import get_tokenizer
 from tinylib.widgets import StoryGenerator, find_story_model, story_generator
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny-model decoding is fastest on one thread
 
 
 @pytest.fixture(scope="module")

@@ -30,6 +30,17 @@ def _check_unprocessed(bridge) -> None:
                          "to_lens(model) (compatibility_mode=False)")
 
 
+
+def _position_and_target(tokens: torch.Tensor, pos: int, target: int | None) -> tuple[torch.Tensor, int, int]:
+    """tokens as [1, T], pos made non-negative, and the target id (default: the token after pos)."""
+    tokens = tokens.reshape(1, -1)
+    pos = pos % tokens.shape[1]
+    if target is None:
+        if pos + 1 >= tokens.shape[1]:
+            raise ValueError("no token after `pos` to use as target: pass target=<token id> or an earlier pos")
+        target = int(tokens[0, pos + 1])
+    return tokens, pos, target
+
 @dataclass
 class LogitLens:
     labels: list[str]  # "embed", "L0", ..., one per residual read
@@ -48,12 +59,7 @@ def logit_lens(model: Any, tokens: torch.Tensor, *, pos: int = -1, target: int |
     bridge = as_bridge(model)
     _check_unprocessed(bridge)
     m = tinylib_model(bridge)
-    tokens = tokens.reshape(1, -1)
-    pos = pos % tokens.shape[1]
-    if target is None:
-        if pos + 1 >= tokens.shape[1]:
-            raise ValueError("no token after `pos` to use as target: pass target=<token id> or an earlier pos")
-        target = int(tokens[0, pos + 1])
+    tokens, pos, target = _position_and_target(tokens, pos, target)
     L = bridge.cfg.n_layers
     names = ["blocks.0.hook_resid_pre"] + [f"blocks.{i}.hook_resid_post" for i in range(L)]
     _, cache = bridge.run_with_cache(tokens, names_filter=names)
@@ -94,12 +100,7 @@ def direct_logit_attribution(model: Any, tokens: torch.Tensor, *, pos: int = -1,
     _check_unprocessed(bridge)
     m = tinylib_model(bridge)
     cfg = m.cfg
-    tokens = tokens.reshape(1, -1)
-    pos = pos % tokens.shape[1]
-    if target is None:
-        if pos + 1 >= tokens.shape[1]:
-            raise ValueError("no token after `pos` to use as target: pass target=<token id> or an earlier pos")
-        target = int(tokens[0, pos + 1])
+    tokens, pos, target = _position_and_target(tokens, pos, target)
     L = cfg.n_layer
     names = (["blocks.0.hook_resid_pre", f"blocks.{L - 1}.hook_resid_post"]
              + [f"blocks.{i}.attn.hook_z" for i in range(L)] + [f"blocks.{i}.hook_mlp_out" for i in range(L)])
