@@ -40,13 +40,15 @@ def weights(folder) -> dict:
     return load_file(str(Path(folder) / "model.safetensors"))
 
 
-def test_resumed_training_is_bitwise_identical_to_uninterrupted(data_dir, tmp_path):
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_resumed_training_is_bitwise_identical_to_uninterrupted(data_dir, tmp_path, optimizer):
     overrides = {**SMALL, "dropout": 0.1}  # dropout makes the saved RNG state matter
-    straight = train(small_config(data_dir, tmp_path / "straight", model_overrides=overrides))
+    kw = dict(model_overrides=overrides, optimizer=optimizer)
+    straight = train(small_config(data_dir, tmp_path / "straight", **kw))
     assert straight.step == 8
-    train(small_config(data_dir, tmp_path / "split", model_overrides=overrides, until_step=4))
+    train(small_config(data_dir, tmp_path / "split", until_step=4, **kw))
     assert load_state(tmp_path / "split" / "latest")["data"]["step"] == 4
-    resumed = train(small_config(data_dir, tmp_path / "split", model_overrides=overrides, resume=True))
+    resumed = train(small_config(data_dir, tmp_path / "split", resume=True, **kw))
     assert resumed.step == 8 and resumed.tokens == straight.tokens
     a, b = weights(tmp_path / "straight" / "latest"), weights(tmp_path / "split" / "latest")
     assert a.keys() == b.keys()

@@ -3,9 +3,10 @@
     python -m tinylib.train --preset tiny --data data/tinystories-4096 --max-tokens 5_000_000
     torchrun --standalone --nproc_per_node=8 -m tinylib.train --preset llama_6L_6H_288D --data ...
 
-AdamW (fused where supported) with weight decay on matrices only, linear warmup then cosine to a floor, gradient
-clipping, gradient accumulation derived from a target number of tokens per optimizer step, bf16 autocast where the
-device supports it (fp32 master weights), optional torch.compile, DDP. Rank 0 evaluates on fixed validation windows,
+AdamW (fused where supported) with weight decay on matrices only, or Muon for the block matrices (`optimizer="muon"`,
+tinylib.optim: more learned per token; the demo's choice), linear warmup then cosine to a floor, gradient clipping,
+gradient accumulation derived from a target number of tokens per optimizer step, bf16 autocast where the device
+supports it (fp32 master weights), optional torch.compile, DDP. Rank 0 evaluates on fixed validation windows,
 prints fixed-prompt samples, logs metrics and saves `latest/` and `best/` checkpoints; every state that shapes the
 next step (weights, optimizer, RNG, data stream, schedule) is saved so a resumed run continues exactly.
 """
@@ -54,7 +55,11 @@ class TrainConfig:
     max_time_s: float | None = None  # steps are planned from the measured speed of the first steps
     until_step: int | None = None  # stop (and save) here without changing the schedule: split a run in parts
     # optimizer and schedule
-    lr: float = 1e-3
+    optimizer: str = "adamw"  # or "muon": Muon for the matrices inside the blocks, AdamW for the rest
+    lr: float = 1e-3  # AdamW's peak lr (with optimizer="muon": embeddings, head and norms)
+    muon_lr: float = 0.02
+    muon_momentum: float = 0.95
+    muon_weight_decay: float = 0.0
     min_lr_ratio: float = 0.1
     warmup_steps: int = 100
     weight_decay: float = 0.1
@@ -156,24 +161,44 @@ def setup_distributed(device_pref: str) -> tuple[int, int, int, torch.device]:
 
 # --- optimizer and schedule -----------------------------------------------------------------------------------
 
-def configure_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
-    """AdamW with weight decay on matrices (dim >= 2: linear weights, embeddings), none on norms and biases."""
-    params = [p for p in model.parameters() if p.requires_grad]
+def configure_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
+    """AdamW with weight decay on matrices (dim >= 2: linear weights, embeddings), none on norms and biases.
+
+    With cfg.optimizer == "muon", the 2-D weights inside the blocks move to Muon (tinylib.optim) instead.
+    Every group records its peak lr as "base_lr"; the schedule scales all of them by the same factor.
+    """
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if cfg.optimizer not in ("adamw", "muon"):
+        raise ValueError(f"optimizer={cfg.optimizer!r}; expected 'adamw' or 'muon'")
+    use_muon = cfg.optimizer == "muon"
+    to_muon = [p for n, p in named if use_muon and p.dim() == 2 and n.startswith("blocks.")]
+    muon_ids = {id(p) for p in to_muon}
+    rest = [p for _, p in named if id(p) not in muon_ids]
     groups = [
-        {"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
-        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+        {"params": [p for p in rest if p.dim() >= 2], "weight_decay": cfg.weight_decay, "base_lr": cfg.lr},
+        {"params": [p for p in rest if p.dim() < 2], "weight_decay": 0.0, "base_lr": cfg.lr},
     ]
-    fused = device.type in ("cuda", "cpu")
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=fused)
+    betas = (cfg.beta1, cfg.beta2)
+    if not use_muon:
+        return torch.optim.AdamW(groups, lr=cfg.lr, betas=betas, fused=device.type in ("cuda", "cpu"))
+    from tinylib.optim import MuonAdamW
+
+    groups.append({"params": to_muon, "muon": True, "lr": cfg.muon_lr, "base_lr": cfg.muon_lr,
+                   "momentum": cfg.muon_momentum, "weight_decay": cfg.muon_weight_decay})
+    return MuonAdamW(groups, lr=cfg.lr, betas=betas)
+
+
+def lr_scale(step: int, cfg: TrainConfig, total_steps: int) -> float:
+    """Linear warmup to 1, then cosine decay to cfg.min_lr_ratio at total_steps: the factor on every peak lr."""
+    if step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    progress = min(1.0, (step - cfg.warmup_steps) / max(1, total_steps - cfg.warmup_steps))
+    return cfg.min_lr_ratio + 0.5 * (1 - cfg.min_lr_ratio) * (1 + math.cos(math.pi * progress))
 
 
 def lr_at(step: int, cfg: TrainConfig, total_steps: int) -> float:
-    """Linear warmup to cfg.lr, then cosine decay to cfg.lr * min_lr_ratio at total_steps."""
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    progress = min(1.0, (step - cfg.warmup_steps) / max(1, total_steps - cfg.warmup_steps))
-    floor = cfg.lr * cfg.min_lr_ratio
-    return floor + 0.5 * (cfg.lr - floor) * (1 + math.cos(math.pi * progress))
+    """AdamW's learning rate at `step`: cfg.lr x lr_scale."""
+    return cfg.lr * lr_scale(step, cfg, total_steps)
 
 
 def grad_accum_steps(cfg: TrainConfig, world_size: int) -> int:
@@ -382,9 +407,10 @@ def train(cfg: TrainConfig, on_record=None) -> TrainResult:
             break
 
         t0 = time.perf_counter()
-        lr = lr_at(step, cfg, total_steps if total_steps is not None else 10**9)
+        scale = lr_scale(step, cfg, total_steps if total_steps is not None else 10**9)
+        lr = cfg.lr * scale
         for group in optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = group["base_lr"] * scale
         loss_sum = torch.zeros((), device=device)
         for micro in range(accum):
             x, y = batches.next_batch(device)
