@@ -9,9 +9,9 @@ from tinylib.optim import MuonAdamW, orthogonalize
 from tinylib.train import TrainConfig, configure_optimizer
 
 
-@pytest.mark.parametrize("shape", [(48, 64), (256, 64), (64, 256), (3, 96, 32)])  # square random matrices have
-# singular values near 0, which five steps leave small; rectangular ones do not
+@pytest.mark.parametrize("shape", [(48, 64), (256, 64), (64, 256), (3, 96, 32)])
 def test_orthogonalize_equalises_singular_values_and_keeps_the_directions(shape):
+    """Rectangular shapes: a square random matrix has singular values near 0, which five steps leave small."""
     torch.manual_seed(0)
     g = torch.randn(*shape)
     o = orthogonalize(g, steps=5).float()

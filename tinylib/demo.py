@@ -1,13 +1,13 @@
 """`make demo`: TinyStories text -> token files -> a trained model -> stories, in about ten minutes.
 
-    python -m tinylib.demo [--minutes 9] [--preset tiny] [--source DIR]
+    python -m tinylib.demo [--minutes 9.5] [--preset tiny] [--source DIR]
 
 1. Finds TinyStories (`--source`, $TINYSTORIES_DIR, or a download) and writes token files with our 4096-id BPE
    under data/ (reused when they are already there and match), then prints the data report.
-2. Trains the `tiny` preset on the CPU (bf16 autocast where the CPU supports it) within the time budget; on a GPU the
-   same command trains `llama_6L_6H_288D` with bf16 and torch.compile.
+2. Trains the `tiny` preset on the CPU (Muon + AdamW, bf16 autocast where the CPU supports it) within the time
+   budget; on a GPU the same command trains `llama_6L_6H_288D` with bf16 and torch.compile.
 3. Prints validation loss before and after, in nats per token and in bits per byte of text (the figure that compares
-   across tokenizers), saves the checkpoint under checkpoints/, and prints three sample stories.
+   across tokenizers; after training also with sliding windows), saves the checkpoint under checkpoints/, and prints three sample stories.
 """
 
 from __future__ import annotations
