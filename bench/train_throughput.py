@@ -3,9 +3,10 @@
     python bench/train_throughput.py                       # tiny and 6L/288D, vocab 4096, batch 16 x 256
     python bench/train_throughput.py --presets gpt2_124M --seq-len 1024 --batch-size 16 --vocab 50304   # on a GPU
 
-The baseline is written out here on purpose (LayerNorm, fused qkv, GELU, SDPA, fp32, plain AdamW, no autocast,
-no compile) so the speedup is measured against something anyone would write, on the same inputs, interleaved in
-rounds so that load from other processes hits both alike. tinylib's step is the one `tinylib.train` runs: its
+The baseline is written out here on purpose (nanoGPT's model for GPT-style presets, llama2.c's for LLaMA-style ones;
+SDPA, fp32, plain AdamW, no autocast, no compile) so the speedup is measured against something anyone would write,
+for the same model (tests/test_bench.py checks parameter counts and, for LLaMA, the loss), on the same inputs,
+interleaved in rounds so that load from other processes hits both alike. tinylib's step is the one `tinylib.train` runs: its
 model, bf16 autocast where the device supports it, fused AdamW, torch.compile where the trainer enables it.
 """
 
@@ -62,6 +63,51 @@ class BaselineGPT(nn.Module):
         return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1))
 
 
+class BaselineLlamaBlock(nn.Module):
+    """llama2.c's model.py, condensed: RMSNorm, rotary embeddings (rotate-half), SwiGLU."""
+
+    def __init__(self, d: int, n_head: int, d_mlp: int):
+        super().__init__()
+        self.n_head, self.d_mlp = n_head, d_mlp
+        self.norm_1, self.norm_2 = nn.RMSNorm(d, eps=1e-5), nn.RMSNorm(d, eps=1e-5)
+        self.wqkv, self.wo = nn.Linear(d, 3 * d, bias=False), nn.Linear(d, d, bias=False)
+        self.w13, self.w2 = nn.Linear(d, 2 * d_mlp, bias=False), nn.Linear(d_mlp, d, bias=False)
+
+    def forward(self, x, cos, sin):
+        B, T, C = x.shape
+        q, k, v = self.wqkv(self.norm_1(x)).split(C, dim=2)
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        q, k = (t * cos + torch.cat([-t[..., t.shape[-1] // 2:], t[..., :t.shape[-1] // 2]], -1) * sin for t in (q, k))
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(B, T, C)
+        x = x + self.wo(y)
+        gate, up = self.w13(self.norm_2(x)).split(self.d_mlp, dim=2)
+        return x + self.w2(F.silu(gate) * up)
+
+
+class BaselineLlama(nn.Module):
+    """The LLaMA-style baseline: the same FLOPs as tinylib's llama presets, written the plain way."""
+
+    def __init__(self, vocab: int, seq: int, n_layer: int, n_head: int, d: int, d_mlp: int):
+        super().__init__()
+        self.wte = nn.Embedding(vocab, d)
+        self.h = nn.ModuleList(BaselineLlamaBlock(d, n_head, d_mlp) for _ in range(n_layer))
+        self.norm = nn.RMSNorm(d, eps=1e-5)
+        self.lm_head = nn.Linear(d, vocab, bias=False)
+        self.lm_head.weight = self.wte.weight
+        d_head = d // n_head
+        angles = torch.outer(torch.arange(seq).float(), 1.0 / 10000 ** (torch.arange(0, d_head, 2).float() / d_head))
+        self.register_buffer("cos", angles.cos().repeat(1, 2), persistent=False)
+        self.register_buffer("sin", angles.sin().repeat(1, 2), persistent=False)
+
+    def forward(self, idx, targets):
+        T = idx.shape[1]
+        x = self.wte(idx)
+        for block in self.h:
+            x = block(x, self.cos[:T], self.sin[:T])
+        logits = self.lm_head(self.norm(x))
+        return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1))
+
+
 def make_steps(preset: str, vocab: int, batch: int, seq: int, device: torch.device):
     """(name, step function) pairs: the baseline, and tinylib as the trainer would run it."""
     tcfg = TrainConfig(preset=preset)
@@ -69,7 +115,9 @@ def make_steps(preset: str, vocab: int, batch: int, seq: int, device: torch.devi
     use_compile, attn_impl = compile_plan(tcfg, device)
     cfg = get_config(preset, vocab_size=vocab, max_seq_len=max(seq, get_config(preset).max_seq_len),
                      attn_impl=attn_impl)
-    base = BaselineGPT(vocab, cfg.max_seq_len, cfg.n_layer, cfg.n_head, cfg.d_model, cfg.d_mlp).to(device)
+    # The baseline computes the same model family (same FLOPs), so the speedup is the step's, not the architecture's.
+    Baseline = BaselineLlama if cfg.mlp == "swiglu" else BaselineGPT
+    base = Baseline(vocab, cfg.max_seq_len, cfg.n_layer, cfg.n_head, cfg.d_model, cfg.d_mlp).to(device)
     base_opt = torch.optim.AdamW(base.parameters(), lr=1e-4, weight_decay=0.1)
     model = Transformer(cfg).to(device)
     opt = configure_optimizer(model, tcfg, device)
