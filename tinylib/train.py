@@ -49,7 +49,7 @@ class TrainConfig:
     seq_len: int = 256
     tokens_per_step: int | None = None  # None: one micro-batch per process per step
     # length of training: max_steps, else max_tokens; max_time_s alone plans the steps that fit the time, and
-    # together with either it caps them (the schedule is fixed after the first few timed steps, within warmup)
+    # together with either it caps them (planned after 5 timed steps, fixed at the end of warmup)
     max_steps: int | None = None
     max_tokens: int | None = None
     max_time_s: float | None = None  # steps are planned from the measured speed of the first steps
@@ -362,19 +362,26 @@ def train(cfg: TrainConfig, on_record=None) -> TrainResult:
     bar = None
     t_start = time.perf_counter()
     timed_steps, timed_s = 0, 0.0
+    step_cap, first_plan, plan_steps, plan_s = total_steps, None, 0, 0.0  # for max_time_s (see below)
     last_val, train_loss = None, float("nan")
     stop_at = cfg.until_step
     while True:
-        if not time_planned and timed_steps >= 5:  # fit the run into max_time_s from the measured step time
-            per_step = timed_s / timed_steps * 1.05  # leave room for evaluation
+        # Fit the run into max_time_s from the measured step time: a first plan after 5 timed steps, the final one
+        # at the end of warmup from the steps since (a busy moment at the start cannot shorten the run, and the
+        # schedule has not used total_steps before warmup ends).
+        final = plan_steps >= 5 and step >= cfg.warmup_steps
+        if not time_planned and (final or (first_plan is None and plan_steps >= 5)):
+            per_step = plan_s / plan_steps * 1.05  # leave room for evaluation
             fit = max(step + 1, int(step + (cfg.max_time_s - (time.perf_counter() - t_start)) / per_step))
-            total_steps = fit if total_steps is None else min(total_steps, fit)
-            time_planned = True
-            if master:
+            total_steps = fit if step_cap is None else min(step_cap, fit)
+            time_planned = final
+            if master and total_steps != first_plan:
                 print(f"{per_step * 1000:.0f} ms/step measured: {total_steps} steps fit in {cfg.max_time_s:.0f} s")
                 if bar:
                     bar.total = total_steps
                     bar.refresh()
+            if first_plan is None:
+                first_plan, plan_steps, plan_s = total_steps, 0, 0.0
         last = total_steps is not None and step >= total_steps
         paused = stop_at is not None and step >= stop_at
         if master and bar is None and total_steps is not None and cfg.progress:
@@ -434,6 +441,7 @@ def train(cfg: TrainConfig, on_record=None) -> TrainResult:
         dt = time.perf_counter() - t0
         if step > 1:  # the first step includes warm-up costs (allocation, compilation)
             timed_steps, timed_s = timed_steps + 1, timed_s + dt
+            plan_steps, plan_s = plan_steps + 1, plan_s + dt
         if master and (step % cfg.log_every == 0 or step == total_steps):
             tps = tokens_per_step / dt
             record = {"step": step, "tokens": tokens_seen, "train_loss": train_loss, "lr": lr,
