@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from tinylib.config import PRESETS, ModelConfig, get_config, param_counts
-from tinylib.model import Transformer, apply_rope, rope_tables
+from tinylib.model import Transformer, apply_rope, gelu_tanh, rope_tables
 
 
 def hand_count(cfg: ModelConfig) -> int:
@@ -89,6 +89,24 @@ def test_future_tokens_do_not_change_past_logits(model):
     changed = idx.clone()
     changed[0, 12:] = (changed[0, 12:] + 1) % 300
     torch.testing.assert_close(model(idx)[0][:, :12], model(changed)[0][:, :12])
+
+
+def test_gelu_is_gpt2s_tanh_gelu_with_the_same_gradient():
+    """The compiled form (x sigmoid(2z)) is the same function as F.gelu(approximate="tanh"), values and gradients."""
+    x = torch.linspace(-12, 12, 20001, dtype=torch.float64, requires_grad=True)
+    traced = []
+
+    def backend(gm, example_inputs):  # sees the graph inductor would see, runs it without a C++ build
+        traced.extend(str(node.target) for node in gm.graph.nodes)
+        return gm.forward
+
+    compiled = torch.compile(gelu_tanh, backend=backend)
+    ref = torch.nn.functional.gelu(x, approximate="tanh")
+    torch.testing.assert_close(compiled(x.float()), ref.float(), rtol=1e-6, atol=1e-6)
+    (g_ours,) = torch.autograd.grad(compiled(x).sum(), x)
+    (g_ref,) = torch.autograd.grad(ref.sum(), x)
+    torch.testing.assert_close(g_ours, g_ref, rtol=1e-12, atol=1e-12)
+    assert any("sigmoid" in t for t in traced) and not any("gelu" in t for t in traced)
 
 
 def test_grouped_query_attention_equals_multi_head_with_shared_kv():

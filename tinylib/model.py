@@ -206,7 +206,19 @@ class MLP(nn.Module):
             bias = torch.cat([self.gate_proj.bias, self.up_proj.bias]) if self.up_proj.bias is not None else None
             gate, up = F.linear(x, torch.cat([self.gate_proj.weight, self.up_proj.weight]), bias).chunk(2, dim=-1)
             return self.down_proj(F.silu(gate) * up)
-        return self.down_proj(F.gelu(self.up_proj(x), approximate="tanh"))  # GPT-2's gelu_new
+        return self.down_proj(gelu_tanh(self.up_proj(x)))
+
+
+def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
+    """GPT-2's gelu_new, 0.5 x (1 + tanh(z)).
+
+    Eagerly that is one aten kernel; under torch.compile it is written as the identical x sigmoid(2z), which inductor
+    fuses into a loop ~2.5x faster than its tanh one on CPUs.
+    """
+    if not torch.compiler.is_compiling():
+        return F.gelu(x, approximate="tanh")
+    xf = x.to(torch.promote_types(x.dtype, torch.float32))
+    return (xf * torch.sigmoid(1.5957691216057308 * (xf + 0.044715 * xf * xf * xf))).to(x.dtype)
 
 
 class Block(nn.Module):
