@@ -5,6 +5,7 @@ import math
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -160,6 +161,21 @@ def test_metrics_plot_draws_each_run(data_dir, tmp_path):
     assert records[-1]["val_loss"] > 0 and records[-1]["step"] == 4
     ax = plot_runs([tmp_path / "r"])
     assert len(ax.lines) == 2
+
+
+def test_time_budget_holds_when_the_machine_slows_down(data_dir, tmp_path, capsys):
+    """Steps that get 10x slower after the first plan: re-planning at each evaluation still ends on time, annealed."""
+    def slow_down(record):
+        if record["step"] > 8 and "train_loss" in record:
+            time.sleep(0.05)
+
+    cfg = small_config(data_dir, tmp_path / "slow", max_steps=None, max_time_s=3.0, eval_every=5, eval_batches=1)
+    result = train(cfg, on_record=slow_down)
+    plans = [int(line.split()[3]) for line in capsys.readouterr().out.splitlines() if "steps fit in" in line]
+    assert len(plans) >= 2 and plans[-1] < plans[0]  # the first plan was revised down
+    assert result.time_s < 3.0 + 0.5  # at most a step, an evaluation and a save past the budget
+    records = [r for r in read_metrics(tmp_path / "slow") if "lr" in r]
+    assert records[-1]["lr"] < cfg.lr * 0.2  # the schedule still annealed (floor: 0.1 x lr)
 
 
 def test_time_budget_caps_a_token_target(data_dir, tmp_path, capsys):

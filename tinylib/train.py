@@ -49,7 +49,7 @@ class TrainConfig:
     seq_len: int = 256
     tokens_per_step: int | None = None  # None: one micro-batch per process per step
     # length of training: max_steps, else max_tokens; max_time_s alone plans the steps that fit the time, and
-    # together with either it caps them (planned after 5 timed steps, fixed at the end of warmup)
+    # together with either it caps them (planned after 5 timed steps, re-planned at every evaluation)
     max_steps: int | None = None
     max_tokens: int | None = None
     max_time_s: float | None = None  # steps are planned from the measured speed of the first steps
@@ -96,7 +96,8 @@ class TrainResult:
     val_loss: float | None
     best_val_loss: float | None
     val_bpb: float | None
-    tokens_per_s: float
+    tokens_per_s: float  # mean over the timed training steps (evaluation excluded)
+    time_s: float = 0.0  # wall time of the training loop, evaluation and checkpoints included
 
 
 # --- hardware -------------------------------------------------------------------------------------------------
@@ -297,7 +298,7 @@ def train(cfg: TrainConfig, on_record=None) -> TrainResult:
     batches = RandomBatches(train_tokens, cfg.batch_size, cfg.seq_len, seed=cfg.seed, rank=rank, world_size=world)
 
     step, tokens_seen, best_val, total_steps = 0, 0, None, None
-    time_planned = cfg.max_time_s is None
+    timed = cfg.max_time_s is not None  # plan (and re-plan) the steps that fit the time, see the loop
     if cfg.max_steps is not None:
         total_steps = cfg.max_steps
     elif cfg.max_tokens is not None:
@@ -315,7 +316,7 @@ def train(cfg: TrainConfig, on_record=None) -> TrainResult:
         set_rng_state(state["rng"])
         step, tokens_seen = saved_meta["step"], saved_meta["tokens_seen"]
         best_val, total_steps = saved_meta["best_val_loss"], saved_meta["total_steps"]
-        time_planned = True  # the resumed run keeps the schedule it was given
+        timed = False  # the resumed run keeps the schedule it was given
         if master:
             print(f"resumed from {folder} at step {step} ({tokens_seen:,} tokens)")
 
@@ -362,26 +363,38 @@ def train(cfg: TrainConfig, on_record=None) -> TrainResult:
     bar = None
     t_start = time.perf_counter()
     timed_steps, timed_s = 0, 0.0
-    step_cap, first_plan, plan_steps, plan_s = total_steps, None, 0, 0.0  # for max_time_s (see below)
+    step_cap, plan_mark = total_steps, None  # max_steps/max_tokens cap a timed plan; (step, time) of the last plan
     last_val, train_loss = None, float("nan")
     stop_at = cfg.until_step
     while True:
-        # Fit the run into max_time_s from the measured step time: a first plan after 5 timed steps, the final one
-        # at the end of warmup from the steps since (a busy moment at the start cannot shorten the run, and the
-        # schedule has not used total_steps before warmup ends).
-        final = plan_steps >= 5 and step >= cfg.warmup_steps
-        if not time_planned and (final or (first_plan is None and plan_steps >= 5)):
-            per_step = plan_s / plan_steps * 1.05  # leave room for evaluation
-            fit = max(step + 1, int(step + (cfg.max_time_s - (time.perf_counter() - t_start)) / per_step))
-            total_steps = fit if step_cap is None else min(step_cap, fit)
-            time_planned = final
-            if master and total_steps != first_plan:
-                print(f"{per_step * 1000:.0f} ms/step measured: {total_steps} steps fit in {cfg.max_time_s:.0f} s")
-                if bar:
-                    bar.total = total_steps
-                    bar.refresh()
-            if first_plan is None:
-                first_plan, plan_steps, plan_s = total_steps, 0, 0.0
+        # Fit the run into max_time_s: a first plan from 5 timed steps, then a new one at every evaluation from the
+        # wall time since the last (evaluation included), so the schedule still anneals on time when the machine
+        # slows down or speeds up; past the budget the run stops where it is.
+        if timed and step > 1:
+            first = plan_mark is None and timed_steps >= 5
+            replan = plan_mark is not None and step % cfg.eval_every == 0
+            if first or replan or step % cfg.log_every == 0:
+                now = time.perf_counter()
+                planned = total_steps
+                if first or replan:
+                    per_step = (timed_s / timed_steps * 1.05 if first  # leave room for evaluation
+                                else (now - plan_mark[1]) / (step - plan_mark[0]))
+                    fit = max(step + 1, int(step + (cfg.max_time_s - (now - t_start)) / per_step))
+                    planned, plan_mark = (fit if step_cap is None else min(step_cap, fit)), (step, now)
+                if now - t_start >= cfg.max_time_s:
+                    planned = step
+                if world > 1:  # rank 0 decides for all, so that every rank stops at the same step
+                    t = torch.tensor([-1 if planned is None else planned], device=device)
+                    dist.broadcast(t, 0)
+                    planned = None if int(t) < 0 else int(t)
+                if master and planned != total_steps:
+                    (bar.write if bar else print)(
+                        f"time budget reached at step {step}" if planned == step else
+                        f"{per_step * 1000:.0f} ms/step measured: {planned} steps fit in {cfg.max_time_s:.0f} s")
+                    if bar:
+                        bar.total = planned
+                        bar.refresh()
+                total_steps = planned
         last = total_steps is not None and step >= total_steps
         paused = stop_at is not None and step >= stop_at
         if master and bar is None and total_steps is not None and cfg.progress:
@@ -441,7 +454,6 @@ def train(cfg: TrainConfig, on_record=None) -> TrainResult:
         dt = time.perf_counter() - t0
         if step > 1:  # the first step includes warm-up costs (allocation, compilation)
             timed_steps, timed_s = timed_steps + 1, timed_s + dt
-            plan_steps, plan_s = plan_steps + 1, plan_s + dt
         if master and (step % cfg.log_every == 0 or step == total_steps):
             tps = tokens_per_step / dt
             record = {"step": step, "tokens": tokens_seen, "train_loss": train_loss, "lr": lr,
@@ -462,7 +474,7 @@ def train(cfg: TrainConfig, on_record=None) -> TrainResult:
     if world > 1:
         dist.barrier()
     return TrainResult(out_dir=out_dir, step=step, tokens=tokens_seen, train_loss=train_loss, val_loss=last_val,
-                       best_val_loss=best_val, tokens_per_s=tps_mean,
+                       best_val_loss=best_val, tokens_per_s=tps_mean, time_s=time.perf_counter() - t_start,
                        val_bpb=bits_per_byte(last_val, 1, val_bytes_per_token) if last_val is not None else None)
 
 
