@@ -173,7 +173,7 @@ def test_time_budget_holds_when_the_machine_slows_down(data_dir, tmp_path, capsy
     result = train(cfg, on_record=slow_down)
     plans = [int(line.split()[3]) for line in capsys.readouterr().out.splitlines() if "steps fit in" in line]
     assert len(plans) >= 2 and plans[-1] < plans[0]  # the first plan was revised down
-    assert result.time_s < 3.0 + 0.5  # at most a step, an evaluation and a save past the budget
+    assert result.time_s < 3.0 + 0.3  # the final evaluation is planned into the budget; a step may overrun
     records = [r for r in read_metrics(tmp_path / "slow") if "lr" in r]
     assert records[-1]["lr"] < cfg.lr * 0.2  # the schedule still annealed (floor: 0.1 x lr)
 

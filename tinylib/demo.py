@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> None:
         model_overrides={"dropout": 0.1, "attn_dropout": 0.0}, optimizer="muon", muon_lr=0.01,
         muon_weight_decay=0.3, weight_decay=1.0,
         batch_size=64 if gpu else 16, seq_len=256, lr=6e-3, warmup_steps=100, min_lr_ratio=0.05,
-        max_time_s=args.minutes * 60, eval_every=400 if gpu else 250,
+        max_time_s=args.minutes * 60, eval_every=400 if gpu else 500,
         eval_batches=20, sample_tokens=32,
     )
     dtype = pick_dtype(cfg.dtype, device)

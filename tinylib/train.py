@@ -49,7 +49,7 @@ class TrainConfig:
     seq_len: int = 256
     tokens_per_step: int | None = None  # None: one micro-batch per process per step
     # length of training: max_steps, else max_tokens; max_time_s alone plans the steps that fit the time, and
-    # together with either it caps them (planned after 5 timed steps, re-planned at every evaluation)
+    # together with either it caps them (planned after 5 timed steps, re-planned as the run goes)
     max_steps: int | None = None
     max_tokens: int | None = None
     max_time_s: float | None = None  # steps are planned from the measured speed of the first steps
@@ -364,36 +364,36 @@ def train(cfg: TrainConfig, on_record=None) -> TrainResult:
     t_start = time.perf_counter()
     timed_steps, timed_s = 0, 0.0
     step_cap, plan_mark = total_steps, None  # max_steps/max_tokens cap a timed plan; (step, time) of the last plan
+    eval_s, shown_plan = 0.0, None  # the last evaluation's duration: the final one must fit in the budget too
     last_val, train_loss = None, float("nan")
     stop_at = cfg.until_step
     while True:
-        # Fit the run into max_time_s: a first plan from 5 timed steps, then a new one at every evaluation from the
-        # wall time since the last (evaluation included), so the schedule still anneals on time when the machine
-        # slows down or speeds up; past the budget the run stops where it is.
+        # Fit the run into max_time_s: a first plan from 5 timed steps, then, at every log step, a new one from the
+        # mean wall time per step since the first (evaluation included), so the schedule still anneals on time when
+        # the machine slows down or speeds up; past the budget (less one evaluation) the run stops where it is.
         if timed and step > 1:
             first = plan_mark is None and timed_steps >= 5
-            replan = plan_mark is not None and step % cfg.eval_every == 0
-            if first or replan or step % cfg.log_every == 0:
+            if first or (plan_mark is not None and step % cfg.log_every == 0):
                 now = time.perf_counter()
-                planned = total_steps
-                if first or replan:
-                    per_step = (timed_s / timed_steps * 1.05 if first  # leave room for evaluation
-                                else (now - plan_mark[1]) / (step - plan_mark[0]))
-                    fit = max(step + 1, int(step + (cfg.max_time_s - (now - t_start)) / per_step))
-                    planned, plan_mark = (fit if step_cap is None else min(step_cap, fit)), (step, now)
-                if now - t_start >= cfg.max_time_s:
+                per_step = (timed_s / timed_steps * 1.05 if first  # leave room for evaluation
+                            else (now - plan_mark[1]) / (step - plan_mark[0]))
+                fit = max(step + 1, int(step + (cfg.max_time_s - eval_s - (now - t_start)) / per_step))
+                planned = fit if step_cap is None else min(step_cap, fit)
+                plan_mark = plan_mark or (step, now)
+                if now - t_start + eval_s >= cfg.max_time_s:
                     planned = step
                 if world > 1:  # rank 0 decides for all, so that every rank stops at the same step
-                    t = torch.tensor([-1 if planned is None else planned], device=device)
+                    t = torch.tensor([planned], device=device)
                     dist.broadcast(t, 0)
-                    planned = None if int(t) < 0 else int(t)
-                if master and planned != total_steps:
+                    planned = int(t)
+                if master and planned != shown_plan and (first or planned == step or step % cfg.eval_every == 0):
+                    shown_plan = planned
                     (bar.write if bar else print)(
                         f"time budget reached at step {step}" if planned == step else
                         f"{per_step * 1000:.0f} ms/step measured: {planned} steps fit in {cfg.max_time_s:.0f} s")
-                    if bar:
-                        bar.total = planned
-                        bar.refresh()
+                if bar and planned != total_steps:
+                    bar.total = planned
+                    bar.refresh()
                 total_steps = planned
         last = total_steps is not None and step >= total_steps
         paused = stop_at is not None and step >= stop_at
@@ -402,6 +402,7 @@ def train(cfg: TrainConfig, on_record=None) -> TrainResult:
             bar = tqdm(total=total_steps, initial=step, desc="train", unit="step", dynamic_ncols=True)
 
         if step % cfg.eval_every == 0 or last or paused:
+            t_eval = time.perf_counter()
             if master:
                 last_val = evaluate()
                 bpb = bits_per_byte(last_val, 1, val_bytes_per_token)
@@ -421,6 +422,7 @@ def train(cfg: TrainConfig, on_record=None) -> TrainResult:
                     save("best", with_state=False)
             if step > 0:
                 save("latest", with_state=True)
+            eval_s = time.perf_counter() - t_eval
         elif cfg.save_every and step % cfg.save_every == 0:
             save("latest", with_state=True)
         if last or paused:
