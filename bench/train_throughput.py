@@ -171,7 +171,7 @@ def main() -> None:
     tokens = args.batch_size * args.seq_len
     print(f"device {device}, threads {torch.get_num_threads()}, batch {args.batch_size} x {args.seq_len}, "
           f"vocab {args.vocab}")
-    header = f"{'preset':<18} {'path':<26} {'ms/step':>9} {'tokens/s':>10} {'MFU':>7} {'speedup':>8}"
+    header = f"{'preset':<18} {'path':<36} {'ms/step':>9} {'tokens/s':>10} {'MFU':>7} {'speedup':>8}"
     print(header + "\n" + "-" * len(header))
     for preset in args.presets:
         cfg, dtype, steps = make_steps(preset, args.vocab, args.batch_size, args.seq_len, device)
@@ -184,7 +184,7 @@ def main() -> None:
             t = statistics.median(times[name])
             run_dtype = "fp32" if i == 0 else {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "fp32")
             mfu = tokens / t * flops_per_token(cfg, args.seq_len) / peak_flops(device, run_dtype)
-            print(f"{preset:<18} {name:<26} {t * 1000:>9.1f} {tokens / t:>10,.0f} {mfu:>7.1%} {base_t / t:>7.2f}x")
+            print(f"{preset:<18} {name:<36} {t * 1000:>9.1f} {tokens / t:>10,.0f} {mfu:>7.1%} {base_t / t:>7.2f}x")
     if math.isfinite(base_t):
         print("MFU is against this device's peak for the dtype each path runs in (tinylib.budget.peak_flops).")
 
