@@ -17,7 +17,15 @@ from tinylib.config import get_config
 from tinylib.data import prepare_dataset
 from tinylib.metrics import plot_runs, read_metrics
 from tinylib.model import Transformer
-from tinylib.train import TrainConfig, configure_optimizer, grad_accum_steps, lr_at, parse_args, train
+from tinylib.train import (
+    TimeBudget,
+    TrainConfig,
+    configure_optimizer,
+    grad_accum_steps,
+    lr_at,
+    parse_args,
+    train,
+)
 
 SMALL = {"n_layer": 2, "d_model": 64, "n_head": 4, "d_mlp": 128, "max_seq_len": 64}
 
@@ -161,6 +169,22 @@ def test_metrics_plot_draws_each_run(data_dir, tmp_path):
     assert records[-1]["val_loss"] > 0 and records[-1]["step"] == 4
     ax = plot_runs([tmp_path / "r"])
     assert len(ax.lines) == 2
+
+
+def test_time_budget_plans_in_closed_form():
+    b = TimeBudget(seconds=100.0, t_start=0.0)
+    assert b.plan(step=6, timed_steps=5, timed_s=5.0, now=10.0) == (6 + int(90 / 1.05), 1.05)  # 5% for evaluation
+    assert b.plan(step=16, timed_steps=15, timed_s=15.0, now=30.0) == (16 + 35, 2.0)  # wall time since the first plan
+    b.eval_s = 10.0  # the final evaluation is held back
+    assert b.plan(step=16, timed_steps=15, timed_s=15.0, now=30.0)[0] == 16 + 30
+    assert b.plan(step=40, timed_steps=39, timed_s=39.0, now=90.0)[0] == 40  # spent: stop here
+    capped = TimeBudget(seconds=100.0, t_start=0.0, cap=20)
+    assert capped.plan(step=6, timed_steps=5, timed_s=5.0, now=10.0)[0] == 20
+
+
+def test_a_time_budget_must_be_positive(data_dir, tmp_path):
+    with pytest.raises(ValueError, match="max_time_s=0 must be a positive number of seconds"):
+        train(small_config(data_dir, tmp_path / "zero", max_steps=None, max_time_s=0))
 
 
 def test_time_budget_holds_when_the_machine_slows_down(data_dir, tmp_path, capsys):

@@ -5,7 +5,8 @@
 1. Finds TinyStories (`--source`, $TINYSTORIES_DIR, or a download) and writes token files with our 4096-id BPE
    under data/ (reused when they are already there and match), then prints the data report.
 2. Trains the `tiny` preset on the CPU (Muon + AdamW, bf16 autocast where the CPU supports it) for at most
-   `--minutes` (periodic evaluation included; data preparation and the final evaluation are not); on a GPU the same command trains `llama_6L_6H_288D` with bf16 and torch.compile.
+   `--minutes`, its periodic evaluations included (data preparation and the full-validation figures below are
+   not); on a GPU the same command trains `llama_6L_6H_288D` with bf16 and torch.compile.
 3. Prints validation loss before and after, in nats per token and in bits per byte of text (the figure that compares
    across tokenizers; after training also with sliding windows), saves the checkpoint under checkpoints/, and prints three sample stories.
 """

@@ -52,7 +52,7 @@ class TrainConfig:
     # together with either it caps them (planned after 5 timed steps, re-planned as the run goes)
     max_steps: int | None = None
     max_tokens: int | None = None
-    max_time_s: float | None = None  # steps are planned from the measured speed of the first steps
+    max_time_s: float | None = None  # steps planned from the measured speed, re-planned as it changes (TimeBudget)
     until_step: int | None = None  # stop (and save) here without changing the schedule: split a run in parts
     # optimizer and schedule
     optimizer: str = "adamw"  # or "muon": Muon for the matrices inside the blocks, AdamW for the rest
@@ -98,6 +98,34 @@ class TrainResult:
     val_bpb: float | None
     tokens_per_s: float  # mean over the timed training steps (evaluation excluded)
     time_s: float = 0.0  # wall time of the training loop, evaluation and checkpoints included
+
+
+@dataclass
+class TimeBudget:
+    """How many steps fit in `seconds`, re-estimated as the run goes.
+
+    The first plan comes from the timed steps alone (plus 5% for evaluation); later plans from the mean wall time per
+    step since the first one (evaluation included), so the schedule still anneals on time when the machine slows
+    down or speeds up. `eval_s` (the last evaluation's duration) is held back for the final evaluation; once the
+    budget is spent, the plan is the current step: the run stops there.
+    """
+
+    seconds: float
+    t_start: float
+    cap: int | None = None  # max_steps / max_tokens, when given too
+    mark: tuple[int, float] | None = None  # (step, time) of the first plan
+    eval_s: float = 0.0
+
+    def plan(self, step: int, timed_steps: int, timed_s: float, now: float) -> tuple[int, float]:
+        """(total steps, seconds per step)."""
+        per_step = (timed_s / timed_steps * 1.05 if self.mark is None
+                    else (now - self.mark[1]) / (step - self.mark[0]))
+        self.mark = self.mark or (step, now)
+        left = self.seconds - self.eval_s - (now - self.t_start)
+        if left <= 0:
+            return step, per_step
+        fit = max(step + 1, int(step + left / per_step))
+        return (fit if self.cap is None else min(self.cap, fit)), per_step
 
 
 # --- hardware -------------------------------------------------------------------------------------------------
@@ -298,13 +326,15 @@ def train(cfg: TrainConfig, on_record=None) -> TrainResult:
     batches = RandomBatches(train_tokens, cfg.batch_size, cfg.seq_len, seed=cfg.seed, rank=rank, world_size=world)
 
     step, tokens_seen, best_val, total_steps = 0, 0, None, None
-    timed = cfg.max_time_s is not None  # plan (and re-plan) the steps that fit the time, see the loop
+    timed = cfg.max_time_s is not None  # plan (and re-plan) the steps that fit the time: TimeBudget
     if cfg.max_steps is not None:
         total_steps = cfg.max_steps
     elif cfg.max_tokens is not None:
         total_steps = max(1, cfg.max_tokens // tokens_per_step)
     elif cfg.max_time_s is None:
         raise ValueError("say how long to train: set max_steps, max_tokens or max_time_s")
+    if timed and not cfg.max_time_s > 0:
+        raise ValueError(f"max_time_s={cfg.max_time_s} must be a positive number of seconds (or None: no time limit)")
     if cfg.resume and (out_dir / "latest" / "state.pt").is_file():
         folder = resolve(out_dir / "latest")
         saved_meta = json.loads((folder / "config.json").read_text())
@@ -363,38 +393,28 @@ def train(cfg: TrainConfig, on_record=None) -> TrainResult:
     bar = None
     t_start = time.perf_counter()
     timed_steps, timed_s = 0, 0.0
-    step_cap, plan_mark = total_steps, None  # max_steps/max_tokens cap a timed plan; (step, time) of the last plan
-    eval_s, shown_plan = 0.0, None  # the last evaluation's duration: the final one must fit in the budget too
+    budget = TimeBudget(cfg.max_time_s, t_start, cap=total_steps) if timed else None
+    shown_plan = None
     last_val, train_loss = None, float("nan")
     stop_at = cfg.until_step
     while True:
-        # Fit the run into max_time_s: a first plan from 5 timed steps, then, at every log step, a new one from the
-        # mean wall time per step since the first (evaluation included), so the schedule still anneals on time when
-        # the machine slows down or speeds up; past the budget (less one evaluation) the run stops where it is.
-        if timed and step > 1:
-            first = plan_mark is None and timed_steps >= 5
-            if first or (plan_mark is not None and step % cfg.log_every == 0):
-                now = time.perf_counter()
-                per_step = (timed_s / timed_steps * 1.05 if first  # leave room for evaluation
-                            else (now - plan_mark[1]) / (step - plan_mark[0]))
-                fit = max(step + 1, int(step + (cfg.max_time_s - eval_s - (now - t_start)) / per_step))
-                planned = fit if step_cap is None else min(step_cap, fit)
-                plan_mark = plan_mark or (step, now)
-                if now - t_start + eval_s >= cfg.max_time_s:
-                    planned = step
-                if world > 1:  # rank 0 decides for all, so that every rank stops at the same step
-                    t = torch.tensor([planned], device=device)
-                    dist.broadcast(t, 0)
-                    planned = int(t)
-                if master and planned != shown_plan and (first or planned == step or step % cfg.eval_every == 0):
-                    shown_plan = planned
-                    (bar.write if bar else print)(
-                        f"time budget reached at step {step}" if planned == step else
-                        f"{per_step * 1000:.0f} ms/step measured: {planned} steps fit in {cfg.max_time_s:.0f} s")
-                if bar and planned != total_steps:
-                    bar.total = planned
-                    bar.refresh()
-                total_steps = planned
+        # Fit the run into max_time_s: a first plan after 5 timed steps, then a new one at every log step.
+        first = budget is not None and budget.mark is None and timed_steps >= 5
+        if first or (budget and budget.mark and step % cfg.log_every == 0):
+            planned, per_step = budget.plan(step, timed_steps, timed_s, time.perf_counter())
+            if world > 1:  # rank 0 decides for all, so that every rank stops at the same step
+                t = torch.tensor([planned], device=device)
+                dist.broadcast(t, 0)
+                planned = int(t)
+            if master and planned != shown_plan and (first or planned == step or step % cfg.eval_every == 0):
+                shown_plan = planned
+                (bar.write if bar else print)(
+                    f"time budget reached at step {step}" if planned == step else
+                    f"{per_step * 1000:.0f} ms/step measured: {planned} steps fit in {cfg.max_time_s:.0f} s")
+            if bar and planned != total_steps:
+                bar.total = planned
+                bar.refresh()
+            total_steps = planned
         last = total_steps is not None and step >= total_steps
         paused = stop_at is not None and step >= stop_at
         if master and bar is None and total_steps is not None and cfg.progress:
@@ -422,7 +442,8 @@ def train(cfg: TrainConfig, on_record=None) -> TrainResult:
                     save("best", with_state=False)
             if step > 0:
                 save("latest", with_state=True)
-            eval_s = time.perf_counter() - t_eval
+            if budget:
+                budget.eval_s = time.perf_counter() - t_eval
         elif cfg.save_every and step % cfg.save_every == 0:
             save("latest", with_state=True)
         if last or paused:
