@@ -45,9 +45,9 @@ def time_hf(hf, prompt: list[int], n: int) -> tuple[float, list[int]]:
 
 def load_hf(model: Transformer):
     try:
-        from tinylib.hf import to_hf
+        from tinylib.interop.hf import to_hf
     except ImportError as e:
-        return None, f"n/a: tinylib.hf not available ({e})"
+        return None, f"n/a: tinylib.interop.hf not available ({e})"
     hf = to_hf(model, attn_implementation="sdpa")
     hf.generation_config.eos_token_id = None  # never stop early: every contender makes exactly N tokens
     hf.generation_config.bos_token_id = None

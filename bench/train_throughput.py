@@ -113,13 +113,12 @@ def make_steps(preset: str, vocab: int, batch: int, seq: int, device: torch.devi
     tcfg = TrainConfig(preset=preset)
     dtype = pick_dtype(tcfg.dtype, device)
     use_compile, attn_impl = compile_plan(tcfg, device)
-    cfg = get_config(preset, vocab_size=vocab, max_seq_len=max(seq, get_config(preset).max_seq_len),
-                     attn_impl=attn_impl)
+    cfg = get_config(preset, vocab_size=vocab, max_seq_len=max(seq, get_config(preset).max_seq_len))
     # The baseline computes the same model family (same FLOPs), so the speedup is the step's, not the architecture's.
     Baseline = BaselineLlama if cfg.mlp == "swiglu" else BaselineGPT
     base = Baseline(vocab, cfg.max_seq_len, cfg.n_layer, cfg.n_head, cfg.d_model, cfg.d_mlp).to(device)
     base_opt = torch.optim.AdamW(base.parameters(), lr=1e-4, weight_decay=0.1)
-    model = Transformer(cfg).to(device)
+    model = Transformer(cfg, attn_impl).to(device)
     opt = configure_optimizer(model, tcfg, device)
     compiled = torch.compile(model) if use_compile else model
     x, y = torch.randint(0, vocab, (2, batch, seq), device=device)

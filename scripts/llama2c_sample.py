@@ -14,7 +14,8 @@ import sys
 from pathlib import Path
 
 from tinylib.generate import stream
-from tinylib.llama2c import SentencePieceTokenizer, find_llama2c_tokenizer, load_llama2c
+from tinylib.interop.llama2c import find_llama2c_tokenizer, load_llama2c
+from tinylib.interop.sentencepiece import SentencePieceTokenizer
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -90,11 +90,10 @@ def test_flop_counter_on_real_cpu_tensors():
     kernel is invisible to a plain FlopCounterMode (it only knows the CUDA attention ops) and count_flops adds it,
     with torch's backward formula that includes recomputing the scores (+2 L T d per token over the model FLOPs)."""
     B, T = 2, 64
-    eager = get_config("tiny", vocab_size=512, attn_impl="eager")
     sdpa = get_config("tiny", vocab_size=512)
     torch.manual_seed(0)
-    meta = count_flops(eager, B, T, device="meta")
-    assert count_flops(eager, B, T, device="cpu").total == meta.total
+    meta = count_flops(sdpa, B, T, device="meta", attn_impl="eager")
+    assert count_flops(sdpa, B, T, device="cpu", attn_impl="eager").total == meta.total
 
     L, d = sdpa.n_layer, sdpa.d_model
     counted = count_flops(sdpa, B, T, device="cpu")

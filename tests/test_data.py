@@ -30,7 +30,7 @@ from tinylib.data import (
     sequential_batches,
     token_dtype,
 )
-from tinylib.tokenizer import Tokenizer, get_tokenizer
+from tinylib.tokenizer import TiktokenTokenizer, Tokenizer, get_tokenizer
 
 TRAIN = "TinyStories-train.first2316.txt"
 VALID = "TinyStories-valid.first1000.hf.txt"
@@ -132,7 +132,7 @@ def test_uint32_when_vocabulary_exceeds_uint16(tinystories_dir, tmp_path, gpt2_a
     r50k = tiktoken.get_encoding("r50k_base")
     enc = tiktoken.Encoding("big", pat_str=r50k._pat_str, mergeable_ranks=r50k._mergeable_ranks,
                             special_tokens={"<|endoftext|>": 99_999})
-    big = Tokenizer(enc, name="big")
+    big = TiktokenTokenizer(enc, name="big")
     assert big.vocab_size == 100_000 and big.bos_id == 99_999
     meta = prepare_dataset(tinystories_dir, big, tmp_path, max_stories=20, num_proc=1, progress=False)
     assert meta["dtype"] == "uint32"

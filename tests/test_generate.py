@@ -148,7 +148,8 @@ def test_cache_equals_no_cache_on_a_trained_model_and_with_sampling(trained, tok
 
 
 def test_cache_equals_no_cache_on_stories260k(llama2c_dir):
-    from tinylib.llama2c import SentencePieceTokenizer, load_llama2c
+    from tinylib.interop.llama2c import load_llama2c
+    from tinylib.interop.sentencepiece import SentencePieceTokenizer
 
     model = load_llama2c(llama2c_dir / "stories260K.bin")  # LLaMA with 8 heads sharing 4 KV heads
     tok = SentencePieceTokenizer(llama2c_dir / "tok512.model")

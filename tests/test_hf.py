@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from tinylib.config import get_config
-from tinylib.hf import from_hf, hf_tokenizer, save_hf, to_hf
+from tinylib.interop.hf import from_hf, hf_tokenizer, save_hf, to_hf
 from tinylib.model import Transformer
 
 CASES = {
@@ -80,7 +80,7 @@ def test_tiktoken_tokenizer_exports(tmp_path, tinystories_dir):
 
 
 def test_sentencepiece_tokenizer_exports(llama2c_dir, tinystories_dir):
-    from tinylib.llama2c import SentencePieceTokenizer
+    from tinylib.interop.sentencepiece import SentencePieceTokenizer
 
     tok = SentencePieceTokenizer(llama2c_dir / "tok512.model")
     hf_tok = hf_tokenizer(tok)

@@ -10,7 +10,8 @@ import matplotlib
 import pytest
 import torch
 
-from tinylib.ablation import (
+from tinylib.config import ModelConfig
+from tinylib.interp.ablation import (
     ablate_each_head,
     ablate_neurons,
     ablated_loss,
@@ -18,7 +19,7 @@ from tinylib.ablation import (
     plot_ablation,
     token_losses,
 )
-from tinylib.attention import (
+from tinylib.interp.attention import (
     attention_patterns,
     head_scores,
     plot_head_scores,
@@ -27,17 +28,16 @@ from tinylib.attention import (
     scores_from_patterns,
     top_heads,
 )
-from tinylib.config import ModelConfig
-from tinylib.lens import to_lens
-from tinylib.logit_lens import direct_logit_attribution, logit_lens
-from tinylib.model import Transformer
-from tinylib.neurons import (
+from tinylib.interp.lens import to_lens
+from tinylib.interp.logit_lens import direct_logit_attribution, logit_lens
+from tinylib.interp.neurons import (
     neuron_activations,
     neuron_selectivity,
     story_html,
     top_activations,
     word_positions,
 )
+from tinylib.model import Transformer
 
 matplotlib.use("Agg")
 V, P, HALF = 24, 32, 12  # token ids 0..22 (+ BOS 23), positions, half of the repeated sequence
@@ -118,7 +118,7 @@ def test_scores_on_handmade_patterns():
 
 def test_pattern_matches_eager_and_plots(bridge, induction_model, rep):
     pats = attention_patterns(bridge, rep[0])
-    _, _, eager = induction_model(rep[:1], return_attn=True)
+    _, eager = induction_model.forward_with_patterns(rep[:1])
     assert torch.allclose(pats, torch.stack(eager)[:, 0], atol=1e-5)
     fig = plot_pattern(pats, [str(int(t)) for t in rep[0]], layer=1)
     assert [a.get_title() for a in fig.axes] == ["L1H0", "L1H1"]

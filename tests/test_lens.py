@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from tinylib.config import get_config
-from tinylib.lens import str_tokens, to_lens
+from tinylib.interp.lens import str_tokens, to_lens
 from tinylib.model import Transformer
 
 
@@ -26,7 +26,7 @@ def test_bridge_matches_tinylib(preset, kw):
     bridge = to_lens(m)
     idx = torch.randint(0, 300, (2, 24), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
-        logits, _, patterns = m(idx, return_attn=True)
+        logits, patterns = m.forward_with_patterns(idx)
         b_logits, cache = bridge.run_with_cache(idx)
     assert torch.allclose(logits, b_logits, atol=1e-4)
     for layer in range(2):
@@ -62,7 +62,8 @@ def test_tokenizer_adapter_tiktoken():
 
 
 def test_tokenizer_adapter_sentencepiece(llama2c_dir):
-    from tinylib.llama2c import SentencePieceTokenizer, load_llama2c
+    from tinylib.interop.llama2c import load_llama2c
+    from tinylib.interop.sentencepiece import SentencePieceTokenizer
 
     tok = SentencePieceTokenizer(llama2c_dir / "tok512.model")
     model = load_llama2c(llama2c_dir / "stories260K.bin")
@@ -71,7 +72,7 @@ def test_tokenizer_adapter_sentencepiece(llama2c_dir):
     ids = tok.encode(text, bos=True)
     assert bridge.to_tokens(text)[0].tolist() == ids
     with torch.no_grad():
-        _, _, patterns = model(torch.tensor([ids]), return_attn=True)
+        _, patterns = model.forward_with_patterns(torch.tensor([ids]))
         _, cache = bridge.run_with_cache(torch.tensor([ids]))
     assert torch.allclose(cache["blocks.4.attn.hook_pattern"], patterns[4], atol=1e-5)
     assert str_tokens(bridge, ids)[:3] == ["<s>", " Once", " upon"]

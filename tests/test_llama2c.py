@@ -18,9 +18,8 @@ import torch.nn.functional as F
 from fakehub import serve
 
 from tinylib.config import ModelConfig, get_config
-from tinylib.llama2c import (
+from tinylib.interop.llama2c import (
     MODELS,
-    SentencePieceTokenizer,
     download_llama2c,
     export_llama2c,
     find_llama2c_tokenizer,
@@ -30,6 +29,7 @@ from tinylib.llama2c import (
     read_llama2c,
     read_llama2c_header,
 )
+from tinylib.interop.sentencepiece import SentencePieceTokenizer
 from tinylib.model import Transformer
 from tinylib.tokenizer import Tokenizer
 
@@ -431,7 +431,7 @@ def test_download_through_fake_hub_then_offline(fake_hub, tmp_path, monkeypatch,
 
 
 def test_imported_model_exports_to_transformers(m260k, tok512, tmp_path, tinystories_dir):
-    hf_mod = pytest.importorskip("tinylib.hf", reason="tinylib.hf (to_hf/save_hf) not in this checkout")
+    hf_mod = pytest.importorskip("tinylib.interop.hf", reason="tinylib.interop.hf (to_hf/save_hf) not in this checkout")
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from tinylib.data import parse_stories
@@ -448,12 +448,12 @@ def test_imported_model_exports_to_transformers(m260k, tok512, tmp_path, tinysto
 
 
 def test_imported_model_goes_through_transformer_lens(m260k, tok512):
-    lens = pytest.importorskip("tinylib.lens", reason="tinylib.lens (to_lens) not in this checkout")
+    lens = pytest.importorskip("tinylib.interp.lens", reason="tinylib.interp.lens (to_lens) not in this checkout")
     bridge = lens.to_lens(m260k, tok512)
     idx = torch.tensor([tok512.encode("Once upon a time, there was a cat named Tom.", bos=True)])
     with torch.no_grad():
         logits, cache = bridge.run_with_cache(idx)
-        ours, _, patterns = m260k(idx, return_attn=True)
+        ours, patterns = m260k.forward_with_patterns(idx)
     torch.testing.assert_close(logits, ours, atol=1e-4, rtol=1e-4)
     # 8 query heads over 4 shared key/value heads: the bridge's patterns are our eager ones.
     torch.testing.assert_close(cache["blocks.4.attn.hook_pattern"], patterns[4], atol=1e-5, rtol=1e-4)

@@ -62,7 +62,7 @@ def model(request):
 def test_eager_attention_equals_sdpa_and_patterns_are_causal_distributions(model):
     idx = torch.randint(0, 300, (2, 33))
     logits, _ = model(idx)
-    logits_eager, _, patterns = model(idx, return_attn=True)
+    logits_eager, patterns = model.forward_with_patterns(idx)
     torch.testing.assert_close(logits_eager, logits, atol=1e-5, rtol=1e-5)
     assert len(patterns) == model.cfg.n_layer
     for p in patterns:
@@ -80,7 +80,7 @@ def test_kv_cache_in_chunks_equals_one_full_forward(model):
     assert cache.pos == 40
     # the eager path with a cache agrees too
     cache.reset()
-    eager = [model(idx[:, a:b], cache=cache, return_attn=True)[0] for a, b in [(0, 17), (17, 18), (18, 40)]]
+    eager = [model.forward_with_patterns(idx[:, a:b], cache=cache)[0] for a, b in [(0, 17), (17, 18), (18, 40)]]
     torch.testing.assert_close(torch.cat(eager, dim=1), full, atol=1e-5, rtol=1e-5)
 
 

@@ -10,8 +10,9 @@ from tinylib.checkpoint import find_reference_checkpoint, save_checkpoint
 from tinylib.config import get_config
 from tinylib.generate import generate
 from tinylib.model import Transformer
+from tinylib.notebook.models import open_model
+from tinylib.notebook.widgets import StoryGenerator, story_generator
 from tinylib.tokenizer import get_tokenizer
-from tinylib.widgets import StoryGenerator, find_story_model, story_generator
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny-model decoding is fastest on one thread
 
@@ -125,25 +126,27 @@ def test_checkpoints_are_listed_and_loaded(tok, tmp_path):
     assert "run2/latest" in dict(w.checkpoint.options)
 
 
-def test_find_story_model_prefers_trained_checkpoints(tmp_path, monkeypatch):
+def test_open_model_loads_what_it_is_asked_for(tmp_path, monkeypatch):
     model = small_model()
     save_checkpoint(tmp_path / "run" / "latest", model, {"tokenizer": "tinystories-512"})
-    found = find_story_model(tmp_path)
-    assert "checkpoint" in found.source and str(tmp_path) in found.source
-    assert torch.equal(found.model.tok_emb.weight, model.tok_emb.weight)
+    for choice in ("latest", tmp_path / "run" / "latest"):
+        found = open_model(choice, checkpoints_dir=tmp_path, fallback=())
+        assert str(tmp_path) in found.source and "asked for" not in found.source
+        assert torch.equal(found.model.tok_emb.weight, model.tok_emb.weight)
+    untrained = open_model("untrained")
+    assert "UNTRAINED" in untrained.source and untrained.tokenizer.vocab_size == 512
+    with pytest.raises(ValueError, match="unknown model 'nonsense'"):
+        open_model("nonsense")
     monkeypatch.setenv("TINYLIB_SHARED", str(tmp_path / "no-shared"))
-    if find_reference_checkpoint() is None:
-        fallback = find_story_model(tmp_path / "empty")
-        assert "UNTRAINED" in fallback.source and fallback.tokenizer.vocab_size == 512
-        with pytest.raises(FileNotFoundError, match="make demo"):
-            find_story_model(tmp_path / "empty", allow_random=False)
+    with pytest.raises(FileNotFoundError, match="make demo"):
+        open_model("stories260K", fallback=())
+    fallback = open_model("stories260K", fallback=("latest",), checkpoints_dir=tmp_path)
+    assert fallback.name == "latest" and "asked for 'stories260K'" in fallback.source
 
 
-def test_find_story_model_falls_back_to_stories260k(tmp_path, llama2c_dir, monkeypatch):
+def test_open_model_stories260k(llama2c_dir, monkeypatch):
     monkeypatch.setenv("TINYLIB_SHARED", str(llama2c_dir.parents[1]))
-    if find_reference_checkpoint() is not None:
-        pytest.skip("the shipped reference checkpoint comes before stories260K")
-    found = find_story_model(tmp_path / "empty")
-    assert "stories260K" in found.source
+    found = open_model("stories260K", fallback=())
+    assert "stories260K" in found.source and found.name == "stories260K"
     r = generate(found.model, found.tokenizer, "Once upon a time", max_new_tokens=30, temperature=0)
     assert r.text.count(" ") >= 4  # real words

@@ -133,7 +133,7 @@ def _cpu_sdpa_mapping() -> dict:
 
 
 def count_flops(cfg: ModelConfig, batch_size: int = 1, seq_len: int | None = None, *, training: bool = True,
-                device: str | torch.device = "meta") -> FlopCount:
+                device: str | torch.device = "meta", attn_impl: str = "sdpa") -> FlopCount:
     """Run one forward (+ backward) of a freshly built model under FlopCounterMode and count its FLOPs.
 
     On the meta device nothing is computed (shapes only), so even gpt2_124M at 1,024 positions takes a second;
@@ -146,7 +146,7 @@ def count_flops(cfg: ModelConfig, batch_size: int = 1, seq_len: int | None = Non
 
     seq_len = seq_len or cfg.max_seq_len
     with torch.device(device):
-        model = Transformer(cfg)
+        model = Transformer(cfg, attn_impl)
         idx = torch.randint(0, cfg.vocab_size, (batch_size, seq_len))
     counter = FlopCounterMode(display=False, custom_mapping=_cpu_sdpa_mapping())
     with counter:

@@ -19,9 +19,7 @@ from safetensors.torch import load_file, save_file
 
 from tinylib.config import ModelConfig
 from tinylib.model import Transformer
-
-ROOT = Path(__file__).resolve().parents[1]
-REFERENCE_DIR = ROOT / "checkpoints" / "reference"
+from tinylib.paths import REFERENCE_DIR
 
 
 def save_checkpoint(folder: str | os.PathLike, model: Transformer, meta: dict, state: dict | None = None) -> Path:

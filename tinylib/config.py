@@ -31,7 +31,6 @@ class ModelConfig:
     dropout: float = 0.0  # on embeddings and on each residual branch
     attn_dropout: float | None = None  # on attention probabilities; None = dropout (costly on CPUs: B x H x T x T)
     norm_eps: float = 1e-5
-    attn_impl: Literal["sdpa", "eager"] = "sdpa"  # eager computes the pattern explicitly (same outputs)
 
     def __post_init__(self) -> None:
         if self.n_kv_head is None:
@@ -50,7 +49,7 @@ class ModelConfig:
         if self.vocab_size < 1 or self.n_layer < 1 or self.max_seq_len < 1:
             problems.append("vocab_size, n_layer and max_seq_len must be positive")
         for name, allowed in (("norm", ("layernorm", "rmsnorm")), ("mlp", ("gelu", "swiglu")),
-                              ("pos", ("learned", "rope")), ("attn_impl", ("sdpa", "eager"))):
+                              ("pos", ("learned", "rope"))):
             if getattr(self, name) not in allowed:
                 problems.append(f"{name}={getattr(self, name)!r}, expected one of {allowed}")
         if problems:
@@ -74,7 +73,8 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> ModelConfig:
-        return config_from_dict(cls, d)
+        # Checkpoints written before the attention implementation became a run-time choice recorded it here.
+        return config_from_dict(cls, {k: v for k, v in d.items() if k != "attn_impl"})
 
 
 def config_from_dict(cls, d: dict):

@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from tinylib.download import SizeMismatchError, hub_download, hub_offline
+from tinylib.paths import DATA_DIR
 from tinylib.tokenizer import Tokenizer, get_tokenizer
 
 if TYPE_CHECKING:
@@ -56,7 +57,6 @@ TINYSTORIES_FILES = {
     "V2": {"train": "TinyStoriesV2-GPT4-train.txt", "valid": "TinyStoriesV2-GPT4-valid.txt"},
 }
 EOT = "<|endoftext|>"
-DATA_DIR = Path(__file__).resolve().parents[1] / "data"
 META_FORMAT_VERSION = 1
 
 

@@ -13,7 +13,7 @@ well: the URL (`hf_hub_url`), auth headers, metadata (`get_hf_file_metadata`) an
 in-call retries (`file_download.http_get`, which resumes with a Range request when a connection drops).
 
 What it leaves to others: which files to fetch, local-copy fallbacks and user-facing hints (tinylib.data,
-tinylib.llama2c), and the Hub's own cache layout (files land exactly at `dest_dir/filename`).
+tinylib.interop.llama2c), and the Hub's own cache layout (files land exactly at `dest_dir/filename`).
 """
 
 from __future__ import annotations

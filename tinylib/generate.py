@@ -19,7 +19,7 @@ Design choices, each documented where it lives:
   cache, the model sees exactly the same window at every step, so both paths give the same tokens.
 
 What it leaves to others: the cache itself (`tinylib.model.KVCache`), tokenizers (`tinylib.tokenizer`), loading
-checkpoints (`tinylib.checkpoint`) and the UI (`tinylib.widgets`).
+checkpoints (`tinylib.checkpoint`) and the UI (`tinylib.notebook.widgets`).
 """
 
 from __future__ import annotations

@@ -5,9 +5,11 @@ The config switches the family (see `tinylib.config`); parameter names follow tr
 (`q_proj`, `k_proj`, `v_proj`, `o_proj`, `gate_proj`, `up_proj`, `down_proj`) and RoPE uses the same "rotate half"
 pairing as `LlamaForCausalLM`, so exporting to transformers is a rename (and, for GPT-2's Conv1D, a transpose).
 
-Attention runs through `scaled_dot_product_attention` (Flash Attention on CUDA) for training; the eager path computes
-softmax(q k^T / sqrt(d)) explicitly and can return the pattern for teaching and interpretability. Both give the
-same outputs. A `KVCache` makes generation cost O(new tokens); the cache knows nothing about text.
+`forward` always returns (logits, loss). Attention is computed one of two ways, chosen at run time and never saved:
+`attn_impl="sdpa"` calls `scaled_dot_product_attention` (Flash Attention on CUDA), `"eager"` writes out
+softmax(q k^T / sqrt(d)) (what torch.compile fuses best on CPUs, and what `forward_with_patterns` uses to hand the
+patterns to teaching and interpretability code). Both give the same outputs. A `KVCache` makes generation cost
+O(new tokens); the cache knows nothing about text.
 """
 
 from __future__ import annotations
@@ -240,9 +242,10 @@ class Block(nn.Module):
 
 
 class Transformer(nn.Module):
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, attn_impl: str = "sdpa"):
         super().__init__()
         self.cfg = cfg
+        self.attn_impl = attn_impl  # "sdpa" or "eager": a run-time choice (same outputs), not part of the config
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.pos_emb = nn.Embedding(cfg.max_seq_len, cfg.d_model) if cfg.pos == "learned" else None
         self.drop = nn.Dropout(cfg.dropout)
@@ -274,17 +277,41 @@ class Transformer(nn.Module):
             else:
                 nn.init.normal_(p, 0.0, 0.02)
 
+    @property
+    def attn_impl(self) -> str:
+        return self._attn_impl
+
+    @attn_impl.setter
+    def attn_impl(self, value: str) -> None:
+        if value not in ("sdpa", "eager"):
+            raise ValueError(f"attn_impl={value!r}; expected 'sdpa' (fused kernel) or 'eager' (written out)")
+        self._attn_impl = value
+
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, *, cache: KVCache | None = None,
-                return_attn: bool = False, return_logits: bool = True):
-        """Logits [B, T, vocab] and, given targets, the mean cross-entropy (targets of -1 are ignored).
+                return_logits: bool = True) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """(logits [B, T, vocab], mean cross-entropy or None); targets of -1 are ignored.
 
         Training passes `return_logits=False`: the loss is then computed in chunks without ever holding the full
         logits (see `linear_cross_entropy`), and the logits returned are None.
-
         With `cache`, idx holds the next tokens after `cache.pos` positions and the cache advances by T.
-        With `return_attn=True` (or `attn_impl="eager"`), attention runs eagerly and the third return value is a
-        list of per-layer patterns [B, n_head, T, S]; otherwise returns (logits, loss).
         """
+        x, _ = self._trunk(idx, cache, eager=self.attn_impl == "eager")
+        if targets is not None and not return_logits:
+            return None, linear_cross_entropy(x.reshape(-1, x.shape[-1]), self.lm_head.weight, targets.reshape(-1))
+        logits = self.lm_head(x)
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
+        return logits, loss
+
+    def forward_with_patterns(self, idx: torch.Tensor, *, cache: KVCache | None = None
+                              ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """(logits, per-layer attention patterns [B, n_head, T, S]): the eager path, whatever `attn_impl` says."""
+        x, patterns = self._trunk(idx, cache, eager=True)
+        return self.lm_head(x), patterns
+
+    def _trunk(self, idx: torch.Tensor, cache: KVCache | None, eager: bool) -> tuple[torch.Tensor, list]:
+        """Embeddings, the blocks and the final norm: the residual stream the LM head reads, and the patterns."""
         B, T = idx.shape
         start = cache.pos if cache is not None else 0
         if start + T > self.cfg.max_seq_len:
@@ -297,24 +324,13 @@ class Transformer(nn.Module):
         else:
             rope = (self.rope_cos[start:start + T], self.rope_sin[start:start + T])
         x = self.drop(x)
-        eager = return_attn or self.cfg.attn_impl == "eager"
         patterns = []
         for i, block in enumerate(self.blocks):
             x, pattern = block(x, rope, cache, i, eager)
             patterns.append(pattern)
         if cache is not None:
             cache.pos += T
-        x = self.norm_f(x)
-        if targets is not None and not return_logits:
-            loss = linear_cross_entropy(x.reshape(-1, x.shape[-1]), self.lm_head.weight, targets.reshape(-1))
-            return (None, loss, patterns) if return_attn else (None, loss)
-        logits = self.lm_head(x)
-        loss = None
-        if targets is not None:
-            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
-        if return_attn:
-            return logits, loss, patterns
-        return logits, loss
+        return self.norm_f(x), patterns
 
     def make_cache(self, batch_size: int, max_len: int | None = None) -> KVCache:
         p = self.tok_emb.weight

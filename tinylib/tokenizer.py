@@ -1,10 +1,10 @@
 """Tokenizers: text <-> token ids, behind one small interface.
 
 What this module does:
-- `Tokenizer` wraps a `tiktoken.Encoding` (GPT-2's BPE, or our own byte-level BPE) and exposes the only things the
-  rest of tinylib relies on: `encode`, `encode_batch`, `decode`, `decode_bytes`, `id_to_piece`, `vocab_size`,
-  `bos_id`, `eos_id`, `name` and a content `hash`. A SentencePiece-backed subclass (llama2.c's tokenizers) can
-  override the `_encode_ordinary*`, `decode_bytes`, `id_to_piece` and `hash` members and keep the rest.
+- `Tokenizer` is the interface the rest of tinylib relies on: `encode`, `encode_batch`, `decode`, `decode_bytes`,
+  `id_to_piece`, `vocab_size`, `bos_id`, `eos_id`, `name` and a content `hash`. `TiktokenTokenizer` implements it
+  over a `tiktoken.Encoding` (GPT-2's BPE, or our own byte-level BPE); `tinylib.interop.sentencepiece` implements
+  it for llama2.c's SentencePiece models.
 - `train_bpe` learns byte-level BPE merges on TinyStories text; `save_tokenizer` writes them in tiktoken's
   `.tiktoken` format plus a JSON sidecar; `get_tokenizer` loads "gpt2", the shipped "tinystories-{512,4096,8192}"
   or any saved file back as a tiktoken Encoding.
@@ -32,6 +32,8 @@ from pathlib import Path
 
 import tiktoken
 
+from tinylib.paths import TOKENIZER_DIR
+
 EOT = "<|endoftext|>"
 
 # GPT-4's split pattern with numbers grouped by 1-2 digits instead of 1-3 (nanochat's choice): small vocabularies
@@ -41,12 +43,11 @@ SPLIT_PATTERN = (
     r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,2}| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+"""
 )
 
-TOKENIZER_DIR = Path(__file__).resolve().parents[1] / "data" / "tokenizers"
 SHIPPED = ("tinystories-512", "tinystories-4096", "tinystories-8192")
 GPT2_VOCAB_SIZE = 50257
 
 
-def _as_id_list(ids) -> list[int]:
+def as_id_list(ids) -> list[int]:
     """Accept a list, tuple, numpy array or torch tensor of ids; tiktoken wants a list of Python ints."""
     if hasattr(ids, "tolist"):
         ids = ids.tolist()
@@ -67,73 +68,38 @@ def ranks_hash(mergeable_ranks: dict[bytes, int], special_tokens: dict[str, int]
 
 
 class Tokenizer:
-    """A tokenizer over a `tiktoken.Encoding`.
+    """The interface the rest of tinylib relies on, and the parts every backend shares.
 
-    Attributes the rest of tinylib relies on: `name`, `vocab_size`, `bos_id`, `eos_id`, `hash`, and the methods
-    `encode`, `encode_batch`, `decode`, `decode_bytes`, `id_to_piece`.
-
-    A tokenizer with another backend (e.g. SentencePiece for llama2.c: bos 1, eos 2) subclasses this: its
-    `__init__` sets `name`, `vocab_size`, `bos_id`, `eos_id`, `special_tokens` (and `hash`) without calling ours,
-    and it overrides `_encode_ordinary`, `_encode_ordinary_batch`, `decode_bytes`, `token_bytes` and `encoding`
-    (and `decode`/`id_to_piece` where its pieces need their own rendering). `encode`, `encode_batch` and the
-    bos/eos framing then work unchanged.
+    A backend (tiktoken here, SentencePiece in `tinylib.interop.sentencepiece`) calls this `__init__` with its
+    ids and implements four things: `_encode_ordinary` (text -> ids, never parsing special tokens), `token_bytes`
+    (one id -> its bytes), `hash` (a content hash) and, when it can do better than one token at a time,
+    `_encode_ordinary_batch` and `decode_bytes`. `encode`, `encode_batch`, `decode` and `id_to_piece` then work
+    unchanged, with the same bos/eos framing for every backend.
     """
 
-    def __init__(
-        self,
-        encoding: tiktoken.Encoding,
-        *,
-        name: str | None = None,
-        bos_token: str = EOT,
-        eos_token: str = EOT,
-        content_hash: str | None = None,
-    ):
-        specials = {s: encoding.encode_single_token(s) for s in encoding.special_tokens_set}
-        for role, tok in (("bos_token", bos_token), ("eos_token", eos_token)):
-            if tok not in specials:
-                raise ValueError(
-                    f"{role}={tok!r} is not a special token of encoding {encoding.name!r} "
-                    f"(its special tokens: {sorted(specials)}); pass one of those"
-                )
-        self._encoding = encoding
-        self.name = name or encoding.name
-        self.vocab_size = encoding.n_vocab
-        self.bos_id = specials[bos_token]
-        self.eos_id = specials[eos_token]
-        self.special_tokens = dict(specials)
-        if content_hash is not None:
-            self.__dict__["hash"] = content_hash
+    def __init__(self, *, name: str, vocab_size: int, bos_id: int, eos_id: int, special_tokens: dict[str, int]):
+        self.name, self.vocab_size = name, int(vocab_size)
+        self.bos_id, self.eos_id = int(bos_id), int(eos_id)
+        self.special_tokens = dict(special_tokens)
 
-    # --- what subclasses (e.g. SentencePiece) override -------------------------------------------------------
-    @property
-    def encoding(self) -> tiktoken.Encoding:
-        return self._encoding
-
+    # --- what a backend implements ---------------------------------------------------------------------------
     def _encode_ordinary(self, text: str) -> list[int]:
-        return self._encoding.encode_ordinary(text)
+        raise NotImplementedError
 
     def _encode_ordinary_batch(self, texts: list[str], num_threads: int) -> list[list[int]]:
-        return self._encoding.encode_ordinary_batch(texts, num_threads=num_threads)
+        return [self._encode_ordinary(t) for t in texts]
+
+    def token_bytes(self, i: int) -> bytes:
+        raise NotImplementedError
 
     def decode_bytes(self, ids) -> bytes:
         """Raw bytes of `ids`; a streaming decoder needs them because one character can span several tokens."""
-        return self._encoding.decode_bytes(_as_id_list(ids))
+        return b"".join(self.token_bytes(i) for i in as_id_list(ids))
 
-    def token_bytes(self, i: int) -> bytes:
-        return self._encoding.decode_single_token_bytes(int(i))
-
-    @cached_property
+    @property
     def hash(self) -> str:
-        """Content hash (sha256 of ranks + specials + pattern); recorded in meta.json to tie token files to it."""
-        enc, special_ids = self._encoding, set(self.special_tokens.values())
-        ranks = {}
-        for i in range(enc.n_vocab):
-            if i not in special_ids:
-                try:
-                    ranks[enc.decode_single_token_bytes(i)] = i
-                except KeyError:  # an unused id between the ranks and a special token
-                    pass
-        return ranks_hash(ranks, self.special_tokens, enc._pat_str)
+        """A content hash, recorded in meta.json and checkpoints to tie token files to their tokenizer."""
+        raise NotImplementedError
 
     # --- the interface -------------------------------------------------------------------------------------
     def encode(self, text: str, *, bos: bool = False, eos: bool = False) -> list[int]:
@@ -159,26 +125,74 @@ class Tokenizer:
         """Text of `ids`; a token sequence that cuts a UTF-8 character in half decodes to U+FFFD there."""
         return self.decode_bytes(ids).decode("utf-8", errors="replace")
 
-    def id_to_piece(self, i: int) -> str:
-        """Readable label of one id: its text when it is whole UTF-8 (leading spaces kept), else `<0xAB>` bytes."""
+    def check_id(self, i: int) -> int:
         i = int(i)
         if not 0 <= i < self.vocab_size:
             raise ValueError(f"token id {i} is outside the vocabulary of {self.name!r} (0..{self.vocab_size - 1})")
-        b = self.token_bytes(i)
+        return i
+
+    def id_to_piece(self, i: int) -> str:
+        """Readable label of one id: its text when it is whole UTF-8 (leading spaces kept), else `<0xAB>` bytes."""
+        b = self.token_bytes(self.check_id(i))
         try:
             return b.decode("utf-8")
         except UnicodeDecodeError:
             return "".join(f"<0x{x:02X}>" for x in b)
 
     def __repr__(self) -> str:
-        return f"Tokenizer(name={self.name!r}, vocab_size={self.vocab_size}, bos_id={self.bos_id}, eos_id={self.eos_id})"
+        return (f"{type(self).__name__}(name={self.name!r}, vocab_size={self.vocab_size}, bos_id={self.bos_id}, "
+                f"eos_id={self.eos_id})")
 
-    def __getstate__(self):
-        # The cached hash travels with the object so worker processes do not recompute it.
-        return self.__dict__
 
-    def __setstate__(self, state):
-        self.__dict__.update(state)
+class TiktokenTokenizer(Tokenizer):
+    """A `Tokenizer` over a `tiktoken.Encoding`: GPT-2's BPE, or our own byte-level BPEs."""
+
+    def __init__(
+        self,
+        encoding: tiktoken.Encoding,
+        *,
+        name: str | None = None,
+        bos_token: str = EOT,
+        eos_token: str = EOT,
+        content_hash: str | None = None,
+    ):
+        specials = {s: encoding.encode_single_token(s) for s in encoding.special_tokens_set}
+        for role, tok in (("bos_token", bos_token), ("eos_token", eos_token)):
+            if tok not in specials:
+                raise ValueError(
+                    f"{role}={tok!r} is not a special token of encoding {encoding.name!r} "
+                    f"(its special tokens: {sorted(specials)}); pass one of those"
+                )
+        super().__init__(name=name or encoding.name, vocab_size=encoding.n_vocab, bos_id=specials[bos_token],
+                         eos_id=specials[eos_token], special_tokens=specials)
+        self.encoding = encoding
+        if content_hash is not None:
+            self.__dict__["hash"] = content_hash
+
+    def _encode_ordinary(self, text: str) -> list[int]:
+        return self.encoding.encode_ordinary(text)
+
+    def _encode_ordinary_batch(self, texts: list[str], num_threads: int) -> list[list[int]]:
+        return self.encoding.encode_ordinary_batch(texts, num_threads=num_threads)
+
+    def decode_bytes(self, ids) -> bytes:
+        return self.encoding.decode_bytes(as_id_list(ids))
+
+    def token_bytes(self, i: int) -> bytes:
+        return self.encoding.decode_single_token_bytes(int(i))
+
+    @cached_property
+    def hash(self) -> str:
+        """sha256 of ranks + specials + pattern (`ranks_hash`), walking the real rank ids."""
+        enc, special_ids = self.encoding, set(self.special_tokens.values())
+        ranks = {}
+        for i in range(enc.n_vocab):
+            if i not in special_ids:
+                try:
+                    ranks[enc.decode_single_token_bytes(i)] = i
+                except KeyError:  # an unused id between the ranks and a special token
+                    pass
+        return ranks_hash(ranks, self.special_tokens, enc._pat_str)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -200,7 +214,7 @@ def gpt2_tokenizer() -> Tokenizer:
             f"TIKTOKEN_CACHE_DIR at a folder holding the cached r50k_base file (e.g. ../shared/tiktoken_cache); "
             f"TIKTOKEN_CACHE_DIR is now {cache}"
         ) from e
-    return Tokenizer(enc, name="gpt2")
+    return TiktokenTokenizer(enc, name="gpt2")
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -239,7 +253,7 @@ def train_bpe(
 def _from_ranks(ranks: dict[bytes, int], name: str, pattern: str, content_hash: str | None = None) -> Tokenizer:
     specials = {EOT: len(ranks)}
     enc = tiktoken.Encoding(name, pat_str=pattern, mergeable_ranks=ranks, special_tokens=specials)
-    tok = Tokenizer(enc, name=name)
+    tok = TiktokenTokenizer(enc, name=name)
     tok.__dict__["hash"] = content_hash or ranks_hash(ranks, specials, pattern)
     return tok
 
@@ -328,10 +342,9 @@ def get_tokenizer(name: str | os.PathLike) -> Tokenizer:
     if isinstance(name, str) and name in SHIPPED:
         return _load_saved(TOKENIZER_DIR / f"{name}.tiktoken")
     path = Path(name)
-    if path.suffix == ".model":  # llama2.c / Llama 2 SentencePiece tokenizers
-        from tinylib.llama2c import SentencePieceTokenizer
-
-        return SentencePieceTokenizer(path)
+    if path.suffix == ".model":
+        raise ValueError(f"{path} is a SentencePiece model (llama2.c's tokenizers): load it with "
+                         "tinylib.interop.sentencepiece.SentencePieceTokenizer(path) and pass that object instead")
     if path.suffix in (".tiktoken", ".json") or path.exists() or path.with_suffix(".tiktoken").exists():
         return _load_saved(path)
     raise ValueError(

@@ -265,11 +265,11 @@ def default_out_dir(cfg: TrainConfig) -> Path:
 
 def build_model(cfg: TrainConfig, vocab_size: int, attn_impl: str = "sdpa") -> Transformer:
     vocab = math.ceil(vocab_size / cfg.vocab_multiple) * cfg.vocab_multiple
-    model_cfg = get_config(cfg.preset, vocab_size=vocab, **{"attn_impl": attn_impl, **cfg.model_overrides})
+    model_cfg = get_config(cfg.preset, vocab_size=vocab, **cfg.model_overrides)
     if cfg.seq_len > model_cfg.max_seq_len:
         raise ValueError(f"seq_len={cfg.seq_len} exceeds preset {cfg.preset!r}'s context of {model_cfg.max_seq_len}; "
                          f"lower seq_len or pass model_overrides={{'max_seq_len': {cfg.seq_len}}}")
-    return Transformer(model_cfg)
+    return Transformer(model_cfg, attn_impl)
 
 
 def check_fits(model: Transformer, device: torch.device, cfg: TrainConfig) -> None:

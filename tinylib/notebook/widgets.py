@@ -7,8 +7,7 @@ thread (ipywidgets 8 widgets may be updated from threads), so the story streams 
 stays responsive. Mistakes (no checkpoint, empty prompt, prompt too long, a bad seed) become a readable message
 in the widget, never a traceback.
 
-`find_story_model` picks what a notebook should generate from: the newest trained checkpoint, else the shipped
-reference checkpoint, else llama2.c's stories260K from ../shared, else (if allowed) an untrained tiny model.
+Which model a notebook passes in is chosen explicitly with `tinylib.notebook.models.open_model`.
 
 What it leaves to others: sampling and decoding (`tinylib.generate`), checkpoint files (`tinylib.checkpoint`).
 """
@@ -19,7 +18,6 @@ import html
 import os
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,65 +25,8 @@ import ipywidgets as widgets
 
 from tinylib.generate import stream
 
-ROOT = Path(__file__).resolve().parents[1]
 PASSED = "__passed__"  # dropdown key of a model object given to the widget
 _STORY_STYLE = "white-space: pre-wrap; word-break: normal; font-family: Georgia, serif; font-size: 15px; line-height: 1.5"
-
-
-@dataclass
-class StoryModel:
-    """A model, its tokenizer, and where they came from (shown to the learner)."""
-
-    model: Any
-    tokenizer: Any
-    source: str
-
-
-def _shared_dir() -> Path:
-    return Path(os.environ.get("TINYLIB_SHARED", ROOT.parent / "shared"))
-
-
-def find_story_model(checkpoints_dir: str | os.PathLike = "checkpoints", *, allow_random: bool = True,
-                     device: str = "cpu") -> StoryModel:
-    """The model a generation notebook should use, in this order of preference:
-
-    1. the newest checkpoint under `checkpoints_dir` (what `make demo` or the training notebook wrote),
-    2. the project's shipped reference checkpoint,
-    3. llama2.c's stories260K (a real TinyStories model) from ../shared/models/llama2c,
-    4. with `allow_random`, an untrained tiny model with the shipped 512-token BPE (it babbles; says so).
-    Raises FileNotFoundError saying how to get a model when none is found and `allow_random` is False.
-    """
-    from tinylib import checkpoint
-
-    reference = checkpoint.find_reference_checkpoint()
-    found = [p for p in checkpoint.list_checkpoints(checkpoints_dir)
-             if reference is None or p.resolve() != reference.resolve()]
-    for path, what in [(p, "checkpoint") for p in found] + [(reference, "reference checkpoint")]:
-        if path is None:
-            continue
-        return StoryModel(checkpoint.load_model(path, device=device), checkpoint.load_tokenizer(path),
-                          f"{what} {path}")
-    llama_dir = _shared_dir() / "models" / "llama2c"
-    if (llama_dir / "stories260K.bin").is_file() and (llama_dir / "tok512.model").is_file():
-        from tinylib.llama2c import SentencePieceTokenizer, load_llama2c
-
-        return StoryModel(load_llama2c(llama_dir / "stories260K.bin", device=device),
-                          SentencePieceTokenizer(llama_dir / "tok512.model"),
-                          f"llama2.c stories260K ({llama_dir}); train your own with `make demo`")
-    if not allow_random:
-        raise FileNotFoundError(f"no model found: nothing under {checkpoints_dir}, no reference checkpoint, no "
-                                f"llama2.c model in {llama_dir}. Train one with `make demo`.")
-    import torch
-
-    from tinylib.config import get_config
-    from tinylib.model import Transformer
-    from tinylib.tokenizer import get_tokenizer
-
-    tok = get_tokenizer("tinystories-512")
-    torch.manual_seed(0)
-    model = Transformer(get_config("tiny", vocab_size=tok.vocab_size)).to(device).eval()
-    return StoryModel(model, tok, "an UNTRAINED tiny model (random weights: expect gibberish); "
-                                  "train one with `make demo`")
 
 
 class _UserError(Exception):

@@ -10,7 +10,7 @@ residual had, so each piece's contribution to the target logit is exact and they
 large positive contribution writes the answer directly. Positions with composed effects (a head that moves
 information which a later MLP turns into the answer) show up on the later component: DLA measures direct effects.
 
-Reads activations from the bridge's cache and weights from the tinylib model behind it (see `tinylib.lens`), so
+Reads activations from the bridge's cache and weights from the tinylib model behind it (see `tinylib.interp.lens`), so
 the bridge must be unprocessed (no compatibility-mode folding).
 """
 
@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from tinylib.lens import as_bridge, str_tokens, tinylib_model
+from tinylib.interp.lens import as_bridge, str_tokens, tinylib_model
 
 
 def _check_unprocessed(bridge) -> None:
@@ -83,7 +83,7 @@ class Attribution:
         return [(self.names[i], float(self.values[i])) for i in order]
 
     def heads(self, n_layer: int, n_head: int) -> torch.Tensor:
-        """The per-head contributions as a [layer, head] grid (for `tinylib.ablation.plot_ablation`)."""
+        """The per-head contributions as a [layer, head] grid (for `tinylib.interp.ablation.plot_ablation`)."""
         grid = torch.zeros(n_layer, n_head)
         for name, v in zip(self.names, self.values):
             if name.startswith("L") and "H" in name and " " not in name:

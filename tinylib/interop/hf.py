@@ -4,7 +4,7 @@
 LayerNorm, GELU, learned positions) from our config and copies our weights in. `save_hf(model, folder, tokenizer)`
 writes `config.json` + `model.safetensors` (+ `tokenizer.json`) so that `AutoModelForCausalLM.from_pretrained(folder)`
 works offline. `hf_tokenizer(tok)` turns our tokenizers into a `PreTrainedTokenizerFast`; TransformerLens needs one
-for `to_tokens`/`to_str_tokens` (see `tinylib.lens`). `from_hf` goes back. Training, checkpoints and analysis live
+for `to_tokens`/`to_str_tokens` (see `tinylib.interp.lens`). `from_hf` goes back. Training, checkpoints and analysis live
 elsewhere; this module only translates.
 
 Pitfalls the conversion handles (each one is checked by tests/test_hf.py against tinylib's own logits):
@@ -18,7 +18,7 @@ Pitfalls the conversion handles (each one is checked by tests/test_hf.py against
   reads kv head h // (n_head / n_kv_head), as in our eager path). The outputs are identical; the file is larger, and
   `from_hf` brings back a multi-head model.
 - RoPE pairing. Our RoPE rotates dims (i, i + d_head/2) ("rotate half"), the convention of transformers' Llama, so
-  q/k weights need no permutation. (llama2.c and Meta use interleaved pairs (2i, 2i+1); tinylib.llama2c converts
+  q/k weights need no permutation. (llama2.c and Meta use interleaved pairs (2i, 2i+1); tinylib.interop.llama2c converts
   those on import.) transformers 5.x configures RoPE through `rope_parameters={"rope_type": "default",
   "rope_theta": ...}`.
 - Tied embeddings. `tie_word_embeddings` follows `cfg.tie_embeddings`; save_pretrained stores the tied matrix once.
@@ -270,7 +270,7 @@ def _tiktoken_backend(encoding, bos_token: str):
 
 
 def _spm_proto(tokenizer: Any) -> bytes | None:
-    """The serialized SentencePiece model behind a tokenizer (tinylib.llama2c's, or a `.model` path), if any."""
+    """The serialized SentencePiece model behind a tokenizer (tinylib.interop.llama2c's, or a `.model` path), if any."""
     if isinstance(tokenizer, (str, os.PathLike)) and str(tokenizer).endswith(".model"):
         return Path(tokenizer).read_bytes()
     proto = getattr(tokenizer, "model_proto", None) or getattr(tokenizer, "_proto", None)
@@ -280,7 +280,7 @@ def _spm_proto(tokenizer: Any) -> bytes | None:
 def hf_tokenizer(tokenizer: Any):
     """A transformers `PreTrainedTokenizerFast` that encodes like our tokenizer and prepends BOS.
 
-    Accepts a tinylib `Tokenizer` (tiktoken: ours or GPT-2), `tinylib.llama2c.SentencePieceTokenizer` (or any
+    Accepts a tinylib `Tokenizer` (tiktoken: ours or GPT-2), `tinylib.interop.sentencepiece.SentencePieceTokenizer` (or any
     tokenizer exposing its serialized SentencePiece model), a path to a `.model` file, or an HF tokenizer.
     """
     from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast

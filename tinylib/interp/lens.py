@@ -1,13 +1,13 @@
 """TransformerLens bridge: our models under the hook names interpretability learners know.
 
-`to_lens(model, tokenizer)` exports the model with `tinylib.hf.to_hf` (LlamaForCausalLM or GPT2LMHeadModel, eager
+`to_lens(model, tokenizer)` exports the model with `tinylib.interop.hf.to_hf` (LlamaForCausalLM or GPT2LMHeadModel, eager
 attention) and wraps it in a TransformerLens 4.x `TransformerBridge`, built offline from the in-memory model and
 config (no hub, no network). Hooks then read as in every TransformerLens tutorial:
 `blocks.{L}.attn.hook_pattern` [batch, head, query, key], `blocks.{L}.attn.hook_z` [batch, pos, head, d_head],
 `blocks.{L}.mlp.hook_post` [batch, pos, d_mlp], `blocks.{L}.hook_resid_pre/mid/post`, `blocks.{L}.hook_attn_out`,
 `blocks.{L}.hook_mlp_out`, `hook_embed`, and `bridge.run_with_cache` / `run_with_hooks` work as documented.
 
-The tokenizer adapter is `tinylib.hf.hf_tokenizer`: our tiktoken tokenizers (and llama2.c SentencePiece ones) become
+The tokenizer adapter is `tinylib.interop.hf.hf_tokenizer`: our tiktoken tokenizers (and llama2.c SentencePiece ones) become
 real transformers tokenizers that prepend BOS like our data framing, so `bridge.to_tokens`, `to_str_tokens` and
 `to_string` work. For readable labels in plots, `str_tokens` prefers our tokenizer's `id_to_piece` (which keeps
 leading spaces and shows partial UTF-8 as `<0xAB>`).
@@ -25,16 +25,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from tinylib.hf import hf_tokenizer, resolve_model, to_hf
+from tinylib.interop.hf import hf_tokenizer, resolve_model, to_hf
 from tinylib.model import Transformer
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _offline() -> None:
@@ -90,7 +87,7 @@ def tinylib_model(bridge: Any) -> Transformer:
     """The tinylib model a bridge was built from (for the eager cross-check and its config)."""
     model = getattr(bridge, "tinylib_model", None)
     if model is None:
-        raise ValueError("this bridge was not built by tinylib.lens.to_lens; build it with to_lens(model)")
+        raise ValueError("this bridge was not built by tinylib.interp.lens.to_lens; build it with to_lens(model)")
     return model
 
 
@@ -125,48 +122,3 @@ def story_windows(tokenizer: Any, stories: Sequence[str], seq_len: int, n_window
     if n < 1:
         raise ValueError(f"{len(ids)} tokens from {len(stories)} stories do not fill one window of {seq_len}")
     return torch.tensor(np.asarray(ids[: n * seq_len], dtype=np.int64).reshape(n, seq_len))
-
-
-# ------------------------------------------------------------------------------------------------------------
-# Models and data for the notebooks
-
-
-def shared_dir() -> Path:
-    """../shared beside the repository (or $TINYLIB_SHARED)."""
-    return Path(os.environ.get("TINYLIB_SHARED", ROOT.parent / "shared"))
-
-
-def validation_stories(n: int | None = None) -> list[str]:
-    """TinyStories validation stories from ../shared (the first 1,000), for analyses on real text."""
-    path = shared_dir() / "data" / "tinystories" / "TinyStories-valid.first1000.hf.txt"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: put ../shared beside the repository or set TINYLIB_SHARED")
-    stories = [s.strip() for s in path.read_text(encoding="utf-8").split("<|endoftext|>")]
-    stories = [s for s in stories if s]
-    return stories[:n] if n is not None else stories
-
-
-def load_study_model(prefer: str = "stories260K") -> tuple[Transformer, Any, str]:
-    """(model, tokenizer, name) to study: llama2.c's stories260K when ../shared has it, else the workspace's
-    best checkpoint (reference first). Raises FileNotFoundError saying what to do when neither exists."""
-    llama2c = shared_dir() / "models" / "llama2c"
-    if prefer == "stories260K" and (llama2c / "stories260K.bin").is_file():
-        try:
-            from tinylib.llama2c import SentencePieceTokenizer, load_llama2c
-
-            return (load_llama2c(llama2c / "stories260K.bin"),
-                    SentencePieceTokenizer(llama2c / "tok512.model"), "stories260K")
-        except ImportError:
-            pass  # the llama2.c importer is not there yet: fall back to a workspace checkpoint
-    try:
-        from tinylib.checkpoint import find_reference_checkpoint, list_checkpoints, load_model, load_tokenizer
-    except ImportError as e:
-        raise FileNotFoundError("no model to study: tinylib.checkpoint is missing") from e
-    path = find_reference_checkpoint()
-    if path is None:
-        found = list_checkpoints(ROOT / "checkpoints")
-        path = found[0] if found else None
-    if path is None:
-        raise FileNotFoundError("no model to study: put ../shared (with models/llama2c/stories260K.bin) beside the "
-                                "repository, or train one with `python -m tinylib.train` (notebook 03)")
-    return load_model(path), load_tokenizer(path), Path(path).parent.name

@@ -7,8 +7,6 @@ What this module does:
   checkpoints (`ckpt.pt`: `model_args` + `model` state dict, maybe with torch.compile's `_orig_mod.` prefixes).
 - `export_llama2c(model, path)` writes a LLaMA-style tinylib model as a legacy (or version-1) `.bin` that llama2.c's
   `run.c` runs, and that `load_llama2c` reads back to identical weights.
-- `SentencePieceTokenizer` puts llama2.c's SentencePiece tokenizers (tok512, the Llama 2 32k one) behind
-  tinylib's `Tokenizer` interface.
 - `download_llama2c(name)` fetches stories260K/15M/42M/110M from the Hugging Face repo karpathy/tinyllamas.
 
 The one real conversion: llama2.c applies RoPE to interleaved pairs (dims 2i, 2i+1 of each head, Meta's
@@ -17,12 +15,11 @@ wq and wk inside each head (transformers' `convert_llama_weights_to_hf` does the
 so tinylib needs no second RoPE. Grouped-query attention needs nothing: both repeat kv head h // n_rep.
 
 What it leaves to others: the model itself (tinylib.model), generation (tinylib.generate), evaluation
-(tinylib.evaluate), transformers/TransformerLens export (tinylib.hf, tinylib.lens).
+(tinylib.evaluate), transformers/TransformerLens export (tinylib.interop.hf, tinylib.interp.lens).
 """
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 import struct
@@ -34,8 +31,9 @@ import torch
 
 from tinylib.config import ModelConfig
 from tinylib.download import SizeMismatchError, hub_download, hub_offline
+from tinylib.interop.sentencepiece import LLAMA2_TOKENIZER_NOTE
 from tinylib.model import Transformer
-from tinylib.tokenizer import Tokenizer, _as_id_list
+from tinylib.paths import DATA_DIR
 
 V1_MAGIC = 0x616B3432  # "ak42" read as a little-endian uint32
 V1_HEADER_BYTES = 256
@@ -45,7 +43,7 @@ ROPE_THETA = 10000.0  # run.c hard-codes both
 NORM_EPS = 1e-5
 
 HF_REPO = "karpathy/tinyllamas"
-DOWNLOAD_DIR = Path(__file__).resolve().parents[1] / "data" / "llama2c"  # download_llama2c's default dest
+DOWNLOAD_DIR = DATA_DIR / "llama2c"  # download_llama2c's default dest
 # name -> (model file in the repo, tokenizer file in the repo or None, published validation loss)
 MODELS: dict[str, tuple[str, str | None, float]] = {
     "stories260K": ("stories260K/stories260K.bin", "stories260K/tok512.model", 1.297),
@@ -53,10 +51,6 @@ MODELS: dict[str, tuple[str, str | None, float]] = {
     "stories42M": ("stories42M.bin", None, 0.847),
     "stories110M": ("stories110M.bin", None, 0.760),
 }
-LLAMA2_TOKENIZER_NOTE = (
-    "stories15M/42M/110M use the Llama 2 SentencePiece tokenizer (tokenizer.model, 32000 ids), which is not in "
-    "karpathy/tinyllamas: take it from github.com/karpathy/llama2.c (or ../shared/models/llama2c/tokenizer.model)"
-)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -351,7 +345,7 @@ def load_llama2c(path: str | os.PathLike, *, device: torch.device | str = "cpu")
     """A tinylib `Transformer` (fp32, eval mode) from a llama2.c legacy `.bin`, version-1 `.bin` or `ckpt.pt`.
 
     `path` may also be a model name from `MODELS` ("stories260K", "stories15M", ...) when no such file exists:
-    it is then downloaded with `download_llama2c`. The tokenizer is separate: `SentencePieceTokenizer(...)`.
+    it is then downloaded with `download_llama2c`. The tokenizer is separate: `tinylib.interop.sentencepiece.SentencePieceTokenizer(...)`.
     The config is LLaMA style with run.c's constants (norm_eps 1e-5, rope_theta 10000), d_mlp = hidden_dim,
     max_seq_len = the model's training context, tied embeddings when the classifier is shared.
     """
@@ -430,119 +424,6 @@ def export_llama2c(model: Transformer, path: str | os.PathLike, version: int = 0
 
 # ------------------------------------------------------------------------------------------------------------
 # Tokenizer
-
-
-class SentencePieceTokenizer(Tokenizer):
-    """llama2.c's SentencePiece tokenizers (tok512, the Llama 2 32k `tokenizer.model`) as a tinylib `Tokenizer`.
-
-    Ids: unk 0, bos 1 ("<s>"), eos 2 ("</s>"). llama2.c frames every story as BOS + tokens, so pass `bos=True`
-    to `encode` to match its training data. Its models end a story by emitting BOS (1) rather than EOS, so
-    generation must treat both `bos_id` and `eos_id` as stop ids (see `stop_ids`).
-
-    Text conventions are SentencePiece's: `encode` adds the dummy-prefix space ("Once" is "▁Once") and collapses
-    runs of spaces (the models' normalizer removes extra whitespace), so decode(encode(s)) == s holds for text
-    without leading, trailing or repeated spaces. `decode`/`decode_bytes` give what SentencePiece's decoder gives:
-    pieces concatenated with "▁" as a space, byte-fallback pieces ("<0x0A>") as their byte, control ids (BOS/EOS)
-    as nothing, and the dummy-prefix space dropped at the start of the text (so after a leading BOS too, as run.c
-    does). A streaming decoder that takes decode_bytes([prev, tok]) minus decode_bytes([prev]) gets it right.
-    """
-
-    def __init__(self, path: str | os.PathLike, *, name: str | None = None):
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"SentencePiece model {path} not found (llama2.c's tok512.model or the Llama 2 "
-                                    f"tokenizer.model; {LLAMA2_TOKENIZER_NOTE})")
-        self._init_from_proto(path.read_bytes(), name or path.stem, str(path))
-
-    def _init_from_proto(self, proto: bytes, name: str, source: str) -> None:
-        import sentencepiece as spm
-
-        sp = spm.SentencePieceProcessor()
-        try:
-            sp.LoadFromSerializedProto(proto)
-        except Exception as e:  # sentencepiece raises RuntimeError/OSError with its own text
-            raise ValueError(f"{source} is not a SentencePiece model ({type(e).__name__}: {e})") from e
-        if sp.bos_id() != 1 or sp.eos_id() != 2:
-            raise ValueError(f"{source}: bos/eos ids are {sp.bos_id()}/{sp.eos_id()}; llama2.c tokenizers use 1/2")
-        self._sp, self._proto = sp, proto
-        self.name = name
-        self.vocab_size = sp.vocab_size()
-        self.bos_id, self.eos_id = sp.bos_id(), sp.eos_id()
-        self.special_tokens = {sp.id_to_piece(i): i for i in range(self.vocab_size)
-                               if sp.is_control(i) or sp.is_unknown(i)}
-        self.__dict__["hash"] = hashlib.sha256(proto).hexdigest()
-        # Bytes of every id, computed once: decode_bytes is then a list lookup (fast enough to stream).
-        table = []
-        for i in range(self.vocab_size):
-            piece = sp.id_to_piece(i)
-            if sp.is_control(i):
-                table.append(b"")
-            elif sp.is_unknown(i):
-                table.append(" \u2047 ".encode())  # SentencePiece's surface for <unk>
-            elif sp.is_byte(i):
-                table.append(bytes([int(piece[3:5], 16)]))
-            else:
-                table.append(piece.replace("\u2581", " ").encode("utf-8"))
-        self._bytes = table
-        self._strippable = [not (sp.is_byte(i) or sp.is_unknown(i) or sp.is_control(i)) and b.startswith(b" ")
-                            for i, b in enumerate(table)]
-
-    @property
-    def model_proto(self) -> bytes:
-        """The serialized SentencePiece model (what transformers' LlamaTokenizer reads as tokenizer.model)."""
-        return self._proto
-
-    @property
-    def encoding(self):
-        raise AttributeError(f"{self.name!r} is a SentencePiece tokenizer and has no tiktoken encoding")
-
-    @property
-    def stop_ids(self) -> tuple[int, int]:
-        """Ids that end a generated story: llama2.c's models emit BOS (1) there; EOS (2) for safety."""
-        return (self.bos_id, self.eos_id)
-
-    def _encode_ordinary(self, text: str) -> list[int]:
-        return self._sp.encode(text)
-
-    def _encode_ordinary_batch(self, texts: list[str], num_threads: int) -> list[list[int]]:
-        return self._sp.encode(texts, num_threads=num_threads)
-
-    def token_bytes(self, i: int) -> bytes:
-        i = int(i)
-        if not 0 <= i < self.vocab_size:
-            raise ValueError(f"token id {i} is outside the vocabulary of {self.name!r} (0..{self.vocab_size - 1})")
-        return self._bytes[i] if not self._sp.is_control(i) else self._sp.id_to_piece(i).encode()
-
-    def decode_bytes(self, ids) -> bytes:
-        """UTF-8 bytes of `ids`, exactly `sp.decode(ids).encode()` for whole characters (a test checks it)."""
-        out, at_start = [], True
-        for i in _as_id_list(ids):
-            if not 0 <= i < self.vocab_size:
-                raise ValueError(f"token id {i} is outside the vocabulary of {self.name!r} (0..{self.vocab_size - 1})")
-            b = self._bytes[i]
-            if at_start and self._strippable[i]:  # SentencePiece drops the dummy-prefix space at the start
-                b = b[1:]
-            if b:
-                at_start = False
-                out.append(b)
-        return b"".join(out)
-
-    def id_to_piece(self, i: int) -> str:
-        """The SentencePiece piece with "▁" shown as a space, "<0x0A>" for byte pieces, "<s>" for control ids."""
-        i = int(i)
-        if not 0 <= i < self.vocab_size:
-            raise ValueError(f"token id {i} is outside the vocabulary of {self.name!r} (0..{self.vocab_size - 1})")
-        return self._sp.id_to_piece(i).replace("\u2581", " ")
-
-    def __repr__(self) -> str:
-        return (f"SentencePieceTokenizer(name={self.name!r}, vocab_size={self.vocab_size}, bos_id={self.bos_id}, "
-                f"eos_id={self.eos_id})")
-
-    def __getstate__(self):
-        return {"proto": self._proto, "name": self.name}
-
-    def __setstate__(self, state):
-        self._init_from_proto(state["proto"], state["name"], state["name"])
 
 
 def find_llama2c_tokenizer(model: str | os.PathLike) -> Path:

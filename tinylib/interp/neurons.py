@@ -9,7 +9,7 @@ silu(gate x) * up x, so it can be negative). Functions here read it through the 
 - `neuron_selectivity(model, tokens, mask)` -> every neuron ranked by how much more it fires on the masked
   positions than elsewhere (difference of means divided by the pooled standard deviation: Cohen's d).
 Caveat the notebooks teach: neurons are polysemantic; a high-selectivity neuron also fires on other things, and a
-direction that means "sad" may be spread over many neurons. Ablations live in `tinylib.ablation`.
+direction that means "sad" may be spread over many neurons. Ablations live in `tinylib.interp.ablation`.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from tinylib.lens import as_bridge, str_tokens
+from tinylib.interp.lens import as_bridge, str_tokens
 
 
 @torch.no_grad()

@@ -11,7 +11,7 @@ tokens given (validation windows, or repeated random tokens for induction).
 - `ablation_hooks(heads, neurons, kind, means)` -> the hooks; `ablated_loss(...)` -> one number;
 - `ablate_each_head(model, tokens, kind)` -> `HeadAblation` (base loss, delta [L, H]); `plot_ablation` shows it;
 - `ablate_neurons(model, tokens, neurons, kind)` -> loss change for each neuron alone and for all together.
-Logit lens and direct logit attribution live in `tinylib.logit_lens`.
+Logit lens and direct logit attribution live in `tinylib.interp.logit_lens`.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 
-from tinylib.lens import as_bridge
+from tinylib.interp.lens import as_bridge
 
 Kind = Literal["zero", "mean"]
 Hook = tuple[str, Callable]

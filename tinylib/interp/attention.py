@@ -10,8 +10,8 @@ tensors in [0, 1]:
 Duplicate and induction scores are cleanest on repeated random tokens (`repeated_tokens`), where only an in-context
 copy can predict the second half. Plots take the returned data: `plot_pattern`, `plot_head_scores`.
 
-Every function accepts a bridge (`tinylib.lens.to_lens`), a tinylib model or a checkpoint path. The eager tinylib
-path (`model(idx, return_attn=True)`) gives the same patterns; the tests use it as the cross-check.
+Every function accepts a bridge (`tinylib.interp.lens.to_lens`), a tinylib model or a checkpoint path. The eager tinylib
+path (`model.forward_with_patterns(idx)`) gives the same patterns; the tests use it as the cross-check.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from tinylib.lens import as_bridge, str_tokens
+from tinylib.interp.lens import as_bridge, str_tokens
 
 SCORE_NAMES = ("previous_token", "attend_to_first", "duplicate_token", "induction")
 

@@ -1,0 +1,87 @@
+"""Which device and number format a process runs in: device, dtype, autocast, and the torchrun process group.
+
+One table of dtype names (`DTYPES`) serves the trainer, the budget and the benchmarks. What it leaves to others:
+peak FLOP/s of a device and MFU (`tinylib.flops`), the training loop (`tinylib.train`).
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import nullcontext
+
+import torch
+import torch.distributed as dist
+
+# The short names used in configs, checkpoints and tables, and the torch dtypes they stand for.
+DTYPES: dict[str, torch.dtype] = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+_ALIASES = {"bfloat16": "bf16", "float16": "fp16", "half": "fp16", "float32": "fp32", "float": "fp32"}
+
+
+def dtype_name(dtype: str | torch.dtype) -> str:
+    """'bf16', 'fp16' or 'fp32' for a torch dtype or any common spelling of one."""
+    key = str(dtype).removeprefix("torch.").lower()
+    key = _ALIASES.get(key, key)
+    if key not in DTYPES:
+        raise ValueError(f"dtype={dtype!r}; expected one of 'bf16', 'fp16', 'fp32' (or the torch dtypes)")
+    return key
+
+
+def pick_device(preference: str = "auto") -> torch.device:
+    """The device to use: `preference`, or with "auto" cuda, then mps, then cpu."""
+    if preference != "auto":
+        return torch.device(preference)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def cpu_supports_bf16() -> bool:
+    """AVX512-BF16/AMX CPUs run bf16 matmuls several times faster than fp32; others emulate them slowly."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def pick_dtype(preference: str, device: torch.device) -> torch.dtype:
+    """The compute dtype: `preference` ("bf16", "fp16", "fp32"), or with "auto" bf16 where it is fast."""
+    if preference != "auto":
+        if preference not in DTYPES:
+            raise ValueError(f"dtype={preference!r}; expected one of {sorted(DTYPES)} or 'auto'")
+        return DTYPES[preference]
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "cpu" and cpu_supports_bf16():
+        return torch.bfloat16
+    return torch.float32
+
+
+def autocast_context(device: torch.device | str, dtype: torch.dtype | None):
+    """Autocast to `dtype` on the device type when it is bf16/fp16 (weights stay fp32); a no-op for fp32."""
+    if dtype is None or dtype == torch.float32:
+        return nullcontext()
+    return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for queued kernels, so that a timer measures the work and not just its launch."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+def setup_distributed(device_pref: str = "auto") -> tuple[int, int, torch.device]:
+    """(rank, world_size, device) of this process; joins the process group when started by torchrun."""
+    if "RANK" not in os.environ:
+        return 0, 1, pick_device(device_pref)
+    rank, local_rank, world = (int(os.environ[k]) for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE"))
+    device = pick_device(device_pref)
+    if device.type == "cuda":
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return rank, world, device

@@ -1,0 +1,29 @@
+"""Where things live: the repository root, its data and checkpoint folders, and `../shared` beside it.
+
+Every other module asks here instead of counting `parents[...]` itself. `shared_dir()` reads $TINYLIB_SHARED at
+call time, so tests and notebooks can point it elsewhere (or at nothing, to see the offline fallbacks).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA_DIR = ROOT / "data"
+TOKENIZER_DIR = DATA_DIR / "tokenizers"  # the shipped BPEs (tinystories-512/4096/8192)
+CHECKPOINTS_DIR = ROOT / "checkpoints"
+REFERENCE_DIR = CHECKPOINTS_DIR / "reference"  # the small model the project ships
+
+
+def shared_dir() -> Path:
+    """`../shared` beside the repository (real TinyStories text, llama2.c models), or $TINYLIB_SHARED."""
+    return Path(os.environ.get("TINYLIB_SHARED", ROOT.parent / "shared"))
+
+
+def shared_tinystories() -> Path:
+    return shared_dir() / "data" / "tinystories"
+
+
+def shared_llama2c() -> Path:
+    return shared_dir() / "models" / "llama2c"
