@@ -1,23 +1,19 @@
 """Generation: the sampler against transformers' reference processors, KV cache == no cache token for token
 (GPT-style and LLaMA-style with GQA, random and trained weights, across the context limit), seeds, stop ids,
-stop strings, padded vocabularies, batching, streaming that never splits a UTF-8 character, and timing."""
+stop strings, padded vocabularies, batching, streaming that never splits a UTF-8 character, timing, and the
+one frozen SamplingConfig that carries the settings."""
 
 from __future__ import annotations
+
+import dataclasses
+import re
 
 import pytest
 import torch
 
 from tinylib.config import get_config
-from tinylib.generate import (
-    GenerationResult,
-    TextDecoder,
-    _choose,
-    apply_sampling_rules,
-    generate,
-    sample_tokens,
-    stop_ids_of,
-    stream,
-)
+from tinylib.engine import SamplingConfig, apply_sampling_rules, choose_next, sample_tokens
+from tinylib.generate import GenerationResult, TextDecoder, generate, stop_ids_of, stream
 from tinylib.model import Transformer
 from tinylib.tokenizer import get_tokenizer
 
@@ -29,7 +25,8 @@ def tok():
     return get_tokenizer("tinystories-512")
 
 
-def chaotic_model(style: str, vocab_size: int = 512, max_seq_len: int = 48, seed: int = 0, **kw) -> Transformer:
+def chaotic_model(style: str, vocab_size: int = 512, max_seq_len: int = 48, seed: int = 0,
+                  **kw) -> Transformer:
     """A small random model with large weights, so greedy decoding wanders over many ids (a GPT-2-style init
     repeats one id forever, which would make cache-vs-no-cache comparisons vacuous)."""
     preset = "gpt_tiny" if style == "gpt" else "llama_tiny"
@@ -47,8 +44,8 @@ def chaotic_model(style: str, vocab_size: int = 512, max_seq_len: int = 48, seed
 
 @pytest.fixture(scope="module")
 def trained(tok):
-    """A tiny LLaMA-style (GQA) model trained until greedy decoding recites one sentence with an emoji and CJK,
-    which the 512-token BPE splits into single-byte tokens."""
+    """A tiny LLaMA-style (GQA) model trained until greedy decoding recites one sentence with an emoji and
+    CJK, which the 512-token BPE splits into single-byte tokens."""
     text = " Tom saw a cat 🙂 and said 你好 to it. The cat was happy."
     ids = tok.encode(text, bos=True, eos=True)
     torch.manual_seed(0)
@@ -69,7 +66,7 @@ def trained(tok):
     return model, text
 
 
-# --------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # Sampling rules against transformers' logits processors
 
 
@@ -85,20 +82,21 @@ def test_sampling_rules_match_transformers():
     logits = torch.randn(4, 97, generator=g) * 3
     ids = torch.randint(0, 97, (4, 12), generator=g)
     seen = torch.zeros(4, 97, dtype=torch.bool).scatter(1, ids, True)
-    ours = apply_sampling_rules(logits, repetition_penalty=1.3, seen=seen)
+    ours = apply_sampling_rules(logits, SamplingConfig(repetition_penalty=1.3), seen)
     ref = RepetitionPenaltyLogitsProcessor(1.3)(ids, logits.clone())
     torch.testing.assert_close(ours, ref)
     for k in (1, 5, 40):
-        ours = apply_sampling_rules(logits, top_k=k)
+        ours = apply_sampling_rules(logits, SamplingConfig(top_k=k))
         ref = TopKLogitsWarper(k)(ids, logits.clone())
         assert torch.equal(torch.isinf(ours), torch.isinf(ref))
         assert (torch.isfinite(ours).sum(-1) == k).all()
     for p in (0.1, 0.5, 0.9, 0.99):
-        ours = apply_sampling_rules(logits, top_p=p)
+        ours = apply_sampling_rules(logits, SamplingConfig(top_p=p))
         ref = TopPLogitsWarper(p)(ids, logits.clone())
         assert torch.equal(torch.isinf(ours), torch.isinf(ref)), p
-    ours = apply_sampling_rules(logits, temperature=0.7, top_k=20, top_p=0.8)
-    ref = TopPLogitsWarper(0.8)(ids, TopKLogitsWarper(20)(ids, TemperatureLogitsWarper(0.7)(ids, logits.clone())))
+    ours = apply_sampling_rules(logits, SamplingConfig(temperature=0.7, top_k=20, top_p=0.8))
+    warped = TopKLogitsWarper(20)(ids, TemperatureLogitsWarper(0.7)(ids, logits.clone()))
+    ref = TopPLogitsWarper(0.8)(ids, warped)
     torch.testing.assert_close(ours, ref)
 
 
@@ -108,7 +106,7 @@ def test_sampling_frequencies_follow_softmax():
     counts = torch.zeros(5)
     n = 4000
     for _ in range(n):
-        counts[_choose(logits, 1.0, None, None, 1.0, None, gen)] += 1
+        counts[choose_next(logits, SamplingConfig(), None, gen)] += 1
     expected = logits.softmax(-1)[0] * n
     assert counts[4] == 0  # a masked id is never drawn
     assert ((counts[:4] - expected[:4]).abs() < 4 * expected[:4].sqrt() + 5).all(), (counts, expected)
@@ -120,9 +118,42 @@ def test_settings_are_validated(tok):
                 dict(repetition_penalty=0), dict(max_new_tokens=-1), dict(on_context_full="wrap")):
         with pytest.raises(ValueError, match="invalid sampling settings"):
             generate(model, tok, "Hi", **bad)
+        (name, value), = bad.items()
+        with pytest.raises(ValueError, match=re.escape(f"{name}={value!r}")):
+            SamplingConfig(**bad)  # refused where it enters, with the bad value named
 
 
-# --------------------------------------------------------------------------------------------------------------
+def test_sampling_config_is_frozen_and_is_what_runs(tok):
+    cfg = SamplingConfig(temperature=0.8, top_k=50)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.temperature = 2.0  # type: ignore[misc]
+    with pytest.raises(ValueError, match=r"top_p=1\.5 must be in \(0, 1\]"):
+        dataclasses.replace(cfg, top_p=1.5)
+    model = chaotic_model("gpt")
+    by_keywords = generate(model, tok, "Hi", max_new_tokens=15, temperature=0.8, top_k=50, seed=0)
+    by_config = generate(model, tok, "Hi", dataclasses.replace(cfg, max_new_tokens=15), seed=0)
+    overridden = generate(model, tok, "Hi", SamplingConfig(temperature=0.1), max_new_tokens=15,
+                          temperature=0.8, top_k=50, seed=0)  # keywords override the config's fields
+    assert by_keywords.tokens == by_config.tokens == overridden.tokens
+    engine = SamplingConfig(max_new_tokens=15, temperature=0.8, top_k=50)
+    ids = list(sample_tokens(model, by_config.prompt_tokens, engine, seed=0))
+    assert ids[:len(by_config.tokens)] == by_config.tokens  # generate runs exactly the engine's ids
+
+
+def test_unknown_keywords_are_refused(tok):
+    model = chaotic_model("gpt")
+    with pytest.raises(TypeError, match=r"generate\(\) got unexpected keyword argument\(s\) 'temprature'.*"
+                                        r"temperature, top_k, top_p"):
+        generate(model, tok, "Hi", temprature=0.5)
+    with pytest.raises(TypeError, match=r"stream\(\) got unexpected keyword argument\(s\) 'max_tokens'"):
+        stream(model, tok, "Hi", max_tokens=5)
+    with pytest.raises(TypeError, match="sampling must be a SamplingConfig"):
+        generate(model, tok, "Hi", 50)  # a number where the SamplingConfig goes
+    with pytest.raises(TypeError, match="sampling must be a SamplingConfig"):
+        sample_tokens(model, [1, 2], {"temperature": 0})
+
+
+# ------------------------------------------------------------------------------------------------------------
 # KV cache
 
 
@@ -130,9 +161,10 @@ def test_settings_are_validated(tok):
 def test_greedy_with_cache_equals_without_cache(style):
     model = chaotic_model(style)
     prompt = [1, 2, 3, 4, 5, 6, 7]
-    # 100 new tokens on a 48-token context: the window slides twice, and must slide the same way on both paths.
-    with_cache = list(sample_tokens(model, prompt, max_new_tokens=100, temperature=0))
-    without = list(sample_tokens(model, prompt, max_new_tokens=100, temperature=0, use_cache=False))
+    # 100 new tokens on a 48-token context: the window slides twice, the same way on both paths.
+    greedy = SamplingConfig(max_new_tokens=100, temperature=0)
+    with_cache = list(sample_tokens(model, prompt, greedy))
+    without = list(sample_tokens(model, prompt, dataclasses.replace(greedy, use_cache=False)))
     assert with_cache == without
     assert len(set(with_cache)) > 10  # the comparison is not vacuous
     # The first token is the argmax of a plain forward pass.
@@ -141,7 +173,8 @@ def test_greedy_with_cache_equals_without_cache(style):
 
 def test_cache_equals_no_cache_on_a_trained_model_and_with_sampling(trained, tok):
     model, _ = trained
-    for kw in (dict(temperature=0), dict(temperature=1.0, top_k=20, seed=3), dict(temperature=0.9, top_p=0.9, seed=4)):
+    for kw in (dict(temperature=0), dict(temperature=1.0, top_k=20, seed=3),
+               dict(temperature=0.9, top_p=0.9, seed=4)):
         a = generate(model, tok, "Tom saw", max_new_tokens=40, use_cache=True, **kw)
         b = generate(model, tok, "Tom saw", max_new_tokens=40, use_cache=False, **kw)
         assert a.tokens == b.tokens and a.text == b.text
@@ -156,18 +189,19 @@ def test_cache_equals_no_cache_on_stories260k(llama2c_dir):
     a = generate(model, tok, "Once upon a time", max_new_tokens=60, temperature=0)
     b = generate(model, tok, "Once upon a time", max_new_tokens=60, temperature=0, use_cache=False)
     assert a.tokens == b.tokens
-    assert a.text.startswith(",") and " " in a.text  # real text, spaces kept by the SentencePiece-aware decoder
+    assert a.text.startswith(",") and " " in a.text  # real text: the SentencePiece-aware decoder kept spaces
     assert stop_ids_of(tok) == [1, 2]  # llama2.c's models end a story with BOS
 
 
-# --------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # The context limit
 
 
 def test_prompt_longer_than_context_is_a_clear_error(tok):
     model = chaotic_model("llama", max_seq_len=16)
     with pytest.raises(ValueError, match="context is 16 tokens: shorten the prompt"):
-        generate(model, tok, "Once upon a time there was a little girl who liked to play in the park", bos=True)
+        generate(model, tok, "Once upon a time there was a little girl who liked to play in the park",
+                 bos=True)
 
 
 def test_context_full_stops_or_slides(tok):
@@ -181,7 +215,7 @@ def test_context_full_stops_or_slides(tok):
         assert r.n_new == 50
 
 
-# --------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # Seeds, stop ids, vocab masking, batching
 
 
@@ -204,12 +238,13 @@ def test_seed_reproduces_and_batch_rows_match_single_runs(tok):
 
 def test_engine_stops_on_stop_ids_per_row():
     model = chaotic_model("llama")
-    free = list(sample_tokens(model, [[1, 2, 3], [4, 5, 6]], max_new_tokens=30, temperature=0))
+    greedy = SamplingConfig(max_new_tokens=30, temperature=0)
+    free = list(sample_tokens(model, [[1, 2, 3], [4, 5, 6]], greedy))
     first, second = [s[0] for s in free], [s[1] for s in free]
     stop = {first[4], second[9]}
     k0 = next(i for i, t in enumerate(first) if t in stop)
     k1 = next(i for i, t in enumerate(second) if t in stop)
-    got = list(sample_tokens(model, [[1, 2, 3], [4, 5, 6]], max_new_tokens=30, temperature=0, stop_ids=stop))
+    got = list(sample_tokens(model, [[1, 2, 3], [4, 5, 6]], greedy, stop_ids=stop))
     assert len(got) == max(k0, k1) + 1 and got == free[:len(got)]
 
 
@@ -218,12 +253,13 @@ def test_engine_accepts_lists_tensors_and_arrays():
 
     model = chaotic_model("gpt")
     rows = [[1, 2, 3], [4, 5, 6]]
-    want = list(sample_tokens(model, rows, max_new_tokens=5, temperature=0))
-    assert list(sample_tokens(model, torch.tensor(rows), max_new_tokens=5, temperature=0)) == want
-    assert list(sample_tokens(model, np.array(rows), max_new_tokens=5, temperature=0)) == want
-    assert list(sample_tokens(model, rows[1], max_new_tokens=5, temperature=0)) == [w[1] for w in want]
+    greedy = SamplingConfig(max_new_tokens=5, temperature=0)
+    want = list(sample_tokens(model, rows, greedy))
+    assert list(sample_tokens(model, torch.tensor(rows), greedy)) == want
+    assert list(sample_tokens(model, np.array(rows), greedy)) == want
+    assert list(sample_tokens(model, rows[1], greedy)) == [w[1] for w in want]
     with pytest.raises(ValueError, match="different lengths"):
-        list(sample_tokens(model, [[1, 2], [3]], max_new_tokens=2))
+        sample_tokens(model, [[1, 2], [3]], greedy)  # refused at the call, before any decoding
 
 
 def test_generation_stops_at_end_of_text(tok):
@@ -247,7 +283,7 @@ def test_padded_vocab_ids_are_never_sampled(tok):
     for kw in (dict(temperature=0), dict(temperature=1.5, seed=1), dict(temperature=1.0, top_p=0.5, seed=2)):
         r = generate(model, tok, "Hi", max_new_tokens=40, **kw)
         assert r.tokens and max(r.tokens) < tok.vocab_size
-    raw = list(sample_tokens(model, [1, 2], max_new_tokens=20, temperature=0))
+    raw = list(sample_tokens(model, [1, 2], SamplingConfig(max_new_tokens=20, temperature=0)))
     assert max(raw) >= tok.vocab_size  # without the mask the padding would have been chosen
 
 
@@ -266,7 +302,7 @@ def test_model_mode_is_restored(tok):
     assert model.training
 
 
-# --------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # Text: stop strings, streaming, timing
 
 

@@ -8,10 +8,11 @@ import torch
 
 from tinylib.checkpoint import find_reference_checkpoint, save_checkpoint
 from tinylib.config import get_config
+from tinylib.engine import SamplingConfig
 from tinylib.generate import generate
 from tinylib.model import Transformer
 from tinylib.notebook.models import open_model
-from tinylib.notebook.widgets import StoryGenerator, story_generator
+from tinylib.notebook.widgets import SamplingControls, StoryGenerator, story_generator
 from tinylib.tokenizer import get_tokenizer
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny-model decoding is fastest on one thread
@@ -61,9 +62,19 @@ def test_controls_reach_the_sampler(tok, tmp_path):
     run(w)
     ref = generate(model, tok, "Tom had a", max_new_tokens=25, temperature=1.2, top_k=40, top_p=0.8, seed=123)
     assert w.text == "Tom had a" + ref.text and w.result.tokens == ref.tokens
+    assert generate(model, tok, "Tom had a", w.controls.sampling(), seed=123).tokens == ref.tokens
     w.temperature.value, w.top_k.value, w.top_p.value = 0.0, 0, 1.0  # greedy; 0 and 1.0 mean "off"
     run(w)
     assert w.result.tokens == generate(model, tok, "Tom had a", max_new_tokens=25, temperature=0).tokens
+
+
+def test_controls_read_as_a_sampling_config():
+    c = SamplingControls("Tom")
+    c.temperature.value, c.top_k.value, c.top_p.value, c.max_new_tokens.value = 0.5, 0, 1.0, 25
+    c.seed.value = " 7 "
+    assert c.read() == ("Tom", SamplingConfig(temperature=0.5, max_new_tokens=25), 7)  # 0 and 1.0 are "off"
+    c.top_k.value, c.top_p.value, c.seed.value = 40, 0.8, ""
+    assert c.read() == ("Tom", SamplingConfig(temperature=0.5, top_k=40, top_p=0.8, max_new_tokens=25), None)
 
 
 def test_stop_button_interrupts(tok, tmp_path):
