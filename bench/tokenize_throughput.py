@@ -3,9 +3,10 @@
     python bench/tokenize_throughput.py [--mb 16] [--tokenizers gpt2 tinystories-4096] [--source DIR]
 
 Two measurements per tokenizer:
-- "encode": `Tokenizer.encode_batch` in this process (1 thread, then one thread per core; tiktoken releases the GIL);
-- "prepare": the whole `prepare_dataset` pipeline (read, parse, tokenize, write train.bin) with 1 worker process,
-  then one per core; this includes starting the workers.
+- "encode": `Tokenizer.encode_batch` in this process (1 thread, then one thread per core; tiktoken releases
+  the GIL);
+- "prepare": the whole `prepare_dataset` pipeline (read, parse, tokenize, write train.bin) with 1 worker
+  process, then one per core; this includes starting the workers.
 The text is the TinyStories train sample ($TINYSTORIES_DIR) repeated to about --mb megabytes.
 """
 
@@ -18,14 +19,8 @@ import time
 from functools import partial
 from pathlib import Path
 
-from tinylib.data import (
-    default_num_proc,
-    find_tinystories,
-    parse_stories,
-    prepare_dataset,
-    read_meta,
-    read_text,
-)
+from tinylib.data import default_num_proc, prepare_dataset, read_meta
+from tinylib.stories import find_tinystories, parse_stories, read_text
 from tinylib.tokenizer import get_tokenizer
 
 
@@ -60,12 +55,14 @@ def main(argv: list[str] | None = None) -> None:
         text_file.write_text("".join(s + "\n<|endoftext|>\n" for s in stories), encoding="utf-8")
         for name in args.tokenizers:
             tok = get_tokenizer(name)
-            n_tokens = sum(map(len, tok.encode_batch(stories[:2000]))) * len(stories) / min(len(stories), 2000)
+            head = stories[:2000]
+            n_tokens = sum(map(len, tok.encode_batch(head))) * len(stories) / len(head)
             for workers in sorted({1, cores}):
                 t = _best_of(partial(tok.encode_batch, stories, num_threads=workers), args.repeats)
                 rows.append((name, "encode (threads)", workers, n_bytes / t / 1e6, n_tokens / t))
             for workers in sorted({1, cores}):
-                run = partial(prepare_dataset, text_file, tok, Path(tmp) / "out", num_proc=workers, progress=False)
+                run = partial(prepare_dataset, text_file, tok, Path(tmp) / "out", num_proc=workers,
+                              progress=False)
                 t = _best_of(run, args.repeats)
                 tokens = sum(s["tokens"] for s in read_meta(Path(tmp) / "out")["splits"].values())
                 rows.append((name, "prepare (processes)", workers, n_bytes / t / 1e6, tokens / t))

@@ -1,6 +1,7 @@
-"""Sample a story from a llama2.c model (like llama2.c's `./run`), through tinylib's model and generation engine.
+"""Sample a story from a llama2.c model (like llama2.c's `./run`), through tinylib's model and generation
+engine.
 
-    python scripts/llama2c_sample.py ../shared/models/llama2c/stories260K.bin -t 0        # greedy, as run.c -t 0.0
+    python scripts/llama2c_sample.py ../shared/models/llama2c/stories260K.bin -t 0   # greedy, as run.c -t 0.0
     python scripts/llama2c_sample.py stories15M --tokenizer path/to/tokenizer.model -t 1.0 -p 0.9 -s 42
 
 The model is a .bin (legacy or version 1), a ckpt.pt, or a name from karpathy/tinyllamas to download. The
@@ -13,9 +14,11 @@ import argparse
 import sys
 from pathlib import Path
 
+from tinylib.engine import SamplingConfig
 from tinylib.generate import stream
-from tinylib.interop.llama2c import find_llama2c_tokenizer, load_llama2c
+from tinylib.interop.llama2c import load_llama2c
 from tinylib.interop.sentencepiece import SentencePieceTokenizer
+from tinylib.interop.tinyllamas import find_llama2c_tokenizer, resolve_llama2c
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,16 +32,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("-s", "--seed", type=int, default=None)
     args = ap.parse_args(argv)
 
-    model = load_llama2c(args.model)
-    tok = SentencePieceTokenizer(args.tokenizer or find_llama2c_tokenizer(args.model))
-    s = stream(model, tok, args.prompt, max_new_tokens=args.steps, temperature=args.temperature,
-               top_p=args.top_p if args.temperature > 0 else None, seed=args.seed)
+    path = resolve_llama2c(args.model)  # a model name is downloaded from karpathy/tinyllamas
+    model = load_llama2c(path)
+    tok = SentencePieceTokenizer(args.tokenizer or find_llama2c_tokenizer(path))
+    sampling = SamplingConfig(max_new_tokens=args.steps, temperature=args.temperature,
+                              top_p=args.top_p if args.temperature > 0 else None)
+    s = stream(model, tok, args.prompt, sampling, seed=args.seed)
     sys.stdout.write(args.prompt)
     for piece in s:
         sys.stdout.write(piece)
         sys.stdout.flush()
     r = s.result
-    print(f"\n[{r.n_new} tokens, {r.tokens_per_s:.1f} tok/s, stop: {r.stop_reason}, seed {r.seed}]", file=sys.stderr)
+    print(f"\n[{r.n_new} tokens, {r.tokens_per_s:.1f} tok/s, stop: {r.stop_reason}, seed {r.seed}]",
+          file=sys.stderr)
     return 0
 
 

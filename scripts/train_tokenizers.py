@@ -3,8 +3,8 @@
     python scripts/train_tokenizers.py [--source DIR_OR_FILE] [--out data/tokenizers] [--sizes 512 4096 8192]
 
 They are trained on the first 2,316 stories of TinyStories V1 train (TinyStories-train.first2316.txt, 2 MB, in
-../shared/data/tinystories or $TINYSTORIES_DIR). Training is deterministic: rerunning writes byte-identical files,
-and tests/test_tokenizer.py checks that the shipped hashes are what this script produces.
+../shared/data/tinystories or $TINYSTORIES_DIR). Training is deterministic: rerunning writes byte-identical
+files, and tests/test_tokenizer.py checks that the shipped hashes are what this script produces.
 """
 
 from __future__ import annotations
@@ -13,8 +13,9 @@ import argparse
 import os
 from pathlib import Path
 
-from tinylib.data import parse_stories, read_text
-from tinylib.tokenizer import TOKENIZER_DIR, save_tokenizer, tokenizer_report, train_bpe
+from tinylib.bpe import tokenizer_report, train_bpe
+from tinylib.stories import parse_stories, read_text
+from tinylib.tokenizer import TOKENIZER_DIR, save_tokenizer
 
 TRAIN_FILE = "TinyStories-train.first2316.txt"
 
@@ -41,7 +42,8 @@ def main(argv: list[str] | None = None) -> None:
         tok = train_bpe(stories, size, name=f"tinystories-{size}")
         path = save_tokenizer(tok, args.out / f"tinystories-{size}")
         rep = tokenizer_report(tok, stories)
-        print(f"{path}: vocab {tok.vocab_size}, hash {tok.hash[:12]}, {rep['bytes_per_token']:.2f} bytes/token")
+        print(f"{path}: vocab {tok.vocab_size}, hash {tok.hash[:12]}, "
+              f"{rep['bytes_per_token']:.2f} bytes/token")
 
 
 if __name__ == "__main__":

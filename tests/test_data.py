@@ -1,35 +1,24 @@
-"""The data pipeline on real TinyStories text: parsing, token files, validation, batches, downloads, bad input."""
+"""Token files on real TinyStories text: writing, meta.json, validation on reading, bad input, the CLI."""
 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 import tiktoken
-import torch
-from fakehub import serve
 
 from tinylib.data import (
-    HF_REPO,
-    TINYSTORIES_FILES,
-    RandomBatches,
     data_report,
-    download_tinystories,
-    find_tinystories,
     frame_stories,
-    iter_stories,
     open_split,
     pack_tokens,
-    parse_stories,
     prepare_dataset,
     read_meta,
-    read_text,
-    sequential_batches,
     token_dtype,
 )
+from tinylib.stories import find_tinystories, parse_stories, read_text
 from tinylib.tokenizer import TiktokenTokenizer, Tokenizer, get_tokenizer
 
 TRAIN = "TinyStories-train.first2316.txt"
@@ -49,46 +38,7 @@ def prepared(tinystories_dir, tmp_path_factory, tok512):
     return out, meta
 
 
-# --- parsing -------------------------------------------------------------------------------------------------
-
-
-def test_official_and_hf_formats_agree(tinystories_dir):
-    official = parse_stories(read_text(tinystories_dir / TRAIN))
-    assert len(official) == 2316
-    assert official[0].startswith("One day, a little girl named Lily found a needle")
-    # The same stories written the way the HF export writes them: paragraphs separated by blank lines.
-    hf_text = "".join(s.replace("\n", "\n\n") + "\n<|endoftext|>\n" for s in official[:50])
-    assert parse_stories(hf_text) == official[:50]
-    assert any("\n" in s for s in official[:50])  # the check above compared real paragraph breaks
-
-    valid = parse_stories(read_text(tinystories_dir / VALID))
-    assert len(valid) == 1000 and valid[0].startswith("Spot. Spot saw the shiny car")
-    assert not any("\n\n" in s for s in valid)
-    assert sum("\n" in s for s in valid) > 500  # paragraph breaks kept, one newline each
-    assert all(s == s.strip() and s for s in valid)
-
-
-def test_parse_drops_empty_and_normalizes():
-    text = "\n<|endoftext|>\n  A.\r\n\r\nB.  \n<|endoftext|>\n\n<|endoftext|>C.\n \nD."
-    assert parse_stories(text) == ["A.\nB.", "C.\nD."]
-    assert parse_stories("") == []
-
-
-def test_streaming_reader_matches_parse(tinystories_dir):
-    path = tinystories_dir / VALID
-    assert list(iter_stories(path, block_size=4099)) == parse_stories(read_text(path))
-
-
-def test_find_local_files(tinystories_dir, monkeypatch):
-    monkeypatch.setenv("TINYSTORIES_DIR", str(tinystories_dir))
-    files = find_tinystories()
-    assert files == {"train": tinystories_dir / TRAIN, "valid": tinystories_dir / VALID}
-    v2 = find_tinystories(tinystories_dir, version="V2")
-    assert set(v2) == {"train"} and v2["train"].name.startswith("TinyStoriesV2-GPT4-train")
-    assert set(TINYSTORIES_FILES["V2"].values()) == {"TinyStoriesV2-GPT4-train.txt", "TinyStoriesV2-GPT4-valid.txt"}
-
-
-# --- writing token files -------------------------------------------------------------------------------------
+# --- writing token files ------------------------------------------------------------------------------------
 
 
 def test_prepare_writes_meta_and_tokens(prepared, tok512, tinystories_dir):
@@ -149,7 +99,7 @@ def test_uint32_when_vocabulary_exceeds_uint16(tinystories_dir, tmp_path, gpt2_a
         pack_tokens(ids, vocab_size=65_536)
 
 
-# --- reading token files -------------------------------------------------------------------------------------
+# --- reading token files ------------------------------------------------------------------------------------
 
 
 def _copy(src: Path, dst: Path) -> Path:
@@ -188,55 +138,7 @@ def test_open_split_validates(prepared, tmp_path, gpt2_available):
         open_split(tmp_path / "nowhere", "train")
 
 
-def test_random_batches_deterministic_per_rank_and_resumable(prepared):
-    tokens = open_split(prepared[0], "train")
-    a = RandomBatches(tokens, 4, 32, seed=1)
-    x, y = a.next_batch()
-    assert x.shape == y.shape == (4, 32) and x.dtype == y.dtype == torch.int64
-    assert torch.equal(x[:, 1:], y[:, :-1])
-    starts = a.starts(0)
-    assert torch.equal(x, torch.from_numpy(np.stack([tokens[s:s + 32] for s in starts]).astype(np.int64)))
-
-    same = RandomBatches(tokens, 4, 32, seed=1).next_batch()
-    assert torch.equal(same[0], x)
-    assert not torch.equal(RandomBatches(tokens, 4, 32, seed=2).next_batch()[0], x)
-    r0 = RandomBatches(tokens, 4, 32, seed=1, rank=0, world_size=2).next_batch()[0]
-    r1 = RandomBatches(tokens, 4, 32, seed=1, rank=1, world_size=2).next_batch()[0]
-    assert not torch.equal(r0, r1)
-    # The global batch does not depend on how it is split across ranks.
-    whole = RandomBatches(tokens, 8, 32, seed=1).next_batch()[0]
-    assert torch.equal(torch.cat([r0, r1]), whole)
-
-    # Resume: a fresh object loaded with the state after 3 steps continues the exact stream.
-    run = RandomBatches(tokens, 4, 32, seed=1, rank=1, world_size=2)
-    for _ in range(3):
-        run.next_batch()
-    state = json.loads(json.dumps(run.state_dict()))
-    expected = [run.next_batch() for _ in range(2)]
-    resumed = RandomBatches(tokens, 4, 32, seed=1, rank=1, world_size=2)
-    resumed.load_state_dict(state)
-    for (ex, ey), (rx, ry) in zip(expected, [resumed.next_batch() for _ in range(2)]):
-        assert torch.equal(ex, rx) and torch.equal(ey, ry)
-    with pytest.raises(ValueError, match="seq_len=32"):
-        RandomBatches(tokens, 4, 16, seed=1).load_state_dict(state)
-
-
-def test_sequential_batches_cover_in_order(prepared):
-    tokens = open_split(prepared[0], "val")
-    batches = list(sequential_batches(tokens, 3, 16, max_batches=5))
-    assert len(batches) == 5
-    xs = torch.cat([x.reshape(-1) for x, _ in batches])
-    assert torch.equal(xs, torch.from_numpy(tokens[: 5 * 3 * 16].astype(np.int64)))
-    assert torch.equal(batches[0][1][0], torch.from_numpy(tokens[1:17].astype(np.int64)))
-    r0 = list(sequential_batches(tokens, 3, 16, rank=0, world_size=2))
-    r1 = list(sequential_batches(tokens, 3, 16, rank=1, world_size=2))
-    assert len(r0) == len(r1) > 0
-    assert torch.equal(r1[0][0][0], torch.from_numpy(tokens[48:64].astype(np.int64)))  # batch 1 goes to rank 1
-    with pytest.raises(ValueError, match="lower batch_size or seq_len"):
-        next(sequential_batches(tokens[:100], 8, 64))
-
-
-# --- bad input -----------------------------------------------------------------------------------------------
+# --- bad input ----------------------------------------------------------------------------------------------
 
 
 def test_bad_input_is_a_clear_error_and_leaves_nothing(tmp_path, tok512):
@@ -274,69 +176,7 @@ def test_failed_prepare_keeps_previous_files(prepared, tmp_path, tok512):
     assert {p.name: p.read_bytes() for p in good.iterdir()} == before
 
 
-# --- download through a fake Hub on 127.0.0.1 ------------------------------------------------------------------
-
-
-@pytest.fixture
-def fake_hub(tinystories_dir, monkeypatch):
-    files = {
-        "TinyStories-train.txt": (tinystories_dir / TRAIN).read_bytes()[:200_000],
-        "TinyStories-valid.txt": (tinystories_dir / VALID).read_bytes()[:100_000],
-    }
-    monkeypatch.delenv("TINYSTORIES_DIR", raising=False)
-    yield from serve(monkeypatch, files, repo=f"datasets/{HF_REPO}")
-
-
-def test_download_through_fake_hub(fake_hub, tmp_path):
-    dest = tmp_path / "tinystories"
-    paths = download_tinystories("V1", dest=dest)
-    assert paths == {"train": dest / "TinyStories-train.txt", "valid": dest / "TinyStories-valid.txt"}
-    for split, name in TINYSTORIES_FILES["V1"].items():
-        assert paths[split].read_bytes() == fake_hub.files[name]
-    assert ("GET", f"/datasets/{HF_REPO}/resolve/main/TinyStories-train.txt", None) in fake_hub.log
-    assert not list(dest.glob("*.incomplete")) and not list(dest.glob("*.tmp")) and not list(dest.glob("*.part*"))
-
-    # A second call finds the complete files and downloads nothing.
-    gets = sum(c == "GET" for c, _, _ in fake_hub.log)
-    assert download_tinystories("V1", dest=dest) == paths
-    assert sum(c == "GET" for c, _, _ in fake_hub.log) == gets
-
-    # Resume: a connection that drops mid-file is continued with a Range request from the bytes already saved
-    # (huggingface_hub's http_get saves in 10 MiB chunks, so the file must be larger than that to show it).
-    # Resume across calls (a killed process, a network that stays down) is tested in test_download.py.
-    big = fake_hub.files["TinyStories-train.txt"] * 60
-    fake_hub.files["TinyStories-valid.txt"] = big
-    fake_hub.drop_after["TinyStories-valid.txt"] = 11_000_000
-    got = download_tinystories("V1", dest=tmp_path / "resume", splits=("valid",))["valid"]
-    assert got.read_bytes() == big
-    ranges = [r for c, p, r in fake_hub.log if c == "GET" and p.endswith("TinyStories-valid.txt") and r]
-    assert len(ranges) == 1 and 0 < int(ranges[0][6:-1]) <= 11_000_000
-    assert [p.name for p in got.parent.iterdir() if not p.name.startswith(".")] == ["TinyStories-valid.txt"]
-
-    # The downloaded files are what prepare_dataset reads when there is no local folder.
-    assert len(parse_stories(read_text(paths["train"]))) > 100
-
-    # A file the Hub does not have: one clear error naming TINYSTORIES_DIR.
-    with pytest.raises(FileNotFoundError, match="TINYSTORIES_DIR"):
-        download_tinystories("V2", dest=dest)
-
-
-def test_offline_without_local_copy_names_the_env_var(tmp_path, monkeypatch):
-    monkeypatch.delenv("TINYSTORIES_DIR", raising=False)
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(FileNotFoundError, match="TINYSTORIES_DIR") as e:
-        download_tinystories("V1", dest=tmp_path)
-    assert "HF_HUB_OFFLINE" in str(e.value)
-    with pytest.raises(FileNotFoundError, match="TINYSTORIES_DIR"):
-        find_tinystories(None, "V2")
-    assert not any(tmp_path.iterdir())
-
-
-def test_local_folder_is_used_instead_of_download(tinystories_dir, tmp_path, monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("TINYSTORIES_DIR", os.fspath(tinystories_dir))
-    assert download_tinystories("V1", dest=tmp_path)["train"] == tinystories_dir / TRAIN
-    assert not any(tmp_path.iterdir())
+# --- command line -------------------------------------------------------------------------------------------
 
 
 def test_command_line(tinystories_dir, tmp_path, capsys):
@@ -351,13 +191,3 @@ def test_command_line(tinystories_dir, tmp_path, capsys):
     # The V2 sample has no validation file: 1 of its 5 stories is held out (story 0, then every 100th).
     assert (meta["splits"]["train"]["stories"], meta["splits"]["val"]["stories"]) == (4, 1)
     assert meta["sources"][0]["file"] == "TinyStoriesV2-GPT4-train.cs336_fixture_sample.txt"
-
-
-def test_sequential_batches_spread_covers_the_whole_file():
-    tokens = np.arange(10_001, dtype=np.uint16)
-    first = [x[0, 0].item() for x, _ in sequential_batches(tokens, 2, 100, max_batches=3)]
-    spread = [x[0, 0].item() for x, _ in sequential_batches(tokens, 2, 100, max_batches=3, spread=True)]
-    assert first == [0, 200, 400]
-    assert spread == [0, 4800, 9800]  # batches 0, 24 and 49 of 50
-    every = list(sequential_batches(tokens, 2, 100, spread=True))
-    assert len(every) == 50

@@ -1,7 +1,8 @@
 """tinylib.download against a fake Hub on 127.0.0.1: resume across calls, changed files, size checks, offline.
 
-The data and llama2.c tests go through the same code via download_tinystories / download_llama2c; these tests
-drive hub_download directly to show what survives between calls (the `.part` file and its sidecar).
+tests/test_stories.py and tests/test_llama2c.py go through the same code via download_tinystories /
+download_llama2c; these tests drive hub_download directly to show what survives between calls (the `.part`
+file and its sidecar).
 """
 
 from __future__ import annotations
@@ -73,7 +74,8 @@ def test_changed_etag_restarts_from_zero(hub, tmp_path):
 def test_size_mismatch_is_a_clear_error_and_leaves_no_file(hub, tmp_path):
     hub.files["tok.model"] = b"x" * 1000
     hub.size_lie["tok.model"] = 1200
-    with pytest.raises(SizeMismatchError, match=r"tok.model .* 1,000 bytes but the Hub announced 1,200 bytes"):
+    announced = r"tok.model .* 1,000 bytes but the Hub announced 1,200 bytes"
+    with pytest.raises(SizeMismatchError, match=announced):
         hub_download(REPO, "tok.model", tmp_path, progress=False)
     assert not any(tmp_path.iterdir())  # no final file, no .part, no sidecar
 
@@ -83,10 +85,11 @@ def test_dataset_repo_and_offline(hub, tmp_path, monkeypatch):
     path = hub_download("roneneldan/TinyStories", "TinyStories-valid.txt", tmp_path, repo_type="dataset")
     assert path.read_bytes() == hub.files["TinyStories-valid.txt"]
     assert ("GET", "/datasets/roneneldan/TinyStories/resolve/main/TinyStories-valid.txt", None) in hub.log
-    # Offline: a complete file is returned, a missing one is a FileNotFoundError, and nothing touches the network.
+    # Offline: a complete file is returned, a missing one is a FileNotFoundError, nothing touches the network.
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     n = len(hub.log)
-    assert hub_download("roneneldan/TinyStories", "TinyStories-valid.txt", tmp_path, repo_type="dataset") == path
+    again = hub_download("roneneldan/TinyStories", "TinyStories-valid.txt", tmp_path, repo_type="dataset")
+    assert again == path
     with pytest.raises(FileNotFoundError, match="HF_HUB_OFFLINE is set"):
         hub_download("roneneldan/TinyStories", "TinyStories-train.txt", tmp_path, repo_type="dataset")
     assert len(hub.log) == n

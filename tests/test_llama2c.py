@@ -1,7 +1,8 @@
-"""llama2.c interop: real stories260K against an independent reference forward, exports, bad files, tokenizers.
+"""llama2.c interop: stories260K against an independent reference forward, exports, bad files, tokenizers.
 
 The reference forward below is llama2.c's model.py written out on its own weights (interleaved complex-style
-RoPE, repeat_kv for grouped-query attention); tinylib's converted model must give the same logits.
+RoPE, repeat_kv for grouped-query attention); tinylib's converted model must give the same logits. Downloads
+by name (tinylib.interop.tinyllamas) go through a fake Hub on 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -19,10 +20,7 @@ from fakehub import serve
 
 from tinylib.config import ModelConfig, get_config
 from tinylib.interop.llama2c import (
-    MODELS,
-    download_llama2c,
     export_llama2c,
-    find_llama2c_tokenizer,
     half_to_interleaved,
     interleaved_to_half,
     load_llama2c,
@@ -30,6 +28,7 @@ from tinylib.interop.llama2c import (
     read_llama2c_header,
 )
 from tinylib.interop.sentencepiece import SentencePieceTokenizer
+from tinylib.interop.tinyllamas import MODELS, download_llama2c, find_llama2c_tokenizer, resolve_llama2c
 from tinylib.model import Transformer
 from tinylib.tokenizer import Tokenizer
 
@@ -39,7 +38,9 @@ SHA_260K = "b0a507e7ad0f626624f17112325e66691f9076d622e1d3274d103d00299f2696"
 # --- an independent llama2.c forward ------------------------------------------------------------------------
 
 
-def reference_logits(sd: dict[str, torch.Tensor], n_heads: int, n_kv_heads: int, idx: torch.Tensor) -> torch.Tensor:
+def reference_logits(
+    sd: dict[str, torch.Tensor], n_heads: int, n_kv_heads: int, idx: torch.Tensor
+) -> torch.Tensor:
     """llama2.c model.py's Transformer.forward on its own state dict (no tinylib code involved)."""
     B, T = idx.shape
     dim = sd["tok_embeddings.weight"].shape[1]
@@ -69,7 +70,8 @@ def reference_logits(sd: dict[str, torch.Tensor], n_heads: int, n_kv_heads: int,
         q = rope((a @ w("attention.wq").T).view(B, T, n_heads, hs))
         k = repeat_kv(rope((a @ w("attention.wk").T).view(B, T, n_kv_heads, hs)))
         v = repeat_kv((a @ w("attention.wv").T).view(B, T, n_kv_heads, hs))
-        o = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True)
+        o = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                           is_causal=True)
         x = x + o.transpose(1, 2).reshape(B, T, dim) @ w("attention.wo").T
         m = rms(x, w("ffn_norm"))
         x = x + (F.silu(m @ w("feed_forward.w1").T) * (m @ w("feed_forward.w3").T)) @ w("feed_forward.w2").T
@@ -84,8 +86,10 @@ def random_llama2c_ckpt(path, *, dim=32, n_layers=2, n_heads=4, n_kv_heads=2, vo
     kv = n_kv_heads * dim // n_heads
     shapes = {"tok_embeddings.weight": (vocab, dim), "norm.weight": (dim,)}
     for i in range(n_layers):
-        shapes.update({f"layers.{i}.attention.wq.weight": (dim, dim), f"layers.{i}.attention.wk.weight": (kv, dim),
-                       f"layers.{i}.attention.wv.weight": (kv, dim), f"layers.{i}.attention.wo.weight": (dim, dim),
+        shapes.update({f"layers.{i}.attention.wq.weight": (dim, dim),
+                       f"layers.{i}.attention.wk.weight": (kv, dim),
+                       f"layers.{i}.attention.wv.weight": (kv, dim),
+                       f"layers.{i}.attention.wo.weight": (dim, dim),
                        f"layers.{i}.feed_forward.w1.weight": (hidden, dim),
                        f"layers.{i}.feed_forward.w2.weight": (dim, hidden),
                        f"layers.{i}.feed_forward.w3.weight": (hidden, dim),
@@ -100,8 +104,8 @@ def random_llama2c_ckpt(path, *, dim=32, n_layers=2, n_heads=4, n_kv_heads=2, vo
     torch.save({
         "model": {f"_orig_mod.{k}": v for k, v in sd.items()},
         "optimizer": opt.state_dict(),
-        "model_args": dict(dim=dim, n_layers=n_layers, n_heads=n_heads, n_kv_heads=n_kv_heads, vocab_size=vocab,
-                           multiple_of=16, max_seq_len=seq, dropout=0.0),
+        "model_args": dict(dim=dim, n_layers=n_layers, n_heads=n_heads, n_kv_heads=n_kv_heads,
+                           vocab_size=vocab, multiple_of=16, max_seq_len=seq, dropout=0.0),
         "iter_num": 10,
         "best_val_loss": torch.tensor(2.5),
         "config": {"batch_size": 8, "learning_rate": 5e-4, "compile": True, "dataset": "tinystories"},
@@ -114,7 +118,7 @@ def same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
     return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
-# --- stories260K ----------------------------------------------------------------------------------------------
+# --- stories260K --------------------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
@@ -130,8 +134,8 @@ def tok512(llama2c_dir):
 def test_legacy_and_v1_load_identical_weights(llama2c_dir, m260k):
     assert hashlib.sha256((llama2c_dir / "stories260K.bin").read_bytes()).hexdigest() == SHA_260K
     cfg = m260k.cfg
-    assert (cfg.d_model, cfg.d_mlp, cfg.n_layer, cfg.n_head, cfg.n_kv_head, cfg.vocab_size, cfg.max_seq_len) == (
-        64, 172, 5, 8, 4, 512, 512)
+    shape = (cfg.d_model, cfg.d_mlp, cfg.n_layer, cfg.n_head, cfg.n_kv_head, cfg.vocab_size, cfg.max_seq_len)
+    assert shape == (64, 172, 5, 8, 4, 512, 512)
     assert cfg.style == "llama" and cfg.tie_embeddings and cfg.norm_eps == 1e-5 and cfg.rope_theta == 10000.0
     assert m260k.lm_head.weight is m260k.tok_emb.weight
     assert same_weights(m260k, load_llama2c(llama2c_dir / "stories260K_v1.bin"))
@@ -140,7 +144,7 @@ def test_legacy_and_v1_load_identical_weights(llama2c_dir, m260k):
 
 
 def test_gqa_and_rope_conversion_match_llama2c_forward(llama2c_dir, m260k):
-    """The permuted q/k rows + rotate-half RoPE give llama2.c's interleaved-RoPE logits (8 query, 4 kv heads)."""
+    """Permuted q/k rows + rotate-half RoPE give llama2.c's interleaved-RoPE logits (8 query, 4 kv heads)."""
     h, sd = read_llama2c(llama2c_dir / "stories260K.bin")
     idx = torch.randint(0, 512, (2, 48), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
@@ -165,11 +169,12 @@ def test_export_reproduces_llama2c_files_byte_for_byte(llama2c_dir, m260k, tmp_p
 
 def test_validation_loss_near_published(m260k, tok512, tinystories_dir):
     """llama2.c's published 1.297 is on its own validation shard. On this file (first 1000 V1 validation
-    stories, BOS + tokens, 512-token windows) the full figure is 1.50: the first 100 stories are easy (1.25), the
-    later ones harder, and 51 stories carry mojibake ("â€™") that tok512 spells byte by byte. Here, for time,
-    the first 40 stories."""
-    from tinylib.data import frame_stories, parse_stories
+    stories, BOS + tokens, 512-token windows) the full figure is 1.50: the first 100 stories are easy (1.25),
+    the later ones harder, and 51 stories carry mojibake ("â€™") that tok512 spells byte by byte. Here, for
+    time, the first 40 stories."""
+    from tinylib.data import frame_stories
     from tinylib.evaluate import evaluate_loss
+    from tinylib.stories import parse_stories
 
     text = (tinystories_dir / "TinyStories-valid.first1000.hf.txt").read_text(encoding="utf-8")
     stories = parse_stories(text)
@@ -180,18 +185,18 @@ def test_validation_loss_near_published(m260k, tok512, tinystories_dir):
     assert 1.0 < loss < 1.40, loss
 
 
-# llama2.c doc/stories260K.md: `./run stories260K/stories260K.bin -z stories260K/tok512.bin -t 0.0` (run.c, C code).
+# llama2.c doc/stories260K.md, run.c (C): `./run stories260K/stories260K.bin -z stories260K/tok512.bin -t 0.0`
 RUN_C_GREEDY = (
-    "Once upon a time, there was a little girl named Lily. She loved to play outside in the park. One day, she saw "
-    "a big, red ball. She wanted to play with it, but it was too high.\nLily's mom said, \"Lily, let's go to the "
-    "park.\" Lily was sad and didn't know what to do. She said, \"I want to play with your ball, but I can't find "
-    "it.\"\nLily was sad and didn't know what to do. She said, \"I'm sorry, Lily. I didn't know what to do.\"\n"
-    "Lily didn't want to help her mom, so she said, \"I'm sorry, mom. I didn't know what to do.\" Her mom said, "
-    "\"Don't worry, Lily. We can help you.")
+    "Once upon a time, there was a little girl named Lily. She loved to play outside in the park. One day, "
+    "she saw a big, red ball. She wanted to play with it, but it was too high.\nLily's mom said, \"Lily, "
+    "let's go to the park.\" Lily was sad and didn't know what to do. She said, \"I want to play with your "
+    "ball, but I can't find it.\"\nLily was sad and didn't know what to do. She said, \"I'm sorry, Lily. I "
+    "didn't know what to do.\"\nLily didn't want to help her mom, so she said, \"I'm sorry, mom. I didn't "
+    "know what to do.\" Her mom said, \"Don't worry, Lily. We can help you.")
 
 
 def test_greedy_generation_matches_run_c(m260k, tok512):
-    """200 greedy tokens from BOS through tinylib.generate: the text llama2.c's run.c prints, word for word."""
+    """200 greedy tokens from BOS via tinylib.generate: the text llama2.c's run.c prints, word for word."""
     from tinylib.generate import generate
 
     res = generate(m260k, tok512, "", max_new_tokens=200, temperature=0.0)
@@ -221,7 +226,7 @@ def test_sample_script(llama2c_dir, capsys):
     assert out.strip() and RUN_C_GREEDY.startswith(out.strip()), out
 
 
-# --- synthetic checkpoints: ckpt.pt, untied classifier, GQA, round trips -------------------------------------
+# --- synthetic checkpoints: ckpt.pt, untied classifier, GQA, round trips ------------------------------------
 
 
 def test_ckpt_pt_with_orig_mod_prefix_loads_with_weights_only(tmp_path):
@@ -238,8 +243,8 @@ def test_ckpt_pt_with_orig_mod_prefix_loads_with_weights_only(tmp_path):
         path = export_llama2c(model, tmp_path / f"m{version}.bin", version=version)
         h = read_llama2c_header(path)
         assert (h.version, h.shared_classifier, h.vocab_size, h.n_kv_heads) == (version, False, 40, 2)
-        assert struct.unpack_from("<i", path.read_bytes(), 20 if version == 0 else 28)[0] == (-40 if version == 0
-                                                                                            else 40)
+        vocab_field = struct.unpack_from("<i", path.read_bytes(), 20 if version == 0 else 28)[0]
+        assert vocab_field == (-40 if version == 0 else 40)
         assert same_weights(model, load_llama2c(path))
 
 
@@ -281,7 +286,7 @@ def test_non_llama_models_are_not_exportable(tmp_path, cfg, expect):
     assert not (tmp_path / "m.bin").exists()
 
 
-# --- bad files ------------------------------------------------------------------------------------------------
+# --- bad files ----------------------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
@@ -290,11 +295,12 @@ def small_bins(tmp_path_factory):
     model = Transformer(ModelConfig(vocab_size=32, n_layer=1, n_head=4, n_kv_head=2, d_model=16, d_mlp=24,
                                     max_seq_len=8))
     d = tmp_path_factory.mktemp("bins")
-    return export_llama2c(model, d / "v0.bin", 0).read_bytes(), export_llama2c(model, d / "v1.bin", 1).read_bytes()
+    return tuple(export_llama2c(model, d / f"v{v}.bin", v).read_bytes() for v in (0, 1))
 
 
-@pytest.mark.parametrize("case", ["truncated0", "padded0", "truncated1", "padded1", "header_dim", "header_vocab",
-                                  "version2", "version7", "garbage", "tiny", "gguf", "bad_flag"])
+@pytest.mark.parametrize("case", ["truncated0", "padded0", "truncated1", "padded1", "header_dim",
+                                  "header_vocab", "version2", "version7", "garbage", "tiny", "gguf",
+                                  "bad_flag"])
 def test_bad_files_give_clear_errors(small_bins, tmp_path, case):
     v0, v1 = small_bins
     data, expect = {
@@ -303,10 +309,12 @@ def test_bad_files_give_clear_errors(small_bins, tmp_path, case):
         "truncated1": (v1[:-400], r"version-1 llama2.c export .* 400 bytes missing"),
         "padded1": (v1 + b"x", r"1 extra bytes"),
         "header_dim": (struct.pack("<i", 32) + v0[4:], r"dim=32.*bytes, but the file has"),
-        "header_vocab": (v0[:20] + struct.pack("<i", -32) + v0[24:], r"shared_classifier=False.*bytes missing"),
+        "header_vocab": (v0[:20] + struct.pack("<i", -32) + v0[24:],
+                         r"shared_classifier=False.*bytes missing"),
         "version2": (v1[:4] + struct.pack("<i", 2) + v1[8:], r"unsupported llama2.c export version 2.*Q8_0"),
         "version7": (v1[:4] + struct.pack("<i", 7) + v1[8:], r"version 7; expected version 1"),
-        "garbage": (b"\xff" * 300, r"expected the version-1 magic 0x616b3432 \('ak42'\).*found first uint32 0xffffffff"),
+        "garbage": (b"\xff" * 300,
+                    r"expected the version-1 magic 0x616b3432 \('ak42'\).*found first uint32 0xffffffff"),
         "tiny": (b"\1\0\0\0", r"too short for a llama2.c model"),
         "gguf": (b"GGUF" + b"\0" * 300, r"GGUF"),
         "bad_flag": (v1[:36] + b"\7" + v1[37:], r"shared_classifier flag at byte 36 is 7"),
@@ -328,17 +336,21 @@ def test_bad_checkpoints(tmp_path):
     torch.save({"model": {}, "model_args": {}, "obj": random.Random(0)}, tmp_path / "c.pt")
     with pytest.raises(ValueError, match="weights_only=True"):
         load_llama2c(tmp_path / "c.pt")
-    with pytest.raises(FileNotFoundError, match="stories260K"):
+    # A missing file: load_llama2c takes paths only and names the module that downloads models by name.
+    with pytest.raises(FileNotFoundError, match=r"missing.bin not found.*tinyllamas.resolve_llama2c"):
         load_llama2c(tmp_path / "missing.bin")
+    with pytest.raises(FileNotFoundError, match="stories260K"):
+        resolve_llama2c(tmp_path / "missing.bin")
+    assert resolve_llama2c(tmp_path / "a.pt") == tmp_path / "a.pt"  # an existing file is left as it is
 
 
-# --- tokenizers -----------------------------------------------------------------------------------------------
+# --- tokenizers ---------------------------------------------------------------------------------------------
 
 
 def test_sentencepiece_tokenizer_matches_sentencepiece(llama2c_dir, tok512, tinystories_dir):
     import sentencepiece as spm
 
-    from tinylib.data import parse_stories
+    from tinylib.stories import parse_stories
 
     sp = spm.SentencePieceProcessor(model_file=str(llama2c_dir / "tok512.model"))
     assert isinstance(tok512, Tokenizer)
@@ -368,7 +380,7 @@ def test_sentencepiece_tokenizer_matches_sentencepiece(llama2c_dir, tok512, tiny
 
 
 def test_streaming_by_difference_gives_the_decoded_text(tok512):
-    """generate's streamer takes decode_bytes([prev, tok]) - decode_bytes([prev]); joined, that is decode(ids)."""
+    """generate's streamer takes decode_bytes([prev, tok]) - decode_bytes([prev]); joined: decode(ids)."""
     ids = tok512.encode("Once upon a time, a bird 🐦 sang.\nIt was happy!", bos=True)
     pieces, prev = b"", None
     for t in ids:
@@ -394,7 +406,7 @@ def test_llama2_tokenizer_and_pickling(llama2c_dir, tok512):
         SentencePieceTokenizer(llama2c_dir / "stories260K.config.json")
 
 
-# --- download through a fake Hub on 127.0.0.1 -------------------------------------------------------------------
+# --- download through a fake Hub on 127.0.0.1 ---------------------------------------------------------------
 
 
 @pytest.fixture
@@ -418,7 +430,8 @@ def test_download_through_fake_hub_then_offline(fake_hub, tmp_path, monkeypatch,
     n = len(fake_hub.log)
     assert download_llama2c("stories260K", dest=tmp_path) == path
     assert len(fake_hub.log) == n
-    with pytest.raises(FileNotFoundError, match=r"HF_HUB_OFFLINE is set.*load_llama2c\('path/to/stories15M.bin'\)"):
+    advice = r"HF_HUB_OFFLINE is set.*load_llama2c\('path/to/stories15M.bin'\)"
+    with pytest.raises(FileNotFoundError, match=advice):
         download_llama2c("stories15M", dest=tmp_path)
     # Online but the file is missing on the Hub: the same advice.
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
@@ -427,14 +440,15 @@ def test_download_through_fake_hub_then_offline(fake_hub, tmp_path, monkeypatch,
     assert set(MODELS) == {"stories260K", "stories15M", "stories42M", "stories110M"}
 
 
-# --- the rest of the workspace: transformers export ------------------------------------------------------------
+# --- the rest of the workspace: transformers export ---------------------------------------------------------
 
 
 def test_imported_model_exports_to_transformers(m260k, tok512, tmp_path, tinystories_dir):
-    hf_mod = pytest.importorskip("tinylib.interop.hf", reason="tinylib.interop.hf (to_hf/save_hf) not in this checkout")
+    hf_mod = pytest.importorskip("tinylib.interop.hf",
+                                 reason="tinylib.interop.hf (to_hf/save_hf) not in this checkout")
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from tinylib.data import parse_stories
+    from tinylib.stories import parse_stories
 
     folder = hf_mod.save_hf(m260k, tmp_path / "hf", tokenizer=tok512)
     hf = AutoModelForCausalLM.from_pretrained(folder)
@@ -448,7 +462,8 @@ def test_imported_model_exports_to_transformers(m260k, tok512, tmp_path, tinysto
 
 
 def test_imported_model_goes_through_transformer_lens(m260k, tok512):
-    lens = pytest.importorskip("tinylib.interp.lens", reason="tinylib.interp.lens (to_lens) not in this checkout")
+    lens = pytest.importorskip("tinylib.interp.lens",
+                               reason="tinylib.interp.lens (to_lens) not in this checkout")
     bridge = lens.to_lens(m260k, tok512)
     idx = torch.tensor([tok512.encode("Once upon a time, there was a cat named Tom.", bos=True)])
     with torch.no_grad():

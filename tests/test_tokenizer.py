@@ -9,7 +9,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tinylib.data import parse_stories, read_text
+from tinylib.bpe import tokenizer_report, train_bpe
+from tinylib.stories import parse_stories, read_text
 from tinylib.tokenizer import (
     EOT,
     SHIPPED,
@@ -17,8 +18,6 @@ from tinylib.tokenizer import (
     Tokenizer,
     get_tokenizer,
     save_tokenizer,
-    tokenizer_report,
-    train_bpe,
 )
 
 TOKENIZER_NAMES = ["gpt2", *SHIPPED]
@@ -50,7 +49,7 @@ def _tok(tokenizers, name, request):
     return tokenizers[name]
 
 
-# --- GPT-2 ---------------------------------------------------------------------------------------------------
+# --- GPT-2 --------------------------------------------------------------------------------------------------
 
 
 def test_gpt2_ids(tokenizers, gpt2_available):
@@ -60,11 +59,11 @@ def test_gpt2_ids(tokenizers, gpt2_available):
     assert tok.encode("Hello world", bos=True, eos=True) == [50256, 15496, 995, 50256]
     # Special tokens are never parsed out of text: a story quoting "<|endoftext|>" stays ordinary text.
     assert 50256 not in tok.encode("a <|endoftext|> b")
-    assert tok.id_to_piece(50256) == EOT and tok.id_to_piece(15496) == "Hello" and tok.id_to_piece(995) == " world"
+    assert [tok.id_to_piece(i) for i in (50256, 15496, 995)] == [EOT, "Hello", " world"]
     assert tok.encoding.name == "r50k_base"
 
 
-# --- every tokenizer -------------------------------------------------------------------------------------------
+# --- every tokenizer ----------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("name", TOKENIZER_NAMES)
@@ -96,7 +95,7 @@ def test_interface(tokenizers, request, name):
     assert clone.hash == tok.hash and clone.encode(texts[2]) == tok.encode(texts[2])
 
 
-# --- shipped tokenizers ----------------------------------------------------------------------------------------
+# --- shipped tokenizers -------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("name", SHIPPED)
@@ -121,10 +120,11 @@ def test_shipped_tokenizers_are_reproducible(tokenizers, tinystories_dir):
 
 def test_shipped_hash_is_stable(tokenizers):
     # Pinned: token files record this hash; a change here means every prepared dataset must be rebuilt.
-    assert tokenizers["tinystories-512"].hash == "146f1a0a387f6088c1e972016d90b95e58dff1324dd0c27609351bd28f950e71"
+    pinned = "146f1a0a387f6088c1e972016d90b95e58dff1324dd0c27609351bd28f950e71"
+    assert tokenizers["tinystories-512"].hash == pinned
 
 
-# --- training, saving, loading ---------------------------------------------------------------------------------
+# --- training, saving, loading ------------------------------------------------------------------------------
 
 
 def test_train_bpe_small_text():
@@ -146,7 +146,8 @@ def test_save_load_round_trip(tmp_path):
     tok = train_bpe(SMALL_TEXT, 320, name="tiny-320")
     path = save_tokenizer(tok, tmp_path / "tiny-320")
     assert path.name == "tiny-320.tiktoken" and (tmp_path / "tiny-320.json").is_file()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny-320.json", "tiny-320.tiktoken"]  # no tmp files
+    # no temporary files left behind
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny-320.json", "tiny-320.tiktoken"]
     first_line = path.read_text().splitlines()[0]
     assert first_line == "AA== 0"  # tiktoken's format: base64 token, space, rank
     for target in (path, tmp_path / "tiny-320.json", str(tmp_path / "tiny-320")):
@@ -170,7 +171,7 @@ def test_get_tokenizer_errors(tmp_path):
         get_tokenizer(tmp_path / "missing.tiktoken")
 
 
-# --- report ----------------------------------------------------------------------------------------------------
+# --- report -------------------------------------------------------------------------------------------------
 
 
 def test_report_numbers(tokenizers):

@@ -1,19 +1,19 @@
 """Fetch single files from the Hugging Face Hub into a local folder, resumable across runs.
 
-What this module does: `hub_download(repo_id, filename, dest_dir)` puts `dest_dir/filename` on disk. It streams
-into `<name>.part` with a progress bar and keeps that file when the process dies or the connection stays down, so
-the next call continues with a Range request instead of starting over. A `<name>.part.json` sidecar records the
-Hub's ETag and size for the partial file; when either changed, the partial file is discarded. The finished file
-is size-checked against the Hub's metadata and only then renamed to its final name, so a file under the final
-name is always complete.
+What this module does: `hub_download(repo_id, filename, dest_dir)` puts `dest_dir/filename` on disk. It
+streams into `<name>.part` with a progress bar and keeps that file when the process dies or the connection
+stays down, so the next call continues with a Range request instead of starting over. A `<name>.part.json`
+sidecar records the Hub's ETag and size for the partial file; when either changed, the partial file is
+discarded. The finished file is size-checked against the Hub's metadata and only then renamed to its final
+name, so a file under the final name is always complete.
 
-Why not `huggingface_hub.hf_hub_download`: since 1.x it downloads into a per-process temporary file and deletes
-it on failure, so a killed process loses everything it fetched. We still use huggingface_hub for what it does
-well: the URL (`hf_hub_url`), auth headers, metadata (`get_hf_file_metadata`) and the streaming GET with
-in-call retries (`file_download.http_get`, which resumes with a Range request when a connection drops).
+Why not `huggingface_hub.hf_hub_download`: since 1.x it downloads into a per-process temporary file and
+deletes it on failure, so a killed process loses everything it fetched. We still use huggingface_hub for what
+it does well: the URL (`hf_hub_url`), auth headers, metadata (`get_hf_file_metadata`) and the streaming GET
+with in-call retries (`file_download.http_get`, which resumes with a Range request when a connection drops).
 
-What it leaves to others: which files to fetch, local-copy fallbacks and user-facing hints (tinylib.data,
-tinylib.interop.llama2c), and the Hub's own cache layout (files land exactly at `dest_dir/filename`).
+What it leaves to others: which files to fetch, local-copy fallbacks and user-facing hints (tinylib.stories,
+tinylib.interop.tinyllamas), and the Hub's own cache layout (files land exactly at `dest_dir/filename`).
 """
 
 from __future__ import annotations
@@ -33,8 +33,9 @@ class SizeMismatchError(ValueError):
 
 
 def hub_offline() -> bool:
-    """HF_HUB_OFFLINE as set now (huggingface_hub reads it once, at import; tests and notebooks change it later)."""
-    import huggingface_hub.constants as hfc
+    """HF_HUB_OFFLINE as set now
+    (huggingface_hub reads it once, at import; tests and notebooks change it later)."""
+    import huggingface_hub.constants as hfc  # huggingface_hub takes ~0.5 s to import: only when downloading
 
     env = os.environ.get("HF_HUB_OFFLINE")
     return env.strip().lower() in _TRUE if env is not None else hfc.is_offline_mode()
@@ -63,14 +64,17 @@ def hub_download(
     endpoint: str | None = None,
     progress: bool = True,
 ) -> Path:
-    """`dest_dir/filename` (sub-folders of `filename` kept), downloaded from the Hub unless it is already there.
+    """`dest_dir/filename` (sub-folders of `filename` kept),
+    downloaded from the Hub unless it is already there.
 
     A file under the final name is returned without network access: it was renamed into place only after its
-    size was checked. Otherwise the download resumes from `<name>.part` when the Hub's ETag and size still match
-    those recorded beside it, else starts over. `endpoint` defaults to $HF_ENDPOINT read at call time.
+    size was checked. Otherwise the download resumes from `<name>.part` when the Hub's ETag and size still
+    match those recorded beside it, else starts over. `endpoint` defaults to $HF_ENDPOINT read at call time.
     Raises FileNotFoundError when offline ($HF_HUB_OFFLINE) with no local file, SizeMismatchError when the
-    received size is wrong, and huggingface_hub/httpx errors for network and HTTP failures (the `.part` stays).
+    received size is wrong, and huggingface_hub/httpx errors for network and HTTP failures
+    (the `.part` stays).
     """
+    # huggingface_hub takes ~0.5 s to import: only when downloading
     from huggingface_hub import get_hf_file_metadata, hf_hub_url
     from huggingface_hub.file_download import http_get
     from huggingface_hub.utils import build_hf_headers
@@ -87,21 +91,25 @@ def hub_download(
     part = target.with_name(target.name + ".part")
     sidecar = target.with_name(target.name + ".part.json")
     stamp = {"etag": meta.etag, "size": meta.size}
-    if _read_json(sidecar) != stamp or (meta.size is not None and part.is_file() and part.stat().st_size > meta.size):
-        part.unlink(missing_ok=True)  # another file version (or an unknown one): its bytes cannot be continued
+    if _read_json(sidecar) != stamp or (
+        meta.size is not None and part.is_file() and part.stat().st_size > meta.size
+    ):
+        # another file version (or an unknown one): its bytes cannot be continued
+        part.unlink(missing_ok=True)
     target.parent.mkdir(parents=True, exist_ok=True)
     _write_json(sidecar, stamp)
 
     headers = build_hf_headers()
     if urlsplit(meta.location).netloc != urlsplit(url).netloc:
         headers.pop("authorization", None)  # a signed CDN URL: the Hub token must not travel there
-    with open(part, "ab") as f:  # append: http_get writes from the current position, i.e. after the saved bytes
+    # append: http_get writes from the current position, i.e. after the saved bytes
+    with open(part, "ab") as f:
         try:
             http_get(meta.location, f, resume_size=f.tell(), headers=headers, expected_size=meta.size,
                      displayed_filename=Path(filename).name, tqdm_class=None if progress else _quiet_tqdm())
         except OSError as e:
-            # http_get's size check raises a bare OSError; HTTP, offline and disk errors are subclasses or carry
-            # an errno, and keep the bytes we have for the next call.
+            # http_get's size check raises a bare OSError; HTTP, offline and disk errors are subclasses or
+            # carry an errno, and keep the bytes we have for the next call.
             if type(e) is not OSError or e.errno is not None:
                 raise
             mismatch = e
@@ -113,8 +121,9 @@ def hub_download(
         sidecar.unlink(missing_ok=True)
         announced = f"{meta.size:,} bytes" if meta.size is not None else "another size"
         raise SizeMismatchError(
-            f"downloading {filename} from {repo_id} gave {size:,} bytes but the Hub announced {announced}: removed "
-            f"the partial file; retry (if it persists, the file is changing on the Hub or a proxy alters it)"
+            f"downloading {filename} from {repo_id} gave {size:,} bytes but the Hub announced {announced}: "
+            f"removed the partial file; retry "
+            f"(if it persists, the file is changing on the Hub or a proxy alters it)"
         ) from mismatch
     os.replace(part, target)
     sidecar.unlink(missing_ok=True)
@@ -123,7 +132,7 @@ def hub_download(
 
 def _quiet_tqdm() -> type:
     """huggingface_hub's tqdm, always disabled (http_get takes a class, not a `disable` flag)."""
-    from huggingface_hub.utils import tqdm
+    from huggingface_hub.utils import tqdm  # only when downloading, like the rest of huggingface_hub
 
     class QuietTqdm(tqdm):
         def __init__(self, *args, **kwargs):

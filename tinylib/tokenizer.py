@@ -1,22 +1,21 @@
 """Tokenizers: text <-> token ids, behind one small interface.
 
 What this module does:
-- `Tokenizer` is the interface the rest of tinylib relies on: `encode`, `encode_batch`, `decode`, `decode_bytes`,
-  `id_to_piece`, `vocab_size`, `bos_id`, `eos_id`, `name` and a content `hash`. `TiktokenTokenizer` implements it
-  over a `tiktoken.Encoding` (GPT-2's BPE, or our own byte-level BPE); `tinylib.interop.sentencepiece` implements
-  it for llama2.c's SentencePiece models.
-- `train_bpe` learns byte-level BPE merges on TinyStories text; `save_tokenizer` writes them in tiktoken's
-  `.tiktoken` format plus a JSON sidecar; `get_tokenizer` loads "gpt2", the shipped "tinystories-{512,4096,8192}"
-  or any saved file back as a tiktoken Encoding.
-- `tokenizer_report` measures compression (bytes per token), tokens per story and how much of the vocabulary
-  a text actually uses.
+- `Tokenizer` is the interface the rest of tinylib relies on: `encode`, `encode_batch`, `decode`,
+  `decode_bytes`, `id_to_piece`, `vocab_size`, `bos_id`, `eos_id`, `name` and a content `hash`.
+  `TiktokenTokenizer` implements it over a `tiktoken.Encoding` (GPT-2's BPE, or our own byte-level BPE);
+  `tinylib.interop.sentencepiece` implements it for llama2.c's SentencePiece models.
+- `save_tokenizer` writes our BPE's ranks in tiktoken's `.tiktoken` format plus a JSON sidecar;
+  `get_tokenizer` loads "gpt2", the shipped "tinystories-{512,4096,8192}" or any saved file back as a
+  tiktoken Encoding.
 
-What it leaves to others: files of token ids and batching (tinylib.data), models, generation.
+What it leaves to others: training a BPE and measuring compression (`tinylib.bpe`), token files
+(`tinylib.data`), batches (`tinylib.batches`), models, generation.
 
 Conventions: `encode` never parses special tokens out of the text (a story that contains the characters
 "<|endoftext|>" is encoded as ordinary text), so decode(encode(s)) == s for every string. Our BPE's vocab_size
-counts the special token `<|endoftext|>`, which sits at the last id (vocab_size - 1) and serves as both BOS and EOS,
-as in GPT-2.
+counts the special token `<|endoftext|>`, which sits at the last id (vocab_size - 1) and serves as both BOS
+and EOS, as in GPT-2.
 """
 
 from __future__ import annotations
@@ -25,8 +24,7 @@ import base64
 import hashlib
 import json
 import os
-from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from functools import cached_property
 from pathlib import Path
 
@@ -36,15 +34,7 @@ from tinylib.paths import TOKENIZER_DIR
 
 EOT = "<|endoftext|>"
 
-# GPT-4's split pattern with numbers grouped by 1-2 digits instead of 1-3 (nanochat's choice): small vocabularies
-# should spend their ids on words, not on three-digit numbers. Pre-tokenization keeps merges inside words,
-# punctuation runs and whitespace runs.
-SPLIT_PATTERN = (
-    r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,2}| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+"""
-)
-
 SHIPPED = ("tinystories-512", "tinystories-4096", "tinystories-8192")
-GPT2_VOCAB_SIZE = 50257
 
 
 def as_id_list(ids) -> list[int]:
@@ -57,7 +47,8 @@ def as_id_list(ids) -> list[int]:
 
 
 def ranks_hash(mergeable_ranks: dict[bytes, int], special_tokens: dict[str, int], pattern: str) -> str:
-    """sha256 over the ranks (in rank order), the special tokens and the split pattern: equal hash, equal encoding."""
+    """sha256 over the ranks (in rank order), the special tokens and the split pattern:
+    equal hash, equal encoding."""
     h = hashlib.sha256()
     h.update(b"tinylib-bpe-v1\n")
     h.update(pattern.encode("utf-8") + b"\n")
@@ -71,18 +62,20 @@ class Tokenizer:
     """The interface the rest of tinylib relies on, and the parts every backend shares.
 
     A backend (tiktoken here, SentencePiece in `tinylib.interop.sentencepiece`) calls this `__init__` with its
-    ids and implements four things: `_encode_ordinary` (text -> ids, never parsing special tokens), `token_bytes`
-    (one id -> its bytes), `hash` (a content hash) and, when it can do better than one token at a time,
-    `_encode_ordinary_batch` and `decode_bytes`. `encode`, `encode_batch`, `decode` and `id_to_piece` then work
-    unchanged, with the same bos/eos framing for every backend.
+    ids and implements four things: `_encode_ordinary` (text -> ids, never parsing special tokens),
+    `token_bytes` (one id -> its bytes), `hash` (a content hash) and, when it can do better than one token at
+    a time, `_encode_ordinary_batch` and `decode_bytes`. `encode`, `encode_batch`, `decode` and `id_to_piece`
+    then work unchanged, with the same bos/eos framing for every backend.
     """
 
-    def __init__(self, *, name: str, vocab_size: int, bos_id: int, eos_id: int, special_tokens: dict[str, int]):
+    def __init__(
+        self, *, name: str, vocab_size: int, bos_id: int, eos_id: int, special_tokens: dict[str, int]
+    ):
         self.name, self.vocab_size = name, int(vocab_size)
         self.bos_id, self.eos_id = int(bos_id), int(eos_id)
         self.special_tokens = dict(special_tokens)
 
-    # --- what a backend implements ---------------------------------------------------------------------------
+    # --- what a backend implements --------------------------------------------------------------------------
     def _encode_ordinary(self, text: str) -> list[int]:
         raise NotImplementedError
 
@@ -93,7 +86,8 @@ class Tokenizer:
         raise NotImplementedError
 
     def decode_bytes(self, ids) -> bytes:
-        """Raw bytes of `ids`; a streaming decoder needs them because one character can span several tokens."""
+        """Raw bytes of `ids`; a streaming decoder needs them because
+        one character can span several tokens."""
         return b"".join(self.token_bytes(i) for i in as_id_list(ids))
 
     @property
@@ -128,11 +122,14 @@ class Tokenizer:
     def check_id(self, i: int) -> int:
         i = int(i)
         if not 0 <= i < self.vocab_size:
-            raise ValueError(f"token id {i} is outside the vocabulary of {self.name!r} (0..{self.vocab_size - 1})")
+            raise ValueError(
+                f"token id {i} is outside the vocabulary of {self.name!r} (0..{self.vocab_size - 1})"
+            )
         return i
 
     def id_to_piece(self, i: int) -> str:
-        """Readable label of one id: its text when it is whole UTF-8 (leading spaces kept), else `<0xAB>` bytes."""
+        """Readable label of one id: its text when it is whole UTF-8 (leading spaces kept),
+        else `<0xAB>` bytes."""
         b = self.token_bytes(self.check_id(i))
         try:
             return b.decode("utf-8")
@@ -140,8 +137,8 @@ class Tokenizer:
             return "".join(f"<0x{x:02X}>" for x in b)
 
     def __repr__(self) -> str:
-        return (f"{type(self).__name__}(name={self.name!r}, vocab_size={self.vocab_size}, bos_id={self.bos_id}, "
-                f"eos_id={self.eos_id})")
+        return (f"{type(self).__name__}(name={self.name!r}, vocab_size={self.vocab_size}, "
+                f"bos_id={self.bos_id}, eos_id={self.eos_id})")
 
 
 class TiktokenTokenizer(Tokenizer):
@@ -211,46 +208,19 @@ def gpt2_tokenizer() -> Tokenizer:
         cache = os.environ.get("TIKTOKEN_CACHE_DIR", "<unset>")
         raise RuntimeError(
             f"cannot load GPT-2's BPE ranks (tiktoken 'r50k_base'): {type(e).__name__}: {e}. Offline, point "
-            f"TIKTOKEN_CACHE_DIR at a folder holding the cached r50k_base file (e.g. ../shared/tiktoken_cache); "
-            f"TIKTOKEN_CACHE_DIR is now {cache}"
+            f"TIKTOKEN_CACHE_DIR at a folder holding the cached r50k_base file "
+            f"(e.g. ../shared/tiktoken_cache); TIKTOKEN_CACHE_DIR is now {cache}"
         ) from e
     return TiktokenTokenizer(enc, name="gpt2")
 
 
 # ------------------------------------------------------------------------------------------------------------
-# Our BPE: train with rustbpe, run with tiktoken
+# Our BPE, saved in tiktoken's format
 
 
-def train_bpe(
-    texts: Iterable[str] | str, vocab_size: int, name: str | None = None, *, pattern: str = SPLIT_PATTERN
+def from_ranks(
+    ranks: dict[bytes, int], name: str, pattern: str, content_hash: str | None = None
 ) -> Tokenizer:
-    """Learn a byte-level BPE of `vocab_size` ids (the last one is `<|endoftext|>`) from `texts`.
-
-    Why rustbpe: it is nanochat's trainer, written in Rust (a few hundred ms for 2 MB of text and 8k merges where a
-    Python BPE takes minutes), deterministic, and its output is exactly tiktoken's mergeable ranks, so the trained
-    tokenizer runs in tiktoken's fast encoder with nothing converted. (HF `tokenizers` would also train fast but
-    stores merges in its own format and is not needed at run time.)
-    """
-    import rustbpe
-
-    if isinstance(texts, str):
-        texts = [texts]
-    vocab_size = int(vocab_size)
-    if vocab_size < 257:
-        raise ValueError(f"vocab_size={vocab_size} is too small: a byte-level BPE needs 256 byte ids + 1 special")
-    n_ranks = vocab_size - 1  # the last id is <|endoftext|>
-    trainer = rustbpe.Tokenizer()
-    trainer.train_from_iterator(iter(texts), vocab_size=n_ranks, pattern=pattern)
-    ranks = {bytes(tok): rank for tok, rank in trainer.get_mergeable_ranks()}
-    if len(ranks) != n_ranks:
-        raise ValueError(
-            f"the training text only supports {len(ranks) - 256} merges, but vocab_size={vocab_size} needs "
-            f"{n_ranks - 256}: give more text or ask for a vocab_size of at most {len(ranks) + 1}"
-        )
-    return _from_ranks(ranks, name or f"bpe-{vocab_size}", pattern)
-
-
-def _from_ranks(ranks: dict[bytes, int], name: str, pattern: str, content_hash: str | None = None) -> Tokenizer:
     specials = {EOT: len(ranks)}
     enc = tiktoken.Encoding(name, pat_str=pattern, mergeable_ranks=ranks, special_tokens=specials)
     tok = TiktokenTokenizer(enc, name=name)
@@ -323,18 +293,21 @@ def _load_saved(path: Path) -> Tokenizer:
             raise ValueError(f"{rank_path}:{lineno}: expected 'base64-token rank', got {line[:60]!r}") from e
     specials = {k: int(v) for k, v in meta["special_tokens"].items()}
     if specials != {EOT: len(ranks)}:
-        raise ValueError(f"{json_path}: special tokens {specials} do not match {len(ranks)} ranks in {rank_path}")
+        raise ValueError(
+            f"{json_path}: special tokens {specials} do not match {len(ranks)} ranks in {rank_path}"
+        )
     content_hash = ranks_hash(ranks, specials, meta["pattern"])
     if meta.get("hash") not in (None, content_hash):
         raise ValueError(
             f"{rank_path} does not match the hash recorded in {json_path} ({meta['hash'][:12]}... vs "
             f"{content_hash[:12]}...): one of the two files was edited or replaced; re-save the tokenizer"
         )
-    return _from_ranks(ranks, meta.get("name", base.name), meta["pattern"], content_hash)
+    return from_ranks(ranks, meta.get("name", base.name), meta["pattern"], content_hash)
 
 
 def get_tokenizer(name: str | os.PathLike) -> Tokenizer:
-    """"gpt2", a shipped tokenizer ("tinystories-512", "tinystories-4096", "tinystories-8192"), or a saved file."""
+    """"gpt2", a shipped tokenizer ("tinystories-512", "tinystories-4096", "tinystories-8192"),
+    or a saved file."""
     if isinstance(name, Tokenizer):
         return name
     if isinstance(name, str) and name in ("gpt2", "r50k_base"):
@@ -343,50 +316,13 @@ def get_tokenizer(name: str | os.PathLike) -> Tokenizer:
         return _load_saved(TOKENIZER_DIR / f"{name}.tiktoken")
     path = Path(name)
     if path.suffix == ".model":
-        raise ValueError(f"{path} is a SentencePiece model (llama2.c's tokenizers): load it with "
-                         "tinylib.interop.sentencepiece.SentencePieceTokenizer(path) and pass that object instead")
+        raise ValueError(
+            f"{path} is a SentencePiece model (llama2.c's tokenizers): load it with "
+            "tinylib.interop.sentencepiece.SentencePieceTokenizer(path) and pass that object instead"
+        )
     if path.suffix in (".tiktoken", ".json") or path.exists() or path.with_suffix(".tiktoken").exists():
         return _load_saved(path)
     raise ValueError(
-        f"unknown tokenizer {str(name)!r}: use 'gpt2', one of {list(SHIPPED)}, or the path of a saved .tiktoken/.json"
+        f"unknown tokenizer {str(name)!r}: use 'gpt2', one of {list(SHIPPED)}, "
+        f"or the path of a saved .tiktoken/.json"
     )
-
-
-# ------------------------------------------------------------------------------------------------------------
-# Report
-
-
-def tokenizer_report(tok: Tokenizer, texts: Sequence[str] | str) -> dict:
-    """Compression and coverage of `tok` on `texts` (e.g. a list of stories).
-
-    Returns: name, vocab_size, n_texts, n_bytes (UTF-8), n_chars, n_tokens, bytes_per_token, chars_per_token,
-    tokens_per_story (list, for a histogram), tokens_per_story_mean, vocab_used (distinct ids seen),
-    vocab_used_fraction, top_ids (the 20 most frequent ids with their counts).
-    """
-    if isinstance(texts, str):
-        texts = [texts]
-    texts = list(texts)
-    if not texts:
-        raise ValueError("tokenizer_report needs at least one text")
-    encoded = tok.encode_batch(texts)
-    counts: Counter[int] = Counter()
-    for ids in encoded:
-        counts.update(ids)
-    lengths = [len(ids) for ids in encoded]
-    n_tokens = sum(lengths)
-    n_bytes = sum(len(t.encode("utf-8")) for t in texts)
-    return {
-        "name": tok.name,
-        "vocab_size": tok.vocab_size,
-        "n_texts": len(texts),
-        "n_bytes": n_bytes,
-        "n_chars": sum(len(t) for t in texts),
-        "n_tokens": n_tokens,
-        "bytes_per_token": n_bytes / max(n_tokens, 1),
-        "chars_per_token": sum(len(t) for t in texts) / max(n_tokens, 1),
-        "tokens_per_story": lengths,
-        "tokens_per_story_mean": n_tokens / len(texts),
-        "vocab_used": len(counts),
-        "vocab_used_fraction": len(counts) / tok.vocab_size,
-        "top_ids": counts.most_common(20),
-    }

@@ -1,21 +1,20 @@
-"""llama2.c interop: load Karpathy's TinyStories models and tokenizers, export ours in llama2.c's format.
+"""llama2.c's model files: read Karpathy's TinyStories checkpoints, export ours in llama2.c's format.
 
 What this module does:
-- `load_llama2c(path)` reads the three checkpoint formats of karpathy/llama2.c into a `tinylib.model.Transformer`:
-  the legacy export (`.bin`: 7 int32s, float32 weights, freq_cis tables; a positive vocab_size means the classifier
-  is the token embedding), the version-1 export (256-byte header with magic "ak42") and PyTorch training
-  checkpoints (`ckpt.pt`: `model_args` + `model` state dict, maybe with torch.compile's `_orig_mod.` prefixes).
-- `export_llama2c(model, path)` writes a LLaMA-style tinylib model as a legacy (or version-1) `.bin` that llama2.c's
-  `run.c` runs, and that `load_llama2c` reads back to identical weights.
-- `download_llama2c(name)` fetches stories260K/15M/42M/110M from the Hugging Face repo karpathy/tinyllamas.
+- `load_llama2c(path)` reads the three checkpoint formats of karpathy/llama2.c into a tinylib `Transformer`:
+  the legacy export (`.bin`: 7 int32s, float32 weights, freq_cis tables; a positive vocab_size means the
+  classifier is the token embedding), the version-1 export (256-byte header with magic "ak42") and PyTorch
+  training checkpoints (`ckpt.pt`: `model_args` + `model` state dict, maybe with `_orig_mod.` prefixes).
+- `export_llama2c(model, path)` writes a LLaMA-style tinylib model as a legacy (or version-1) `.bin` that
+  llama2.c's `run.c` runs, and that `load_llama2c` reads back to identical weights.
 
 The one real conversion: llama2.c applies RoPE to interleaved pairs (dims 2i, 2i+1 of each head, Meta's
-convention) while tinylib rotates halves (dims i, i + d_head/2, transformers' convention). Permuting the rows of
-wq and wk inside each head (transformers' `convert_llama_weights_to_hf` does the same) makes the two identical,
+convention) while tinylib rotates halves (dims i, i + d_head/2, transformers' convention). Permuting the rows
+of wq and wk inside each head (as transformers' `convert_llama_weights_to_hf` does) makes the two identical,
 so tinylib needs no second RoPE. Grouped-query attention needs nothing: both repeat kv head h // n_rep.
 
-What it leaves to others: the model itself (tinylib.model), generation (tinylib.generate), evaluation
-(tinylib.evaluate), transformers/TransformerLens export (tinylib.interop.hf, tinylib.interp.lens).
+What it leaves to others: model names and downloads (tinylib.interop.tinyllamas; this module takes paths and
+never touches the network), tokenizers (tinylib.interop.sentencepiece), the model, generation, other exports.
 """
 
 from __future__ import annotations
@@ -23,17 +22,14 @@ from __future__ import annotations
 import math
 import os
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from tinylib.config import ModelConfig
-from tinylib.download import SizeMismatchError, hub_download, hub_offline
-from tinylib.interop.sentencepiece import LLAMA2_TOKENIZER_NOTE
 from tinylib.model import Transformer
-from tinylib.paths import DATA_DIR
 
 V1_MAGIC = 0x616B3432  # "ak42" read as a little-endian uint32
 V1_HEADER_BYTES = 256
@@ -42,16 +38,6 @@ V1_PREFIX = struct.Struct("<Ii7iB")  # magic, version, 7 params, shared_classifi
 ROPE_THETA = 10000.0  # run.c hard-codes both
 NORM_EPS = 1e-5
 
-HF_REPO = "karpathy/tinyllamas"
-DOWNLOAD_DIR = DATA_DIR / "llama2c"  # download_llama2c's default dest
-# name -> (model file in the repo, tokenizer file in the repo or None, published validation loss)
-MODELS: dict[str, tuple[str, str | None, float]] = {
-    "stories260K": ("stories260K/stories260K.bin", "stories260K/tok512.model", 1.297),
-    "stories15M": ("stories15M.bin", None, 1.072),
-    "stories42M": ("stories42M.bin", None, 0.847),
-    "stories110M": ("stories110M.bin", None, 0.760),
-}
-
 
 # ------------------------------------------------------------------------------------------------------------
 # Header and file layout
@@ -59,7 +45,7 @@ MODELS: dict[str, tuple[str, str | None, float]] = {
 
 @dataclass(frozen=True)
 class Llama2cHeader:
-    """The seven numbers every llama2.c export starts with, plus the classifier flag and the format version."""
+    """The seven numbers every llama2.c export starts with, the classifier flag and the format version."""
 
     dim: int
     hidden_dim: int
@@ -115,7 +101,7 @@ def _layout(h: Llama2cHeader, version: int) -> list[tuple[str, tuple[int, ...]]]
     final = [("norm.weight", (d,))]
     classifier = [] if h.shared_classifier else [("output.weight", (h.vocab_size, d))]
     if version == 0:
-        freqs = [("freq_cis_real", (h.seq_len, h.head_size // 2)), ("freq_cis_imag", (h.seq_len, h.head_size // 2))]
+        freqs = [(f"freq_cis_{part}", (h.seq_len, h.head_size // 2)) for part in ("real", "imag")]
         return emb + att_norm + attn + ffn_norm + w1 + w2 + w3 + final + freqs + classifier
     return att_norm + ffn_norm + final + emb + attn + w1 + w2 + w3 + classifier
 
@@ -130,28 +116,28 @@ def expected_file_size(h: Llama2cHeader, version: int) -> int:
 
 
 def _describe(h: Llama2cHeader) -> str:
-    return (f"dim={h.dim}, hidden_dim={h.hidden_dim}, n_layers={h.n_layers}, n_heads={h.n_heads}, "
-            f"n_kv_heads={h.n_kv_heads}, vocab_size={h.vocab_size}, seq_len={h.seq_len}, "
-            f"shared_classifier={h.shared_classifier}")
+    return ", ".join(f"{f.name}={getattr(h, f.name)}" for f in fields(h) if f.name != "version")
 
 
 def read_llama2c_header(path: str | os.PathLike) -> Llama2cHeader:
-    """Parse and check the header of a legacy or version-1 `.bin`, including that the file length matches it."""
+    """Parse and check the header of a legacy or version-1 `.bin`, and that the file's length matches it."""
     path = Path(path)
     size = path.stat().st_size
     with open(path, "rb") as f:
         head = f.read(V1_HEADER_BYTES)
     if len(head) >= 4 and head[:4] == b"GGUF":
-        raise ValueError(f"{path} is a GGUF file (llama.cpp); load_llama2c reads llama2.c's .bin exports and ckpt.pt")
+        raise ValueError(f"{path} is a GGUF file (llama.cpp); load_llama2c reads llama2.c's .bin exports and "
+                         f"ckpt.pt")
     if len(head) >= 8 and struct.unpack_from("<I", head)[0] == V1_MAGIC:
         version = struct.unpack_from("<i", head, 4)[0]
         if version != 1:
-            hint = (" (version 2 is llama2.c's int8 Q8_0 export; tinylib reads float32 exports: re-export with "
-                    "llama2.c's `export.py --version 1`, or version 0)") if version == 2 else ""
-            raise ValueError(f"{path}: unsupported llama2.c export version {version}; expected version 1 after the "
-                             f"'ak42' magic{hint}")
+            hint = (" (version 2 is llama2.c's int8 Q8_0 export; tinylib reads float32 exports: re-export "
+                    "with llama2.c's `export.py --version 1`, or version 0)") if version == 2 else ""
+            raise ValueError(f"{path}: unsupported llama2.c export version {version}; expected version 1 "
+                             f"after the 'ak42' magic{hint}")
         if len(head) < V1_PREFIX.size:
-            raise ValueError(f"{path}: truncated version-1 header: {len(head)} bytes, expected {V1_HEADER_BYTES}")
+            raise ValueError(
+                f"{path}: truncated version-1 header: {len(head)} bytes, expected {V1_HEADER_BYTES}")
         _, _, *params, shared = V1_PREFIX.unpack_from(head)
         if shared not in (0, 1):
             raise ValueError(f"{path}: shared_classifier flag at byte 36 is {shared}, expected 0 or 1")
@@ -159,8 +145,9 @@ def read_llama2c_header(path: str | os.PathLike) -> Llama2cHeader:
         h = Llama2cHeader(dim, hidden, n_layers, n_heads, n_kv, vocab, seq, bool(shared), 1)
     else:
         if len(head) < LEGACY_HEADER.size:
-            raise ValueError(f"{path} has {size} bytes, too short for a llama2.c model: a legacy export starts with "
-                             f"a {LEGACY_HEADER.size}-byte header, a version-1 export with {V1_HEADER_BYTES} bytes")
+            raise ValueError(f"{path} has {size} bytes, too short for a llama2.c model: a legacy export "
+                             f"starts with a {LEGACY_HEADER.size}-byte header, a version-1 export with "
+                             f"{V1_HEADER_BYTES} bytes")
         dim, hidden, n_layers, n_heads, n_kv, vocab, seq = LEGACY_HEADER.unpack_from(head)
         h = Llama2cHeader(dim, hidden, n_layers, n_heads, n_kv, abs(vocab), seq, vocab > 0, 0)
     problems = h.problems()
@@ -168,16 +155,17 @@ def read_llama2c_header(path: str | os.PathLike) -> Llama2cHeader:
         magic = struct.unpack_from("<I", head)[0] if len(head) >= 4 else None
         found = f"first uint32 0x{magic:08x}" if magic is not None else "no bytes"
         raise ValueError(
-            f"{path} is not a llama2.c model file: expected the version-1 magic 0x{V1_MAGIC:08x} ('ak42') or a "
-            f"legacy header of 7 int32s (dim, hidden_dim, n_layers, n_heads, n_kv_heads, +/-vocab_size, seq_len); "
-            f"found {found}, read as a legacy header: {'; '.join(problems)}")
+            f"{path} is not a llama2.c model file: expected the version-1 magic 0x{V1_MAGIC:08x} ('ak42') or "
+            f"a legacy header of 7 int32s (dim, hidden_dim, n_layers, n_heads, n_kv_heads, +/-vocab_size, "
+            f"seq_len); found {found}, read as a legacy header: {'; '.join(problems)}")
     expected = expected_file_size(h, h.version)
     if size != expected:
         kind = "legacy" if h.version == 0 else "version-1"
         what = (f"{expected - size} bytes missing (truncated file?)" if size < expected
-                else f"{size - expected} extra bytes (padded file, or a header that does not match the weights)")
-        raise ValueError(f"{path}: a {kind} llama2.c export with {_describe(h)} has {expected:,} bytes, but the "
-                         f"file has {size:,}: {what}")
+                else f"{size - expected} extra bytes (padded file, or a header that does not match the "
+                     f"weights)")
+        raise ValueError(f"{path}: a {kind} llama2.c export with {_describe(h)} has {expected:,} bytes, but "
+                         f"the file has {size:,}: {what}")
     return h
 
 
@@ -218,18 +206,23 @@ _TOP_NAMES = {"tok_embeddings.weight": "tok_emb.weight", "norm.weight": "norm_f.
               "output.weight": "lm_head.weight"}
 
 
-def _to_tinylib_state(sd: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch.Tensor]:
+def _rename(sd: dict[str, torch.Tensor], top: dict[str, str], layer: dict[str, str], prefix: str,
+            heads: dict[str, int], permute) -> dict[str, torch.Tensor]:
+    """Rename every tensor (`top`: whole names, `layer`: names after "<block>.<i>.") under `prefix`.<i>, and
+    re-pair the rows of the q/k projections named in `heads` (name -> head count) with `permute`."""
     out: dict[str, torch.Tensor] = {}
     for name, t in sd.items():
-        if name in _TOP_NAMES:
-            out[_TOP_NAMES[name]] = t
+        if name in top:
+            out[top[name]] = t
             continue
         _, i, rest = name.split(".", 2)
-        if rest == "attention.wq.weight":
-            t = interleaved_to_half(t, cfg.n_head)
-        elif rest == "attention.wk.weight":
-            t = interleaved_to_half(t, cfg.n_kv_head)
-        out[f"blocks.{i}.{_LAYER_NAMES[rest]}"] = t
+        out[f"{prefix}.{i}.{layer[rest]}"] = permute(t, heads[rest]) if rest in heads else t
+    return out
+
+
+def _to_tinylib_state(sd: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch.Tensor]:
+    heads = {"attention.wq.weight": cfg.n_head, "attention.wk.weight": cfg.n_kv_head}
+    out = _rename(sd, _TOP_NAMES, _LAYER_NAMES, "blocks", heads, interleaved_to_half)
     if cfg.tie_embeddings:
         out["lm_head.weight"] = out["tok_emb.weight"]
     return out
@@ -238,28 +231,12 @@ def _to_tinylib_state(sd: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str
 def _to_llama2c_state(model: Transformer) -> dict[str, torch.Tensor]:
     cfg = model.cfg
     sd = {k: v.detach().float().cpu() for k, v in model.state_dict().items()}
-    inv_top = {v: k for k, v in _TOP_NAMES.items()}
-    inv_layer = {v: k for k, v in _LAYER_NAMES.items()}
-    out: dict[str, torch.Tensor] = {}
-    for name, t in sd.items():
-        if name in inv_top:
-            out[inv_top[name]] = t
-            continue
-        _, i, rest = name.split(".", 2)
-        if rest == "attn.q_proj.weight":
-            t = half_to_interleaved(t, cfg.n_head)
-        elif rest == "attn.k_proj.weight":
-            t = half_to_interleaved(t, cfg.n_kv_head)
-        out[f"layers.{i}.{inv_layer[rest]}"] = t
+    heads = {"attn.q_proj.weight": cfg.n_head, "attn.k_proj.weight": cfg.n_kv_head}
+    top, layer = {v: k for k, v in _TOP_NAMES.items()}, {v: k for k, v in _LAYER_NAMES.items()}
+    out = _rename(sd, top, layer, "layers", heads, half_to_interleaved)
     if cfg.tie_embeddings:
         out.pop("output.weight", None)
     return out
-
-
-def _build(cfg: ModelConfig, sd: dict[str, torch.Tensor], device: torch.device | str) -> Transformer:
-    model = Transformer(cfg)
-    model.load_state_dict(_to_tinylib_state(sd, cfg), strict=True)
-    return model.to(device).eval()
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -280,62 +257,55 @@ def _read_bin(path: Path) -> tuple[Llama2cHeader, dict[str, torch.Tensor]]:
 
 
 def _read_ckpt(path: Path) -> tuple[Llama2cHeader, dict[str, torch.Tensor]]:
-    """llama2.c's train.py checkpoint: plain dicts, ints, floats, strings and tensors, so weights_only loads it."""
+    """llama2.c's train.py checkpoint: plain dicts, numbers, strings and tensors, so weights_only loads it."""
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         raise ValueError(f"cannot read {path} as a PyTorch checkpoint with torch.load(weights_only=True) "
-                         f"({type(e).__name__}: {e}); tinylib never unpickles code, so convert it to a llama2.c "
-                         f".bin with llama2.c's export.py") from e
+                         f"({type(e).__name__}: {e}); tinylib never unpickles code, so convert it to a "
+                         f"llama2.c .bin with llama2.c's export.py") from e
     if not isinstance(ckpt, dict) or "model" not in ckpt or "model_args" not in ckpt:
         found = sorted(ckpt)[:10] if isinstance(ckpt, dict) else type(ckpt).__name__
-        raise ValueError(f"{path}: expected llama2.c's checkpoint dict with 'model_args' and 'model', found {found}")
+        raise ValueError(
+            f"{path}: expected llama2.c's checkpoint dict with 'model_args' and 'model', found {found}")
     args = dict(ckpt["model_args"])
     sd = {k.removeprefix("_orig_mod."): v.float() for k, v in ckpt["model"].items()}
     missing = {"tok_embeddings.weight", "norm.weight", "layers.0.feed_forward.w1.weight"} - set(sd)
     if missing:
         raise ValueError(f"{path}: the 'model' state dict lacks {sorted(missing)}: not a llama2.c model")
-    for key in ("rope_theta", "norm_eps"):
-        default = ROPE_THETA if key == "rope_theta" else NORM_EPS
-        if float(args.get(key, default)) != default:
-            raise ValueError(f"{path}: {key}={args[key]}, but llama2.c models (and this loader) use {default}")
+    for key, want in (("rope_theta", ROPE_THETA), ("norm_eps", NORM_EPS)):
+        if float(args.get(key, want)) != want:
+            raise ValueError(f"{path}: {key}={args[key]}, but llama2.c models (and this loader) use {want}")
     shared = "output.weight" not in sd or torch.equal(sd["output.weight"], sd["tok_embeddings.weight"])
     if shared:
         sd.pop("output.weight", None)
     n_heads = int(args["n_heads"])
     h = Llama2cHeader(
-        dim=int(args["dim"]), hidden_dim=int(sd["layers.0.feed_forward.w1.weight"].shape[0]),
+        dim=int(args["dim"]), hidden_dim=int(sd["layers.0.feed_forward.w1.weight"].shape[0]), version=-1,
         n_layers=int(args["n_layers"]), n_heads=n_heads, n_kv_heads=int(args.get("n_kv_heads") or n_heads),
-        vocab_size=int(args["vocab_size"]), seq_len=int(args["max_seq_len"]), shared_classifier=shared, version=-1)
+        vocab_size=int(args["vocab_size"]), seq_len=int(args["max_seq_len"]), shared_classifier=shared)
     if h.problems():
         raise ValueError(f"{path}: impossible model_args {args}: {'; '.join(h.problems())}")
     expected = dict(_layout(h, 1))
     shapes = {k: tuple(v.shape) for k, v in sd.items()}
     if shapes != expected:
         diff = sorted(set(expected) ^ set(shapes)) or [k for k in expected if expected[k] != shapes[k]]
-        raise ValueError(f"{path}: state dict does not match model_args ({_describe(h)}); differing entries: "
-                         + ", ".join(f"{k} expected {expected.get(k)} found {shapes.get(k)}" for k in diff[:5]))
+        entries = ", ".join(f"{k} expected {expected.get(k)} found {shapes.get(k)}" for k in diff[:5])
+        raise ValueError(
+            f"{path}: state dict does not match model_args ({_describe(h)}); differing entries: {entries}")
     return h, sd
-
-
-def resolve_llama2c(path: str | os.PathLike) -> Path:
-    """The local file of `path`, downloading it first when it is a model name from `MODELS` and not a file."""
-    p = Path(path)
-    if p.exists():
-        return p
-    if str(path) in MODELS:
-        return download_llama2c(str(path))
-    raise FileNotFoundError(f"llama2.c model {str(path)!r} not found: give the path of a .bin/.pt file or one of "
-                            f"the names {sorted(MODELS)} to download it")
 
 
 def read_llama2c(path: str | os.PathLike) -> tuple[Llama2cHeader, dict[str, torch.Tensor]]:
     """The header and the float32 weights of a llama2.c file, in llama2.c's own names and RoPE layout.
 
-    Names are those of llama2.c's model.py state dict (`layers.0.attention.wq.weight`, ...); `output.weight` is
-    absent when the classifier is shared. `load_llama2c` converts this into a tinylib model.
+    Names are those of llama2.c's model.py state dict (`layers.0.attention.wq.weight`, ...); `output.weight`
+    is absent when the classifier is shared. `load_llama2c` converts this into a tinylib model.
     """
-    p = resolve_llama2c(path)
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"llama2.c model file {p} not found: give a .bin or .pt path (a name such as "
+                                f"'stories260K' is downloaded by tinylib.interop.tinyllamas.resolve_llama2c)")
     with open(p, "rb") as f:
         is_zip = f.read(4) == b"PK\x03\x04"  # torch.save's zip container
     return _read_ckpt(p) if is_zip or p.suffix == ".pt" else _read_bin(p)
@@ -344,13 +314,15 @@ def read_llama2c(path: str | os.PathLike) -> tuple[Llama2cHeader, dict[str, torc
 def load_llama2c(path: str | os.PathLike, *, device: torch.device | str = "cpu") -> Transformer:
     """A tinylib `Transformer` (fp32, eval mode) from a llama2.c legacy `.bin`, version-1 `.bin` or `ckpt.pt`.
 
-    `path` may also be a model name from `MODELS` ("stories260K", "stories15M", ...) when no such file exists:
-    it is then downloaded with `download_llama2c`. The tokenizer is separate: `tinylib.interop.sentencepiece.SentencePieceTokenizer(...)`.
     The config is LLaMA style with run.c's constants (norm_eps 1e-5, rope_theta 10000), d_mlp = hidden_dim,
-    max_seq_len = the model's training context, tied embeddings when the classifier is shared.
+    max_seq_len = the model's training context, tied embeddings when the classifier is shared. A model by
+    name: `load_llama2c(resolve_llama2c("stories15M"))` (tinylib.interop.tinyllamas).
     """
     h, sd = read_llama2c(path)
-    return _build(h.config(), sd, device)
+    cfg = h.config()
+    model = Transformer(cfg)
+    model.load_state_dict(_to_tinylib_state(sd, cfg), strict=True)
+    return model.to(device).eval()
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -374,7 +346,7 @@ def exportable_problems(model: Transformer) -> list[str]:
 
 
 def _freq_cis(head_size: int, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """llama2.c's precompute_freqs_cis in its own float32 arithmetic, so exports match its files bit for bit."""
+    """llama2.c's precompute_freqs_cis in its float32 arithmetic, so exports match its files bit for bit."""
     freqs = 1.0 / (ROPE_THETA ** (torch.arange(0, head_size, 2)[: head_size // 2].float() / head_size))
     angles = torch.outer(torch.arange(seq_len), freqs).float()
     return torch.cos(angles), torch.sin(angles)
@@ -420,60 +392,3 @@ def export_llama2c(model: Transformer, path: str | os.PathLike, version: int = 0
     finally:
         tmp.unlink(missing_ok=True)
     return path
-
-
-# ------------------------------------------------------------------------------------------------------------
-# Tokenizer
-
-
-def find_llama2c_tokenizer(model: str | os.PathLike) -> Path:
-    """The SentencePiece file that goes with a llama2.c model: tok512.model for a 512-id vocabulary, the Llama 2
-    tokenizer.model otherwise, looked for beside the model file (or one folder up)."""
-    path = resolve_llama2c(model)
-    header, _ = read_llama2c(path) if path.suffix == ".pt" else (read_llama2c_header(path), None)
-    name = "tok512.model" if header.vocab_size == 512 else "tokenizer.model"
-    for folder in (path.parent, path.parent.parent):
-        if (folder / name).is_file():
-            return folder / name
-    raise FileNotFoundError(f"no {name} beside {path}: pass the tokenizer's path"
-                            + ("" if name == "tok512.model" else f" ({LLAMA2_TOKENIZER_NOTE})"))
-
-
-# ------------------------------------------------------------------------------------------------------------
-# Download
-
-
-def download_llama2c(name: str, dest: str | os.PathLike | None = None, *, revision: str = "main",
-                     endpoint: str | None = None) -> Path:
-    """Fetch a llama2.c TinyStories model from the Hugging Face repo karpathy/tinyllamas; return the .bin path.
-
-    stories260K also brings its tokenizer (`tok512.model`, beside the .bin); the larger models use the Llama 2
-    tokenizer, which that repo does not hold. Files go under `dest` (default data/llama2c, git-ignored), keeping
-    the repo's sub-folders, through `tinylib.download.hub_download` (the data module's machinery: progress bar,
-    resume across runs, size check, renamed into place when complete). `endpoint` defaults to $HF_ENDPOINT read
-    at call time. Offline ($HF_HUB_OFFLINE) an already downloaded copy is returned; otherwise the error names the
-    local-path option.
-    """
-    if name not in MODELS:
-        raise ValueError(f"unknown llama2.c model {name!r}; choose one of {sorted(MODELS)}")
-    model_file, tok_file, _ = MODELS[name]
-    dest = Path(dest) if dest is not None else DOWNLOAD_DIR
-    endpoint = endpoint or os.environ.get("HF_ENDPOINT") or None
-    offline = hub_offline()
-    paths = []
-    for filename in [model_file] + ([tok_file] if tok_file else []):
-        try:
-            paths.append(hub_download(HF_REPO, filename, dest, revision=revision, endpoint=endpoint))
-        except SizeMismatchError:
-            raise
-        except Exception as e:  # offline, no network, missing file: all mean the same thing to the user
-            reason = ("HF_HUB_OFFLINE is set and there is no downloaded copy" if offline
-                      else f"download from {endpoint or 'huggingface.co'} failed")
-            raise FileNotFoundError(
-                f"llama2.c model file {filename} ({name}) from the Hugging Face repo {HF_REPO} is not available: "
-                f"{reason} ({type(e).__name__}: {e}). Load a local copy instead: "
-                f"load_llama2c('path/to/{Path(model_file).name}') and SentencePieceTokenizer('path/to/"
-                f"{Path(tok_file).name if tok_file else 'tokenizer.model'}') (this workspace has stories260K in "
-                f"../shared/models/llama2c/), or go online (unset HF_HUB_OFFLINE) to download it"
-            ) from e
-    return paths[0]
