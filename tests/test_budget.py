@@ -1,5 +1,6 @@
-"""tinylib.budget: formulas against hand counts and PyTorch's FLOP counter, the worked example, plans, peaks, MFU,
-token tables re-measured from the shared sample, and predicted-versus-measured for a real short run."""
+"""tinylib.budget and its notebook panel: token targets and tables re-measured from the shared sample, the
+worked example, steps, plans, the slider panel and plots, a timed training step, and predicted-versus-measured
+for a written metrics log and a real short run."""
 
 from __future__ import annotations
 
@@ -8,31 +9,29 @@ import math
 
 import pytest
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
-from tinylib import budget
 from tinylib.budget import (
-    PEAKS,
+    SEPARATOR_BYTES_PER_STORY,
     TOKENS_PER_BYTE,
     compare_run,
-    count_flops,
-    flop_params,
-    flops_per_token,
-    mfu,
-    peak_flops,
+    measure_tokens_per_byte,
+    measure_train_step,
     plan,
+    plans_table,
     steps_for_tokens,
+    tinystories_tokens,
     token_target,
     tokens_per_step,
 )
-from tinylib.config import PRESETS, get_config, param_counts
-from tinylib.model import Transformer
+from tinylib.config import TrainConfig, get_config, param_counts
+from tinylib.flops import flops_per_token, peak_flops
+from tinylib.notebook.budget import budget_widget, plot_chinchilla, plot_time_cost
 
 
 @pytest.fixture(autouse=True, scope="module")
 def one_thread():
-    """One intra-op thread: on a shared 2-core machine two spinning threads per process make these small ops ~10x
-    slower. Nothing here asserts a speed, so this changes run time only."""
+    """One intra-op thread: on a shared 2-core machine two spinning threads per process make these small ops
+    ~10x slower. Nothing here asserts a speed, so this changes run time only."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
@@ -43,117 +42,7 @@ def _vocab(preset: str) -> int:
     return 50257 if preset == "gpt2_124M" else 4096
 
 
-# --- FLOPs ----------------------------------------------------------------------------------------------------
-
-def test_flops_per_token_by_hand():
-    cfg = get_config("tiny", vocab_size=4096)  # 4 layers, d=128, MLP 512 (SwiGLU), tied
-    L, d, T, V = 4, 128, 256, 4096
-    per_layer = 4 * d * d + 3 * d * 512 + 2 * d  # q, k, v, o; gate, up, down; two RMSNorm weights
-    n = L * per_layer + d + V * d  # + final norm + LM head (tied: still a matmul)
-    assert flop_params(cfg) == n
-    assert flop_params(cfg, include_embedding=False) == param_counts(cfg).non_embedding == n - V * d
-    assert flops_per_token(cfg, T) == 6 * n + 12 * L * T * d
-    assert flops_per_token(cfg, T, training=False) == 2 * n + 4 * L * T * d
-    assert flops_per_token(cfg, T, causal=True) == 6 * n + 6 * L * T * d
-    assert flops_per_token(cfg, T, include_embedding=False) == 6 * (n - V * d) + 12 * L * T * d
-    # Tying changes the stored parameters, not the compute.
-    untied = get_config("tiny", vocab_size=4096, tie_embeddings=False)
-    assert param_counts(untied).total == param_counts(cfg).total + V * d
-    assert flops_per_token(untied, T) == flops_per_token(cfg, T)
-    with pytest.raises(ValueError, match="seq_len"):
-        flops_per_token(cfg, 0)
-
-
-@pytest.mark.parametrize("preset", sorted(PRESETS))
-def test_formula_matches_flop_counter_on_every_preset(preset):
-    """A real forward+backward of each preset at its full context, on the meta device (shapes only, so
-    gpt2_124M at 1,024 positions costs a second). There SDPA runs its math decomposition, whose matmuls the
-    counter sees. The formula counts norms and biases as matmul weights: the gap stays under 0.5%."""
-    cfg = get_config(preset, vocab_size=_vocab(preset))
-    T = cfg.max_seq_len
-    counted = count_flops(cfg, batch_size=1, seq_len=T, training=True)
-    predicted = flops_per_token(cfg, T) * T
-    assert counted.total == pytest.approx(predicted, rel=0.02)
-    assert abs(counted.total / predicted - 1) < 0.005
-
-
-def test_forward_only_and_gqa_match_flop_counter():
-    cfg = get_config("llama_6L_6H_288D", vocab_size=4096, n_kv_head=2)
-    counted = count_flops(cfg, batch_size=2, seq_len=128, training=False)
-    assert counted.per_token == pytest.approx(flops_per_token(cfg, 128, training=False), rel=0.005)
-    counted = count_flops(cfg, batch_size=2, seq_len=128, training=True)
-    assert counted.per_token == pytest.approx(flops_per_token(cfg, 128), rel=0.005)
-
-
-def test_flop_counter_on_real_cpu_tensors():
-    """On real CPU tensors: the eager attention path counts exactly what the meta device counts; SDPA's fused CPU
-    kernel is invisible to a plain FlopCounterMode (it only knows the CUDA attention ops) and count_flops adds it,
-    with torch's backward formula that includes recomputing the scores (+2 L T d per token over the model FLOPs)."""
-    B, T = 2, 64
-    sdpa = get_config("tiny", vocab_size=512)
-    torch.manual_seed(0)
-    meta = count_flops(sdpa, B, T, device="meta", attn_impl="eager")
-    assert count_flops(sdpa, B, T, device="cpu", attn_impl="eager").total == meta.total
-
-    L, d = sdpa.n_layer, sdpa.d_model
-    counted = count_flops(sdpa, B, T, device="cpu")
-    assert counted.total == meta.total + 2 * L * T * d * B * T
-    assert counted.per_token == pytest.approx(flops_per_token(sdpa, T) + 2 * L * T * d, rel=0.005)
-
-    model, idx = Transformer(sdpa), torch.randint(0, 512, (B, T))
-    plain = FlopCounterMode(display=False)
-    with plain:
-        _, loss = model(idx, idx)
-        loss.backward()
-    matmul_only = 6 * (flop_params(sdpa) - param_counts(sdpa).norms) * B * T
-    assert plain.get_total_flops() == matmul_only  # no attention at all: why count_flops registers the CPU op
-
-
-# --- peaks and MFU --------------------------------------------------------------------------------------------
-
-@pytest.mark.parametrize("cuda_name, entry", [
-    ("NVIDIA H100 80GB HBM3", "H100 SXM"), ("NVIDIA H100 PCIe", "H100 PCIe"), ("NVIDIA H100 NVL", "H100 NVL"),
-    ("NVIDIA H200", "H200"), ("NVIDIA H200 NVL", "H200 NVL"), ("NVIDIA A100-SXM4-80GB", "A100 SXM"),
-    ("NVIDIA A100-PCIE-40GB", "A100 PCIe"), ("NVIDIA A100 80GB PCIe", "A100 PCIe"), ("NVIDIA L4", "L4"),
-    ("NVIDIA GeForce RTX 4090", "RTX 4090"), ("NVIDIA GeForce RTX 5090", "RTX 5090"),
-    ("Apple M2 Max", "Apple M2 Max"), ("Apple M1", "Apple M1"),
-])
-def test_peak_table_lookup_by_device_name(cuda_name, entry):
-    assert budget._lookup_peak(cuda_name).name == entry
-    assert peak_flops(cuda_name) == budget._lookup_peak(entry).bf16
-
-
-def test_peak_table_entries_are_sourced_and_dense():
-    assert {"H100 SXM", "H100 PCIe", "H200", "A100 SXM", "A100 PCIe", "L4", "RTX 4090", "RTX 5090"} <= {
-        p.name for p in PEAKS}
-    for p in PEAKS:
-        assert len(p.source) > 40 and p.bf16 >= p.fp32 > 0
-    assert peak_flops("H100 SXM") == pytest.approx(1979e12 / 2, rel=1e-3)  # datasheet 1,979 is with sparsity
-    assert peak_flops("A100", "fp32") == 19.5e12
-    with pytest.raises(ValueError, match="unknown device"):
-        peak_flops("TPU v9")
-    with pytest.raises(ValueError, match="dtype"):
-        peak_flops("H100 SXM", "int4")
-
-
-def test_cpu_peak_is_measured_once_per_process():
-    first = budget.measure_peak_flops("cpu", "fp32", size=256, seconds=0.05)
-    assert 1e8 < first < 1e14
-    assert budget.measure_peak_flops("cpu", "fp32", size=256, seconds=0.05) == first  # cached
-    assert peak_flops("cpu", torch.bfloat16) == budget.measure_peak_flops("cpu", "bf16")  # probed, then cached
-
-
-def test_mfu_is_model_flops_over_peak():
-    cfg = get_config("gpt2_124M", vocab_size=50304)
-    fpt = flops_per_token(cfg, 1024)
-    tps = 0.4 * 989.5e12 / fpt
-    assert mfu(tps, cfg, 1024, "H100 SXM") == pytest.approx(0.4)
-    assert mfu(8 * tps, cfg, 1024, "H100 SXM", n_devices=8) == pytest.approx(0.4)
-    # PRODUCT.md: 162M params at 116k tok/s on an RTX 5090 (6N only: seq 128 makes attention small) ~ 54%
-    assert 116e3 * 6 * 162e6 / peak_flops("RTX 5090") == pytest.approx(0.54, abs=0.01)
-
-
-# --- tokens and steps -----------------------------------------------------------------------------------------
+# --- tokens and steps ---------------------------------------------------------------------------------------
 
 def test_worked_example_and_the_world_size_mistake():
     """PRODUCT.md: 500M params x 20 = 10B tokens; 22 x 2048 x 4 = 180,224 tokens/step -> ~55k steps."""
@@ -170,7 +59,8 @@ def test_worked_example_and_the_world_size_mistake():
     # Forgetting the world size plans 55,487 steps on 8 GPUs: 8x the compute, 80B tokens instead of 10B.
     assert steps * step8 == pytest.approx(8 * tokens, rel=1e-4)
     # The other way round (the bug PRODUCT.md recounts): accumulation shrinks with the world size to keep the
-    # step at 180,224 tokens, a log that counts micro x seq x accum without the world size reports half the data.
+    # step at 180,224 tokens, a log that counts micro x seq x accum without the world size reports half the
+    # data.
     accum_per_rank = 4 // 2
     logged = tokens_per_step(22, 2048, grad_accum=accum_per_rank)
     assert tokens_per_step(22, 2048, accum_per_rank, world_size=2) == step == 2 * logged
@@ -184,7 +74,8 @@ def test_token_targets():
     assert token_target(cfg, tokens_per_param=10) == 10 * param_counts(cfg).total
     assert token_target(cfg, tokens=1e9) == 10**9
     budget_flops = 1e18
-    assert token_target(cfg, flop_budget=budget_flops, seq_len=512) == int(budget_flops // flops_per_token(cfg, 512))
+    assert token_target(cfg, flop_budget=budget_flops, seq_len=512) == int(
+        budget_flops // flops_per_token(cfg, 512))
     with pytest.raises(ValueError, match="not both"):
         token_target(cfg, tokens=1, flop_budget=1)
     with pytest.raises(ValueError, match="ModelConfig"):
@@ -194,27 +85,28 @@ def test_token_targets():
 def test_tokens_per_byte_table_is_reproducible(tinystories_dir, gpt2_available):
     """The table's numbers are measurements: re-measure each tokenizer on the V1 validation sample."""
     for name, row in TOKENS_PER_BYTE.items():
-        got = budget.measure_tokens_per_byte(name, tinystories_dir / "TinyStories-valid.first1000.hf.txt")
+        got = measure_tokens_per_byte(name, tinystories_dir / "TinyStories-valid.first1000.hf.txt")
         assert got["stories"] == 1000
         assert got["tokens_per_byte"] == pytest.approx(row["v1"], abs=1e-5)
-    got = budget.measure_tokens_per_byte("tinystories-4096", tinystories_dir / "TinyStories-train.first2316.txt")
-    assert got["tokens_per_byte"] == pytest.approx(TOKENS_PER_BYTE["tinystories-4096"]["v1_train_sample"], abs=1e-5)
+    got = measure_tokens_per_byte("tinystories-4096", tinystories_dir / "TinyStories-train.first2316.txt")
+    assert got["tokens_per_byte"] == pytest.approx(TOKENS_PER_BYTE["tinystories-4096"]["v1_train_sample"],
+                                                   abs=1e-5)
     assert (got["file_bytes"] - got["text_bytes"]) / got["stories"] == pytest.approx(
-        budget.SEPARATOR_BYTES_PER_STORY, abs=0.01)
+        SEPARATOR_BYTES_PER_STORY, abs=0.01)
 
 
 def test_dataset_tokens_and_epochs():
-    v1 = budget.tinystories_tokens("v1", "tinystories-4096")
+    v1 = tinystories_tokens("v1", "tinystories-4096")
     assert 4.5e8 < v1 < 4.9e8  # 1.92 GB at ~4 bytes/token
-    assert budget.tinystories_tokens("v1", "tinystories-512") > 1.6 * v1  # a 512-id vocabulary compresses less
-    assert budget.tinystories_tokens("v2", "tinystories-4096") > v1
+    assert tinystories_tokens("v1", "tinystories-512") > 1.6 * v1  # a 512-id vocabulary compresses less
+    assert tinystories_tokens("v2", "tinystories-4096") > v1
     p = plan("llama_12L_8H_1024D", dataset_tokens=v1)
     assert p.epochs == pytest.approx(p.steps * p.tokens_per_step / v1)
     with pytest.raises(ValueError, match="tokenizer"):
-        budget.tinystories_tokens("v1", "llama2")
+        tinystories_tokens("v1", "llama2")
 
 
-# --- plans ----------------------------------------------------------------------------------------------------
+# --- plans --------------------------------------------------------------------------------------------------
 
 def test_plan_is_consistent():
     one = plan("gpt2_124M", vocab_size=50304, micro_batch=16, seq_len=1024, grad_accum=4, n_gpus=1,
@@ -232,14 +124,23 @@ def test_plan_is_consistent():
     assert eight.cost == pytest.approx(one.cost, rel=1e-3)  # more GPUs: sooner, not cheaper
     text = str(one)
     assert "optimizer steps" in text and "H100 SXM" in text and "$" in text
-    table = budget.plans_table([one, eight])
+    table = plans_table([one, eight])
     assert table.count("gpt2_124M") == 2
     with pytest.raises(ValueError, match="mfu"):
         plan("tiny", mfu=35)
 
 
+def test_measure_train_step_reports_consistent_figures():
+    cfg = get_config("tiny", vocab_size=512)
+    m = measure_train_step(cfg, batch_size=2, seq_len=32, dtype="fp32", steps=1, warmup=0)
+    assert m.tokens_per_s == pytest.approx(2 * 32 / m.step_time_s)
+    assert m.mfu == pytest.approx(m.tokens_per_s * flops_per_token(cfg, 32) / peak_flops("cpu", "fp32"))
+
+
+# --- the notebook panel: sliders and plots (tinylib.notebook.budget) ----------------------------------------
+
 def test_budget_widget_follows_its_controls():
-    box = budget.budget_widget(preset="llama_6L_6H_288D", vocab_size=4096, micro_batch=8, seq_len=256, n_gpus=1)
+    box = budget_widget(preset="llama_6L_6H_288D", vocab_size=4096, micro_batch=8, seq_len=256, n_gpus=1)
     first = box.current()
     assert first.tokens_per_step == 8 * 256 * 4 and first.n_gpus == 1
     box.controls["n_gpus"].value = 4
@@ -249,22 +150,27 @@ def test_budget_widget_follows_its_controls():
     assert now.hours < first.hours
 
 
-def test_measure_train_step_reports_consistent_figures():
-    cfg = get_config("tiny", vocab_size=512)
-    m = budget.measure_train_step(cfg, batch_size=2, seq_len=32, dtype="fp32", steps=1, warmup=0)
-    assert m.tokens_per_s == pytest.approx(2 * 32 / m.step_time_s)
-    assert m.mfu == pytest.approx(m.tokens_per_s * flops_per_token(cfg, 32) / peak_flops("cpu", "fp32"))
+def test_plots_take_plans():
+    import matplotlib.pyplot as plt  # pyplot only for the plot tests
+
+    plans = [plan("tiny"), plan("llama_6L_6H_288D", n_gpus=8)]
+    ax = plot_chinchilla(plans)
+    assert len(ax.collections) == 2 and ax.get_xscale() == "log"
+    axes = plot_time_cost(plans)
+    assert [len(a.patches) for a in axes] == [2, 2]
+    assert axes[0].patches[1].get_width() == pytest.approx(plans[1].hours)
+    plt.close("all")
 
 
-# --- prediction versus measurement ----------------------------------------------------------------------------
+# --- prediction versus measurement --------------------------------------------------------------------------
 
 def _write_run(folder, cfg, records, train, **extra):
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     (folder / "latest").mkdir()
     (folder / "latest" / "config.json").write_text(json.dumps(
-        {"model": cfg.to_dict(), "train": train, "world_size": 1, "tokens_per_step": train["batch_size"] * 256,
-         **extra}))
+        {"model": cfg.to_dict(), "train": train, "world_size": 1,
+         "tokens_per_step": train["batch_size"] * 256, **extra}))
 
 
 def test_compare_run_on_a_written_metrics_log(tmp_path):
@@ -275,7 +181,8 @@ def test_compare_run_on_a_written_metrics_log(tmp_path):
     step_tokens = 16 * 256
     records = [{"step": 0, "tokens": 0, "val_loss": 8.3}]
     records += [{"step": s, "tokens": s * step_tokens, "train_loss": 5.0, "lr": 1e-3, "grad_norm": 1.0,
-                 "tokens_per_s": tps * (0.5 if s == 1 else 1.0), "step_time_s": step_tokens / tps * (2 if s == 1 else 1),
+                 "tokens_per_s": tps * (0.5 if s == 1 else 1.0),
+                 "step_time_s": step_tokens / tps * (2 if s == 1 else 1),
                  "mfu": 0.2, "peak_mem_mb": None} for s in range(1, 11)]
     run = tmp_path / "run"
     _write_run(run, cfg, records, {"batch_size": 16, "seq_len": 256, "device": "auto", "dtype": "auto"})
@@ -306,14 +213,17 @@ def test_compare_run_on_a_written_metrics_log(tmp_path):
 @pytest.fixture(scope="module")
 def short_run(tinystories_dir, tmp_path_factory):
     """A real 6-step tiny run with tinylib.train on 200 stories (tinystories-512), logged every step."""
+    # Imported here: only this fixture needs the data pipeline and the trainer.
     from tinylib.data import prepare_dataset
-    from tinylib.train import TrainConfig, train
+    from tinylib.train import train
 
     root = tmp_path_factory.mktemp("budget_run")
-    prepare_dataset(tinystories_dir, "tinystories-512", root / "data", max_stories=200, num_proc=1, progress=False)
-    cfg = TrainConfig(data=str(root / "data"), preset="tiny", out_dir=str(root / "run"), batch_size=8, seq_len=128,
-                      max_steps=6, warmup_steps=2, eval_every=1000, eval_batches=1, eval_batch_size=4,
-                      sample_prompts=[], log_every=1, progress=False, device="cpu", compile="off")
+    prepare_dataset(tinystories_dir, "tinystories-512", root / "data", max_stories=200, num_proc=1,
+                    progress=False)
+    cfg = TrainConfig(data=str(root / "data"), preset="tiny", out_dir=str(root / "run"), batch_size=8,
+                      seq_len=128, max_steps=6, warmup_steps=2, eval_every=1000, eval_batches=1,
+                      eval_batch_size=4, sample_prompts=[], log_every=1, progress=False, device="cpu",
+                      compile="off")
     result = train(cfg)
     return result, root / "run"
 
