@@ -1,13 +1,16 @@
-"""Training throughput: tinylib's default training step versus a plain fp32 nanoGPT-style step, in one process.
+"""Training throughput: tinylib's default training step versus a plain fp32 nanoGPT-style step, in one
+process.
 
     python bench/train_throughput.py                       # tiny and 6L/288D, vocab 4096, batch 16 x 256
-    python bench/train_throughput.py --presets gpt2_124M --seq-len 1024 --batch-size 16 --vocab 50304   # on a GPU
+    python bench/train_throughput.py --presets gpt2_124M --seq-len 1024 --batch-size 16 --vocab 50304   # on a
+    GPU
 
-The baseline is written out here on purpose (nanoGPT's model for GPT-style presets, llama2.c's for LLaMA-style ones;
-SDPA, fp32, plain AdamW, no autocast, no compile) so the speedup is measured against something anyone would write,
-for the same model (tests/test_bench.py checks parameter counts and, for LLaMA, the loss), on the same inputs,
-interleaved in rounds so that load from other processes hits both alike. tinylib's step is the one `tinylib.train` runs: its
-model, bf16 autocast where the device supports it, fused AdamW, torch.compile where the trainer enables it.
+The baseline is written out here on purpose (nanoGPT's model for GPT-style presets, llama2.c's for LLaMA-style
+ones; SDPA, fp32, plain AdamW, no autocast, no compile) so the speedup is measured against something anyone
+would write, for the same model (tests/test_bench.py checks parameter counts and, for LLaMA, the loss), on the
+same inputs, interleaved in rounds so that load from other processes hits both alike. tinylib's step is
+`tinylib.train.train_step`, the function the trainer runs: its model, bf16 autocast where the device supports
+it, fused AdamW, torch.compile where the trainer enables it.
 """
 
 from __future__ import annotations
@@ -21,10 +24,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from tinylib.budget import flops_per_token, peak_flops
-from tinylib.config import get_config
+from tinylib.checkpoint import TrainState
+from tinylib.config import TrainConfig, get_config
+from tinylib.device import dtype_name, pick_device, pick_dtype
+from tinylib.flops import flops_per_token, peak_flops
 from tinylib.model import Transformer
-from tinylib.train import TrainConfig, compile_plan, configure_optimizer, pick_device, pick_dtype
+from tinylib.optim import configure_optimizer
+from tinylib.train import compile_plan, train_step
 
 
 class BaselineBlock(nn.Module):
@@ -77,7 +83,8 @@ class BaselineLlamaBlock(nn.Module):
         B, T, C = x.shape
         q, k, v = self.wqkv(self.norm_1(x)).split(C, dim=2)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
-        q, k = (t * cos + torch.cat([-t[..., t.shape[-1] // 2:], t[..., :t.shape[-1] // 2]], -1) * sin for t in (q, k))
+        half = C // self.n_head // 2
+        q, k = (t * cos + torch.cat([-t[..., half:], t[..., :half]], -1) * sin for t in (q, k))
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(B, T, C)
         x = x + self.wo(y)
         gate, up = self.w13(self.norm_2(x)).split(self.d_mlp, dim=2)
@@ -95,7 +102,8 @@ class BaselineLlama(nn.Module):
         self.lm_head = nn.Linear(d, vocab, bias=False)
         self.lm_head.weight = self.wte.weight
         d_head = d // n_head
-        angles = torch.outer(torch.arange(seq).float(), 1.0 / 10000 ** (torch.arange(0, d_head, 2).float() / d_head))
+        inv_freq = 1.0 / 10000 ** (torch.arange(0, d_head, 2).float() / d_head)
+        angles = torch.outer(torch.arange(seq).float(), inv_freq)
         self.register_buffer("cos", angles.cos().repeat(1, 2), persistent=False)
         self.register_buffer("sin", angles.sin().repeat(1, 2), persistent=False)
 
@@ -114,13 +122,14 @@ def make_steps(preset: str, vocab: int, batch: int, seq: int, device: torch.devi
     dtype = pick_dtype(tcfg.dtype, device)
     use_compile, attn_impl = compile_plan(tcfg, device)
     cfg = get_config(preset, vocab_size=vocab, max_seq_len=max(seq, get_config(preset).max_seq_len))
-    # The baseline computes the same model family (same FLOPs), so the speedup is the step's, not the architecture's.
+    # The baseline computes the same model family (same FLOPs), so the speedup is the step's, not the
+    # architecture's.
     Baseline = BaselineLlama if cfg.mlp == "swiglu" else BaselineGPT
     base = Baseline(vocab, cfg.max_seq_len, cfg.n_layer, cfg.n_head, cfg.d_model, cfg.d_mlp).to(device)
     base_opt = torch.optim.AdamW(base.parameters(), lr=1e-4, weight_decay=0.1)
     model = Transformer(cfg, attn_impl).to(device)
-    opt = configure_optimizer(model, tcfg, device)
-    compiled = torch.compile(model) if use_compile else model
+    state = TrainState(model, configure_optimizer(model, tcfg, device), batches=None,
+                       module=torch.compile(model) if use_compile else model)
     x, y = torch.randint(0, vocab, (2, batch, seq), device=device)
 
     def baseline_step():
@@ -132,13 +141,7 @@ def make_steps(preset: str, vocab: int, batch: int, seq: int, device: torch.devi
         return loss
 
     def tinylib_step():
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-            _, loss = compiled(x, y, return_logits=False)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        return loss
+        return train_step(state, [(x, y)], grad_clip=1.0, dtype=dtype)[0]  # the trainer's own step
 
     label = f"tinylib ({str(dtype).removeprefix('torch.')}{', compile' if use_compile else ''}, {attn_impl})"
     return cfg, dtype, [("baseline fp32", baseline_step), (label, tinylib_step)]
@@ -181,11 +184,12 @@ def main() -> None:
         base_t = statistics.median(times[steps[0][0]])
         for i, (name, _) in enumerate(steps):
             t = statistics.median(times[name])
-            run_dtype = "fp32" if i == 0 else {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "fp32")
+            run_dtype = "fp32" if i == 0 else dtype_name(dtype)
             mfu = tokens / t * flops_per_token(cfg, args.seq_len) / peak_flops(device, run_dtype)
-            print(f"{preset:<18} {name:<36} {t * 1000:>9.1f} {tokens / t:>10,.0f} {mfu:>7.1%} {base_t / t:>7.2f}x")
+            print(f"{preset:<18} {name:<36} {t * 1000:>9.1f} {tokens / t:>10,.0f} {mfu:>7.1%} "
+                  f"{base_t / t:>7.2f}x")
     if math.isfinite(base_t):
-        print("MFU is against this device's peak for the dtype each path runs in (tinylib.budget.peak_flops).")
+        print("MFU is against this device's peak for the dtype each path runs in (tinylib.flops.peak_flops).")
 
 
 if __name__ == "__main__":

@@ -1,12 +1,12 @@
-"""Muon: the Newton-Schulz orthogonalisation, the update against a hand computation, AdamW groups against torch."""
+"""Muon: the Newton-Schulz orthogonalisation, the update against a hand computation,
+AdamW groups against torch."""
 
 import pytest
 import torch
 
-from tinylib.config import get_config
+from tinylib.config import TrainConfig, get_config
 from tinylib.model import Transformer
-from tinylib.optim import MuonAdamW, orthogonalize
-from tinylib.train import TrainConfig, configure_optimizer
+from tinylib.optim import MuonAdamW, configure_optimizer, orthogonalize
 
 
 @pytest.mark.parametrize("shape", [(48, 64), (256, 64), (64, 256), (3, 96, 32)])
@@ -47,7 +47,8 @@ def test_adamw_groups_match_torch_adamw():
     b = [torch.nn.Parameter(p.detach().clone()) for p in a]
     ours = MuonAdamW([{"params": [a[0]], "weight_decay": 0.1}, {"params": [a[1]], "weight_decay": 0.0}],
                      lr=3e-3, betas=(0.9, 0.95))
-    ref = torch.optim.AdamW([{"params": [b[0]], "weight_decay": 0.1}, {"params": [b[1]], "weight_decay": 0.0}],
+    ref = torch.optim.AdamW([{"params": [b[0]], "weight_decay": 0.1},
+                             {"params": [b[1]], "weight_decay": 0.0}],
                             lr=3e-3, betas=(0.9, 0.95), eps=1e-8)
     for _ in range(5):
         grads = [torch.randn_like(p) for p in a]
@@ -61,7 +62,8 @@ def test_adamw_groups_match_torch_adamw():
 
 def test_configure_optimizer_puts_block_matrices_on_muon_and_the_rest_on_adamw():
     model = Transformer(get_config("llama_tiny", vocab_size=256))
-    opt = configure_optimizer(model, TrainConfig(optimizer="muon", muon_lr=0.02, lr=3e-3), torch.device("cpu"))
+    opt = configure_optimizer(model, TrainConfig(optimizer="muon", muon_lr=0.02, lr=3e-3),
+                              torch.device("cpu"))
     names = {id(p): n for n, p in model.named_parameters()}
     muon = [g for g in opt.param_groups if g["muon"]]
     adam = [g for g in opt.param_groups if not g["muon"]]
@@ -69,7 +71,9 @@ def test_configure_optimizer_puts_block_matrices_on_muon_and_the_rest_on_adamw()
     muon_names = {names[id(p)] for p in muon[0]["params"]}
     assert muon_names and all(n.startswith("blocks.") and n.endswith("_proj.weight") for n in muon_names)
     adam_names = {names[id(p)] for g in adam for p in g["params"]}
-    assert "tok_emb.weight" in adam_names and not any(n.startswith("blocks.") and "proj" in n for n in adam_names)
+    assert "tok_emb.weight" in adam_names and not any(
+        n.startswith("blocks.") and "proj" in n for n in adam_names
+    )
     assert len(muon_names) + len(adam_names) == len(list(model.parameters()))
     with pytest.raises(ValueError, match="expected 'adamw' or 'muon'"):
         configure_optimizer(model, TrainConfig(optimizer="sgd"), torch.device("cpu"))

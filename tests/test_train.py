@@ -12,20 +12,19 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tinylib.checkpoint import list_checkpoints, load_model, load_state, save_checkpoint
-from tinylib.config import get_config
+from tinylib.checkpoint import (
+    find_reference_checkpoint,
+    list_checkpoints,
+    load_model,
+    load_state,
+    save_checkpoint,
+)
+from tinylib.config import TrainConfig, get_config
 from tinylib.data import prepare_dataset
 from tinylib.metrics import plot_runs, read_metrics
 from tinylib.model import Transformer
-from tinylib.train import (
-    TimeBudget,
-    TrainConfig,
-    configure_optimizer,
-    grad_accum_steps,
-    lr_at,
-    parse_args,
-    train,
-)
+from tinylib.optim import TimeBudget, configure_optimizer, lr_scale
+from tinylib.train import parse_args, train
 
 SMALL = {"n_layer": 2, "d_model": 64, "n_head": 4, "d_mlp": 128, "max_seq_len": 64}
 
@@ -40,7 +39,8 @@ def data_dir(tinystories_dir, tmp_path_factory):
 def small_config(data_dir, out_dir, **kw) -> TrainConfig:
     base = dict(data=str(data_dir), preset="llama_tiny", model_overrides=dict(SMALL), out_dir=str(out_dir),
                 batch_size=4, seq_len=32, max_steps=8, warmup_steps=2, lr=3e-3, eval_every=4, eval_batches=2,
-                eval_batch_size=4, sample_prompts=[], log_every=1, progress=False, dtype="fp32", compile="off")
+                eval_batch_size=4, sample_prompts=[], log_every=1, progress=False, dtype="fp32",
+                compile="off")
     base.update(kw)
     return TrainConfig(**base)
 
@@ -69,7 +69,8 @@ def test_resumed_training_is_bitwise_identical_to_uninterrupted(data_dir, tmp_pa
 
 
 def test_gradient_accumulation_reaches_the_token_target(data_dir, tmp_path, capsys):
-    acc = train(small_config(data_dir, tmp_path / "acc", batch_size=4, tokens_per_step=4 * 32 * 3, max_steps=3))
+    acc = train(small_config(data_dir, tmp_path / "acc", batch_size=4, tokens_per_step=4 * 32 * 3,
+                             max_steps=3))
     assert "micro-batch 4 x sequence 32 x accumulation 3 x world size 1 = 384" in capsys.readouterr().out
     assert acc.tokens == 3 * 384
     assert [r["tokens"] for r in read_metrics(tmp_path / "acc") if "train_loss" in r] == [384, 768, 1152]
@@ -98,19 +99,21 @@ def test_two_gloo_processes_train_the_same_model_as_one(data_dir, tmp_path):
 
 def test_tokens_per_step_counts_world_size():
     cfg = TrainConfig(batch_size=22, seq_len=2048, tokens_per_step=22 * 2048 * 4 * 8)
-    assert grad_accum_steps(cfg, world_size=8) == 4
-    assert grad_accum_steps(cfg, world_size=1) == 32
+    assert cfg.grad_accum_steps(world_size=8) == 4
+    assert cfg.grad_accum_steps(world_size=1) == 32
     with pytest.raises(ValueError, match="not a multiple of batch_size x seq_len x world_size"):
-        grad_accum_steps(TrainConfig(batch_size=3, seq_len=100, tokens_per_step=1000), world_size=1)
+        TrainConfig(batch_size=3, seq_len=100, tokens_per_step=1000).grad_accum_steps(world_size=1)
 
 
 def test_learning_rate_warms_up_then_follows_the_cosine_to_its_floor():
-    cfg = TrainConfig(lr=1e-3, warmup_steps=10, min_lr_ratio=0.1)
-    assert lr_at(0, cfg, 110) == pytest.approx(1e-4)
-    assert lr_at(9, cfg, 110) == pytest.approx(1e-3)
-    assert lr_at(60, cfg, 110) == pytest.approx(1e-4 + 0.5 * 9e-4 * (1 + math.cos(math.pi * 0.5)))
-    assert lr_at(110, cfg, 110) == pytest.approx(1e-4)
-    assert lr_at(500, cfg, 110) == pytest.approx(1e-4)
+    def lr_at(step: int) -> float:
+        return 1e-3 * lr_scale(step, warmup=10, total=110, floor=0.1)
+
+    assert lr_at(0) == pytest.approx(1e-4)
+    assert lr_at(9) == pytest.approx(1e-3)
+    assert lr_at(60) == pytest.approx(1e-4 + 0.5 * 9e-4 * (1 + math.cos(math.pi * 0.5)))
+    assert lr_at(110) == pytest.approx(1e-4)
+    assert lr_at(500) == pytest.approx(1e-4)
 
 
 def test_weight_decay_applies_to_matrices_only():
@@ -120,6 +123,25 @@ def test_weight_decay_applies_to_matrices_only():
     assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
     assert all(p.dim() == 2 for p in decay["params"]) and all(p.dim() == 1 for p in no_decay["params"])
     assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
+
+
+def test_attention_implementation_is_chosen_at_run_time_not_saved(tmp_path):
+    """Checkpoints written before attn_impl left ModelConfig recorded it ("eager" in the shipped reference
+    model, which kept CUDA users off SDPA); they still load, and every loaded model starts on SDPA."""
+    model = Transformer(get_config("tiny", vocab_size=300, max_seq_len=32), attn_impl="eager")
+    folder = save_checkpoint(tmp_path / "old", model, {"tokenizer": "tinystories-512"})
+    config = json.loads((folder / "config.json").read_text())
+    assert "attn_impl" not in config["model"]
+    config["model"]["attn_impl"] = "eager"  # what older checkpoints hold
+    (folder / "config.json").write_text(json.dumps(config))
+    loaded = load_model(folder)
+    assert loaded.attn_impl == "sdpa" and load_model(find_reference_checkpoint()).attn_impl == "sdpa"
+    idx = torch.randint(0, 300, (2, 16))
+    sdpa_logits = loaded(idx)[0]
+    loaded.attn_impl = "eager"
+    torch.testing.assert_close(loaded(idx)[0], sdpa_logits, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="attn_impl='flash'; expected 'sdpa'"):
+        loaded.attn_impl = "flash"
 
 
 def test_checkpoints_round_trip_write_atomically_and_refuse_pickled_code(tmp_path):
@@ -156,7 +178,8 @@ def test_cli_reads_a_config_file_and_flags_override_it(tmp_path):
     file = tmp_path / "cfg.json"
     file.write_text(json.dumps({"preset": "gpt_tiny", "batch_size": 3, "model_overrides": {"dropout": 0.1}}))
     cfg = parse_args(["--config", str(file), "--batch-size", "5", "--no-progress"])
-    assert (cfg.preset, cfg.batch_size, cfg.model_overrides, cfg.progress) == ("gpt_tiny", 5, {"dropout": 0.1}, False)
+    assert (cfg.preset, cfg.batch_size, cfg.model_overrides, cfg.progress) == (
+        "gpt_tiny", 5, {"dropout": 0.1}, False)
     with pytest.raises(ValueError, match="unknown TrainConfig fields"):
         TrainConfig.from_dict({"batchsize": 3})
 
@@ -165,7 +188,8 @@ def test_metrics_plot_draws_each_run(data_dir, tmp_path):
     train(small_config(data_dir, tmp_path / "r", max_steps=4))
     records = read_metrics(tmp_path / "r")
     last_train = [r for r in records if "train_loss" in r][-1]
-    assert {"step", "tokens", "train_loss", "lr", "grad_norm", "tokens_per_s", "mfu", "peak_mem_mb"} <= last_train.keys()
+    logged = {"step", "tokens", "train_loss", "lr", "grad_norm", "tokens_per_s", "mfu", "peak_mem_mb"}
+    assert logged <= last_train.keys()
     assert records[-1]["val_loss"] > 0 and records[-1]["step"] == 4
     ax = plot_runs([tmp_path / "r"])
     assert len(ax.lines) == 2
@@ -173,8 +197,9 @@ def test_metrics_plot_draws_each_run(data_dir, tmp_path):
 
 def test_time_budget_plans_in_closed_form():
     b = TimeBudget(seconds=100.0, t_start=0.0)
-    assert b.plan(step=6, timed_steps=5, timed_s=5.0, now=10.0) == (6 + int(90 / 1.05), 1.05)  # 5% for evaluation
-    assert b.plan(step=16, timed_steps=15, timed_s=15.0, now=30.0) == (16 + 35, 2.0)  # wall time since the first plan
+    # the first plan adds 5% for evaluation; later ones use the wall time since the first plan
+    assert b.plan(step=6, timed_steps=5, timed_s=5.0, now=10.0) == (6 + int(90 / 1.05), 1.05)
+    assert b.plan(step=16, timed_steps=15, timed_s=15.0, now=30.0) == (16 + 35, 2.0)
     b.eval_s = 10.0  # the final evaluation is held back
     assert b.plan(step=16, timed_steps=15, timed_s=15.0, now=30.0)[0] == 16 + 30
     assert b.plan(step=40, timed_steps=39, timed_s=39.0, now=90.0)[0] == 40  # spent: stop here
@@ -188,12 +213,14 @@ def test_a_time_budget_must_be_positive(data_dir, tmp_path):
 
 
 def test_time_budget_holds_when_the_machine_slows_down(data_dir, tmp_path, capsys):
-    """Steps that get 10x slower after the first plan: re-planning at each evaluation still ends on time, annealed."""
+    """Steps that get 10x slower after the first plan: re-planning at each evaluation still ends on time,
+    annealed."""
     def slow_down(record):
         if record["step"] > 8 and "train_loss" in record:
             time.sleep(0.05)
 
-    cfg = small_config(data_dir, tmp_path / "slow", max_steps=None, max_time_s=3.0, eval_every=5, eval_batches=1)
+    cfg = small_config(data_dir, tmp_path / "slow", max_steps=None, max_time_s=3.0, eval_every=5,
+                       eval_batches=1)
     result = train(cfg, on_record=slow_down)
     plans = [int(line.split()[3]) for line in capsys.readouterr().out.splitlines() if "steps fit in" in line]
     assert len(plans) >= 2 and plans[-1] < plans[0]  # the first plan was revised down
@@ -204,8 +231,10 @@ def test_time_budget_holds_when_the_machine_slows_down(data_dir, tmp_path, capsy
 
 def test_time_budget_caps_a_token_target(data_dir, tmp_path, capsys):
     """max_time_s with max_steps: the steps that fit the time win, and the schedule ends there."""
-    result = train(small_config(data_dir, tmp_path / "timed", max_steps=100_000, max_time_s=3.0, eval_every=10**6))
+    result = train(small_config(data_dir, tmp_path / "timed", max_steps=100_000, max_time_s=3.0,
+                                eval_every=10**6))
     assert "steps fit in 3 s" in capsys.readouterr().out
     assert 6 <= result.step < 100_000
     records = [r for r in read_metrics(tmp_path / "timed") if "lr" in r]
-    assert records[-1]["lr"] == pytest.approx(small_config(data_dir, "").lr * 0.1, rel=0.05)  # annealed to the floor
+    # annealed to the floor
+    assert records[-1]["lr"] == pytest.approx(small_config(data_dir, "").lr * 0.1, rel=0.05)

@@ -1,15 +1,16 @@
-"""Model configuration and the named presets.
+"""Configuration: the model (`ModelConfig`, the named presets, closed-form parameter counts) and a run
+(`TrainConfig`).
 
 One `ModelConfig` describes both families: GPT-style (LayerNorm, GELU MLP, learned positions, biases) and
-LLaMA-style (RMSNorm, SwiGLU MLP, rotary embeddings, grouped-query attention, no biases). Presets are built for
-any vocabulary size because the embedding is a large share of a small model. Parameter counts are computed here in
-closed form, so budgets never need to build a model.
+LLaMA-style (RMSNorm, SwiGLU MLP, rotary embeddings, grouped-query attention, no biases). Presets are built
+for any vocabulary size because the embedding is a large share of a small model. Parameter counts are computed
+here in closed form, so budgets never need to build a model.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 
@@ -29,7 +30,8 @@ class ModelConfig:
     bias: bool = False  # biases in linear layers and LayerNorm
     tie_embeddings: bool = True
     dropout: float = 0.0  # on embeddings and on each residual branch
-    attn_dropout: float | None = None  # on attention probabilities; None = dropout (costly on CPUs: B x H x T x T)
+    # on attention probabilities; None = dropout (costly on CPUs: a B x H x T x T mask)
+    attn_dropout: float | None = None
     norm_eps: float = 1e-5
 
     def __post_init__(self) -> None:
@@ -160,3 +162,82 @@ def param_counts(cfg: ModelConfig) -> ParamCounts:
         norms=(2 * L + 1) * norm,
         lm_head=0 if cfg.tie_embeddings else cfg.vocab_size * d,
     )
+
+
+@dataclass
+class TrainConfig:
+    # what to train on
+    data: str = "data/tinystories-4096"  # a folder written by tinylib.data (train.bin, val.bin, meta.json)
+    preset: str = "tiny"
+    model_overrides: dict = field(default_factory=dict)  # any ModelConfig field, e.g. {"dropout": 0.1}
+    vocab_multiple: int = 64  # round the embedding up for faster matmuls; extra ids are never targets
+    out_dir: str | None = None  # default: checkpoints/<preset>-<data folder name>
+    # batch: tokens per optimizer step = batch_size x seq_len x grad_accum x world_size
+    batch_size: int = 16  # micro-batch per process
+    seq_len: int = 256
+    tokens_per_step: int | None = None  # None: one micro-batch per process per step
+    # length of training: max_steps, else max_tokens; max_time_s alone plans the steps that fit the time, and
+    # together with either it caps them (planned after 5 timed steps, re-planned as the run goes)
+    max_steps: int | None = None
+    max_tokens: int | None = None
+    max_time_s: float | None = None  # steps planned from the measured speed, re-planned (optim.TimeBudget)
+    until_step: int | None = None  # stop (and save) here without changing the schedule: split a run in parts
+    # optimizer and schedule
+    optimizer: str = "adamw"  # or "muon": Muon for the matrices inside the blocks, AdamW for the rest
+    lr: float = 1e-3  # AdamW's peak lr (with optimizer="muon": embeddings, head and norms)
+    muon_lr: float = 0.02
+    muon_momentum: float = 0.95
+    muon_weight_decay: float = 0.0
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 100
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0
+    # numerics and hardware
+    device: str = "auto"  # auto: cuda, then mps, then cpu
+    dtype: str = "auto"  # auto: bf16 where supported, else fp32
+    compile: str = "auto"  # "on", "off", or auto: on for CUDA and CPU (see `compile_plan`)
+    seed: int = 1337
+    # evaluation, logging, checkpoints
+    eval_every: int = 200
+    eval_batches: int = 20
+    eval_batch_size: int = 16
+    sample_prompts: list[str] = field(default_factory=lambda: ["Once upon a time", "Tom and his dog"])
+    sample_tokens: int = 48
+    log_every: int = 10
+    save_every: int | None = None  # latest/ at this interval (and at every eval and at the end)
+    resume: bool = False  # continue from <out_dir>/latest when it exists
+    progress: bool = True
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainConfig:
+        return config_from_dict(cls, d)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def grad_accum_steps(self, world_size: int) -> int:
+        """Micro-steps per optimizer step so that B x T x accum x world = tokens_per_step exactly."""
+        per_micro = self.batch_size * self.seq_len * world_size
+        if self.tokens_per_step is None:
+            return 1
+        if self.tokens_per_step % per_micro:
+            raise ValueError(
+                f"tokens_per_step={self.tokens_per_step} is not a multiple of batch_size x seq_len x "
+                f"world_size = {self.batch_size} x {self.seq_len} x {world_size} = {per_micro}; choose a "
+                f"multiple of {per_micro}")
+        return self.tokens_per_step // per_micro
+
+    def planned_steps(self, tokens_per_step: int) -> int | None:
+        """The schedule's length from max_steps or max_tokens; None when a time budget alone decides it."""
+        if self.max_time_s is not None and not self.max_time_s > 0:
+            raise ValueError(f"max_time_s={self.max_time_s} must be a positive number of seconds "
+                             "(or None: no time limit)")
+        if self.max_steps is not None:
+            return self.max_steps
+        if self.max_tokens is not None:
+            return max(1, self.max_tokens // tokens_per_step)
+        if self.max_time_s is None:
+            raise ValueError("say how long to train: set max_steps, max_tokens or max_time_s")
+        return None

@@ -7,19 +7,12 @@ tokenizers, as nanochat reports. This module knows models and token arrays, not 
 from __future__ import annotations
 
 import math
-from contextlib import nullcontext
 
 import numpy as np
 import torch
 
-from tinylib.data import sequential_batches
-
-
-def autocast_context(device: torch.device | str, dtype: torch.dtype | None):
-    """bf16 autocast on the device type when dtype is bf16/fp16; a no-op for fp32."""
-    if dtype is None or dtype == torch.float32:
-        return nullcontext()
-    return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
+from tinylib.batches import sequential_batches
+from tinylib.device import autocast_context
 
 
 @torch.no_grad()
@@ -30,10 +23,11 @@ def evaluate_loss(model: torch.nn.Module, tokens: np.ndarray, *, seq_len: int, b
 
     Deterministic (the same windows every call), so it can compare checkpoints and implementations.
     Non-overlapping windows by default (as nanoGPT and llama2.c evaluate): the first tokens of each window are
-    predicted with little context, which overstates the loss a little. With `stride` < seq_len, windows start every
-    `stride` tokens and only their last `stride` targets are scored, so every token but the first window's has at
-    least seq_len - stride tokens of context (the "sliding window" perplexity). With `max_batches`, the batches are
-    spread evenly over the whole file (a file's start is rarely representative).
+    predicted with little context, which overstates the loss a little. With `stride` < seq_len, windows start
+    every `stride` tokens and only their last `stride` targets are scored, so every token but the first
+    window's has at least seq_len - stride tokens of context (the "sliding window" perplexity). With
+    `max_batches`, the batches are spread evenly over the whole file (a file's start is rarely
+    representative).
     """
     device = device or next(model.parameters()).device
     was_training = model.training
@@ -50,7 +44,8 @@ def evaluate_loss(model: torch.nn.Module, tokens: np.ndarray, *, seq_len: int, b
     finally:
         model.train(was_training)
     if count == 0:
-        raise ValueError(f"no evaluation windows: {len(tokens)} tokens is fewer than seq_len + 1 = {seq_len + 1}")
+        raise ValueError(f"no evaluation windows: {len(tokens)} tokens is fewer than seq_len + 1 = "
+                         f"{seq_len + 1}")
     return total / count
 
 

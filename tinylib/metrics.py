@@ -1,6 +1,7 @@
 """Training metrics: one JSON object per line in `<run>/metrics.jsonl`, read back and plotted.
 
-The trainer appends; notebooks and the budget module read. Plotting takes the data read here.
+The trainer appends; notebooks and the budget module read. Plotting takes the data read here; the plot that
+redraws while a notebook trains is `tinylib.notebook.live.LivePlot`.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ class MetricsLog:
             f.write(json.dumps(record) + "\n")
 
     def truncate_after(self, step: int) -> None:
-        """Drop records past `step`: a resumed run rewrites the steps an interrupted run logged after its save."""
+        """Drop records past `step`:
+        a resumed run rewrites the steps an interrupted run logged after its save."""
         if not self.path.exists():
             return
         kept = [r for r in read_metrics(self.path) if r.get("step", 0) <= step]
@@ -43,7 +45,7 @@ def read_metrics(path: str | os.PathLike) -> list[dict]:
 
 def plot_runs(runs, metrics=("train_loss", "val_loss"), x: str = "tokens", ax=None, labels=None):
     """Curves of one or several runs (run folders or metrics files) on one matplotlib Axes."""
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # only when plotting: the analyses run without matplotlib
 
     if isinstance(runs, (str, os.PathLike)):
         runs = [runs]
@@ -62,34 +64,3 @@ def plot_runs(runs, metrics=("train_loss", "val_loss"), x: str = "tokens", ax=No
     ax.grid(alpha=0.3)
     ax.legend()
     return ax
-
-
-class LivePlot:
-    """A loss plot that redraws in a notebook as records arrive: pass it as `train(cfg, on_record=LivePlot())`."""
-
-    def __init__(self, every: int = 1, title: str = "training"):
-        self.records: list[dict] = []
-        self.every, self.title, self._n = every, title, 0
-        self._handle = None
-
-    def __call__(self, record: dict) -> None:
-        import matplotlib.pyplot as plt
-        from IPython.display import display
-
-        self.records.append(record)
-        self._n += 1
-        if self._n % self.every:
-            return
-        fig, ax = plt.subplots(figsize=(7, 3.5))
-        for metric, style in (("train_loss", "-"), ("val_loss", "o-")):
-            pts = [(r["tokens"], r[metric]) for r in self.records if r.get(metric) is not None]
-            if pts:
-                ax.plot(*zip(*pts), style, ms=3, label=metric)
-        ax.set(xlabel="tokens", ylabel="loss (nats/token)", title=self.title)
-        ax.grid(alpha=0.3)
-        ax.legend()
-        if self._handle is None:
-            self._handle = display(fig, display_id=True)
-        else:
-            self._handle.update(fig)
-        plt.close(fig)
