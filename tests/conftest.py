@@ -22,7 +22,8 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 @pytest.fixture(scope="module")
 def one_thread():
-    """Decoding a tiny model is a chain of tiny ops: one torch thread is fastest (and immune to a busy CPU)."""
+    """Decoding a tiny model is a chain of tiny ops:
+    one torch thread is fastest (and immune to a busy CPU)."""
     import torch
 
     before = torch.get_num_threads()
@@ -36,7 +37,9 @@ def tinystories_dir() -> Path:
     """Real TinyStories text (../shared/data/tinystories, or $TINYSTORIES_DIR)."""
     path = Path(os.environ.get("TINYSTORIES_DIR", SHARED / "data" / "tinystories"))
     if not (path / "TinyStories-valid.first1000.hf.txt").is_file():
-        pytest.skip(f"TinyStories sample not found at {path}: set TINYSTORIES_DIR or put ../shared beside the repo")
+        pytest.skip(
+            f"TinyStories sample not found at {path}: set TINYSTORIES_DIR or put ../shared beside the repo"
+        )
     return path
 
 

@@ -1,11 +1,12 @@
 """A fake Hugging Face Hub on 127.0.0.1 for the download tests (data, llama2.c, tinylib.download).
 
-What it does: serves HEAD and GET of /{repo}/resolve/{revision}/{file} (datasets: /datasets/{repo}/...) from an
-in-memory dict, with the headers huggingface_hub needs (ETag = sha256 of the bytes, so replacing a file changes
-it; X-Repo-Commit; Content-Length) and Range requests. Tests can drop a connection after N bytes, make GETs
-answer an error status, make HEAD announce a wrong size, and read the request log.
+What it does: serves HEAD and GET of /{repo}/resolve/{revision}/{file} (datasets: /datasets/{repo}/...) from
+an in-memory dict, with the headers huggingface_hub needs (ETag = sha256 of the bytes, so replacing a file
+changes it; X-Repo-Commit; Content-Length) and Range requests. Tests can drop a connection after N bytes, make
+GETs answer an error status, make HEAD announce a wrong size, and read the request log.
 What it leaves to the tests: which files exist, and their own fixtures (`yield from serve(monkeypatch, ...)`).
-Import it as `from fakehub import ...`: pytest puts tests/ on sys.path (no __init__.py, "prepend" import mode).
+Import it as `from fakehub import ...`: pytest puts tests/ on sys.path
+(no __init__.py, "prepend" import mode).
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ import pytest
 
 
 class FakeHub(http.server.ThreadingHTTPServer):
-    """The Hub's file endpoint; with `repo` set (e.g. "datasets/roneneldan/TinyStories"), only that repo exists."""
+    """The Hub's file endpoint; with `repo` set (e.g. "datasets/roneneldan/TinyStories"),
+    only that repo exists."""
 
     def __init__(self, files: dict[str, bytes] | None = None, repo: str | None = None):
         self.files = dict(files or {})  # path inside the repo -> bytes
@@ -28,7 +30,8 @@ class FakeHub(http.server.ThreadingHTTPServer):
         self.log: list[tuple[str, str, str | None]] = []  # (method, path, Range header)
         self.drop_after: dict[str, int] = {}  # file -> bytes sent before the connection drops (once)
         self.status: int | None = None  # when set, GETs of existing files answer it with no body
-        self.status_after_drop: int | None = None  # `status` becomes this after a drop: the network "stays down"
+        # `status` becomes this after a drop: the network "stays down"
+        self.status_after_drop: int | None = None
         self.size_lie: dict[str, int] = {}  # file -> size announced by HEAD instead of the real one
         super().__init__(("127.0.0.1", 0), _Handler)
 

@@ -1,4 +1,5 @@
-"""The throughput benchmark's baselines must be the same models as tinylib's presets, or its speedups mean nothing."""
+"""The throughput benchmark's baselines must be the same models as tinylib's presets,
+or its speedups mean nothing."""
 
 from __future__ import annotations
 
@@ -41,7 +42,8 @@ def test_llama_baseline_computes_tinylibs_llama():
     for i in range(cfg.n_layer):
         p = f"blocks.{i}."
         mapped |= {
-            f"h.{i}.norm_1.weight": sd[p + "attn_norm.weight"], f"h.{i}.norm_2.weight": sd[p + "mlp_norm.weight"],
+            f"h.{i}.norm_1.weight": sd[p + "attn_norm.weight"],
+            f"h.{i}.norm_2.weight": sd[p + "mlp_norm.weight"],
             f"h.{i}.wqkv.weight": torch.cat([sd[p + f"attn.{n}_proj.weight"] for n in "qkv"]),
             f"h.{i}.wo.weight": sd[p + "attn.o_proj.weight"],
             f"h.{i}.w13.weight": torch.cat([sd[p + "mlp.gate_proj.weight"], sd[p + "mlp.up_proj.weight"]]),

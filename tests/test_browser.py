@@ -2,9 +2,9 @@
 opened in headless Debian chromium through Playwright, Run All Cells, Generate, and story text must appear.
 
 Needs the `chromium` Debian package (/usr/bin/chromium) and the `playwright` Python package (no browser
-download: Playwright drives the system chromium). When either is missing the test FAILS and says what to install;
-set TINYLIB_SKIP_BROWSER=1 to skip it on purpose. The screenshot goes to the test's tmp_path and is copied to
-runs/browser/story_generator.png (gitignored), whose path is printed.
+download: Playwright drives the system chromium). When either is missing the test FAILS and says what to
+install; set TINYLIB_SKIP_BROWSER=1 to skip it on purpose. The screenshot goes to the test's tmp_path and is
+copied to runs/browser/story_generator.png (gitignored), whose path is printed.
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "notebooks" / "04_generation.ipynb"
 CHROMIUM = Path(os.environ.get("TINYLIB_CHROMIUM", "/usr/bin/chromium"))
 ARTIFACT = ROOT / "runs" / "browser" / "story_generator.png"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run"]
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
 
 pytestmark = pytest.mark.browser
 
@@ -43,8 +43,9 @@ def _requirements():
         from playwright.sync_api import sync_playwright
     except ImportError:
         sync_playwright = None
-        problems.append("the playwright Python package is missing: `pip install playwright` (the '[dev]' extra "
-                        "has it; no `playwright install` is needed, the test drives the system chromium)")
+        problems.append("the playwright Python package is missing: `pip install playwright` "
+                        "(the '[dev]' extra has it; no `playwright install` is needed, "
+                        "the test drives the system chromium)")
     if problems:
         pytest.fail("browser test cannot run: " + "; ".join(problems), pytrace=False)
     return sync_playwright
@@ -60,19 +61,22 @@ def _wait_for_server(url: str, proc: subprocess.Popen, log: Path, timeout: float
     deadline = time.time() + timeout
     while time.time() < deadline:
         if proc.poll() is not None:
-            pytest.fail(f"JupyterLab exited with {proc.returncode}:\n{log.read_text()[-3000:]}", pytrace=False)
+            pytest.fail(f"JupyterLab exited with {proc.returncode}:\n{log.read_text()[-3000:]}",
+                        pytrace=False)
         try:
             with urllib.request.urlopen(url, timeout=2) as r:
                 if r.status == 200:
                     return
         except OSError:
             time.sleep(0.3)
-    pytest.fail(f"JupyterLab did not answer at {url} within {timeout} s:\n{log.read_text()[-3000:]}", pytrace=False)
+    pytest.fail(f"JupyterLab did not answer at {url} within {timeout} s:\n{log.read_text()[-3000:]}",
+                pytrace=False)
 
 
 @pytest.fixture
 def lab(tmp_path):
-    """A JupyterLab server whose root is a temp copy (the committed notebook never gets outputs saved into it)."""
+    """A JupyterLab server whose root is a temp copy
+    (the committed notebook never gets outputs saved into it)."""
     _requirements()  # fail (or skip) before starting a server for nothing
     root = tmp_path / "lab"
     (root / "notebooks").mkdir(parents=True)
@@ -81,8 +85,8 @@ def lab(tmp_path):
         (root / "checkpoints").symlink_to(ROOT / "checkpoints")
     port, token = _free_port(), secrets.token_hex(16)
     env = {**os.environ, "TINYLIB_SMOKE": "1", "OMP_NUM_THREADS": "1",
-           "JUPYTER_CONFIG_DIR": str(tmp_path / "jupyter-config"), "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime"),
-           "IPYTHONDIR": str(tmp_path / "ipython")}
+           "JUPYTER_CONFIG_DIR": str(tmp_path / "jupyter-config"),
+           "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime"), "IPYTHONDIR": str(tmp_path / "ipython")}
     jupyter = Path(sys.executable).with_name("jupyter")
     log = tmp_path / "jupyterlab.log"
     cmd = [str(jupyter), "lab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
@@ -150,7 +154,8 @@ def test_story_generator_in_jupyterlab(lab, tmp_path):
             page.screenshot(path=str(shot))
         except Exception:
             page.screenshot(path=str(tmp_path / "failure.png"))
-            print(f"failure screenshot: {tmp_path / 'failure.png'}\nJupyterLab log:\n{log.read_text()[-3000:]}")
+            print(f"failure screenshot: {tmp_path / 'failure.png'}\n"
+                  f"JupyterLab log:\n{log.read_text()[-3000:]}")
             raise
         finally:
             browser.close()

@@ -1,4 +1,5 @@
-"""The two descriptions of the environment (pyproject.toml and environment.yml) must name the same packages."""
+"""The two descriptions of the environment (pyproject.toml and environment.yml)
+must name the same packages."""
 
 import re
 import tomllib
@@ -17,7 +18,9 @@ def test_environment_yml_matches_pyproject():
     wanted = {normalise(s) for s in project["dependencies"] + project["optional-dependencies"]["dev"]}
     pip_section = (ROOT / "environment.yml").read_text().split("- pip:", 1)[1]
     listed = {normalise(s) for s in re.findall(r"^\s+- (?!-e )([A-Za-z].*)$", pip_section, flags=re.M)}
-    assert listed == wanted, f"only in pyproject: {wanted - listed}; only in environment.yml: {listed - wanted}"
+    assert listed == wanted, (
+        f"only in pyproject: {wanted - listed}; only in environment.yml: {listed - wanted}"
+    )
 
 
 def test_python_version_agrees():

@@ -39,7 +39,8 @@ def test_to_hf_logits_match(case):
     assert torch.allclose(ours, theirs, atol=1e-4), (ours - theirs).abs().max()
     assert torch.allclose(ours, back, atol=1e-5)
     assert type(hf).__name__ == ("LlamaForCausalLM" if preset.startswith("llama") else "GPT2LMHeadModel")
-    assert (hf.lm_head.weight.data_ptr() == hf.get_input_embeddings().weight.data_ptr()) == m.cfg.tie_embeddings
+    assert ((hf.lm_head.weight.data_ptr() == hf.get_input_embeddings().weight.data_ptr())
+            == m.cfg.tie_embeddings)
 
 
 def test_custom_family_is_refused():

@@ -1,7 +1,7 @@
 """Analysis helpers on small models: head scores, ablations, neurons, logit lens/DLA.
 
-The induction checks need a model that has induction heads: a 2-layer model trained here for a few hundred steps
-on repeated random sequences (seconds on CPU), where the second half can only be predicted by copying.
+The induction checks need a model that has induction heads: a 2-layer model trained here for a few hundred
+steps on repeated random sequences (seconds on CPU), where the second half can only be predicted by copying.
 """
 
 from __future__ import annotations
@@ -48,10 +48,11 @@ BOS = V - 1
 def build_induction_model() -> Transformer:
     """A 2-layer GPT-style model with a hand-set induction circuit (instant, unlike training one on 2 CPUs).
 
-    Residual = [token one-hot | position one-hot | previous-token one-hot]. L0H0 attends from t to t-1 (position
-    query vs shifted position key) and copies that token into the previous-token block; L1H0 attends to keys whose
-    previous token equals the query token and writes their token into the token block, which the unembedding
-    reads. MLPs and the other heads are zero. Query rows are centred so LayerNorm's mean shift cancels.
+    Residual = [token one-hot | position one-hot | previous-token one-hot]. L0H0 attends from t to t-1
+    (position query vs shifted position key) and copies that token into the previous-token block; L1H0
+    attends to keys whose previous token equals the query token and writes their token into the token block,
+    which the unembedding reads. MLPs and the other heads are zero. Query rows are centred so LayerNorm's
+    mean shift cancels.
     """
     D = V + P + V
     cfg = ModelConfig(vocab_size=V, n_layer=2, n_head=2, d_model=D, d_mlp=16, max_seq_len=P, norm="layernorm",
@@ -142,7 +143,8 @@ def test_induction_heads_found_and_ablation_hurts_copying(bridge, rep):
 
 
 def test_zero_ablation_equals_zeroed_weights(bridge, induction_model, rep):
-    """Ablating head (1, 0) through hook_z equals zeroing its slice of o_proj in tinylib (the eager cross-check)."""
+    """Ablating head (1, 0) through hook_z equals zeroing its slice of o_proj in tinylib
+    (the eager cross-check)."""
     res = ablate_each_head(bridge, rep[:4], "zero")
     m = Transformer(induction_model.cfg)
     m.load_state_dict(induction_model.state_dict())
@@ -151,14 +153,15 @@ def test_zero_ablation_equals_zeroed_weights(bridge, induction_model, rep):
         m.blocks[1].attn.o_proj.weight[:, 0:dh] = 0
         _, loss = m(rep[:4, :-1], rep[:4, 1:])
     assert res.delta.shape == (2, 2)
-    assert res.base_loss + float(res.delta[1, 0]) == pytest.approx(float(loss), abs=1e-4)
+    assert res.base_loss + float(res.delta[1, 0]) == pytest.approx(loss.item(), abs=1e-4)
     plot_ablation(res)
 
 
 def test_mean_ablation(bridge, rep):
     means = component_means(bridge, rep)
     assert means.z.shape == (2, 2, 40) and means.post.shape == (2, 16)
-    assert torch.allclose(means.z[1, 0], bridge.run_with_cache(rep)[1]["blocks.1.attn.hook_z"][:, :, 0].mean((0, 1)),
+    assert torch.allclose(means.z[1, 0],
+                          bridge.run_with_cache(rep)[1]["blocks.1.attn.hook_z"][:, :, 0].mean((0, 1)),
                           atol=1e-5)
     res = ablate_each_head(bridge, rep[:4], "mean", means=means)
     assert sorted(h[:2] for h in res.top(2)) == [(0, 0), (1, 0)]  # the circuit; the idle heads cost nothing
@@ -168,8 +171,8 @@ def test_mean_ablation(bridge, rep):
 @pytest.fixture(scope="module")
 def random_model() -> Transformer:
     torch.manual_seed(1)
-    cfg = ModelConfig(vocab_size=40, n_layer=2, n_head=2, d_model=32, d_mlp=64, max_seq_len=16, norm="layernorm",
-                      mlp="gelu", pos="learned", bias=True)
+    cfg = ModelConfig(vocab_size=40, n_layer=2, n_head=2, d_model=32, d_mlp=64, max_seq_len=16,
+                      norm="layernorm", mlp="gelu", pos="learned", bias=True)
     m = Transformer(cfg).eval()
     with torch.no_grad():
         for p in m.parameters():

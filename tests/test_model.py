@@ -32,7 +32,8 @@ def test_param_counts_match_closed_form_and_the_built_model(preset, vocab):
     assert model.num_params(non_embedding=True) == counts.non_embedding
     by_part = {"attention": 0, "mlp": 0, "norms": 0}
     for name, p in model.named_parameters():
-        part = "attention" if ".attn." in name else "mlp" if ".mlp." in name else "norms" if "norm" in name else None
+        part = ("attention" if ".attn." in name else "mlp" if ".mlp." in name
+                else "norms" if "norm" in name else None)
         if part:
             by_part[part] += p.numel()
     assert by_part == {"attention": counts.attention, "mlp": counts.mlp, "norms": counts.norms}
@@ -52,9 +53,12 @@ def test_untied_and_gqa_counts():
 @pytest.fixture(params=["gpt", "llama", "llama_gqa", "gpt_nobias_untied"])
 def model(request):
     torch.manual_seed(0)
-    overrides = {"gpt": dict(preset="gpt_tiny"), "llama": dict(preset="llama_tiny"),
-                 "llama_gqa": dict(preset="llama_tiny", n_kv_head=2),
-                 "gpt_nobias_untied": dict(preset="gpt_tiny", bias=False, tie_embeddings=False)}[request.param]
+    overrides = {
+        "gpt": dict(preset="gpt_tiny"),
+        "llama": dict(preset="llama_tiny"),
+        "llama_gqa": dict(preset="llama_tiny", n_kv_head=2),
+        "gpt_nobias_untied": dict(preset="gpt_tiny", bias=False, tie_embeddings=False),
+    }[request.param]
     preset = overrides.pop("preset")
     return Transformer(get_config(preset, vocab_size=300, max_seq_len=64, **overrides)).eval()
 
@@ -80,7 +84,8 @@ def test_kv_cache_in_chunks_equals_one_full_forward(model):
     assert cache.pos == 40
     # the eager path with a cache agrees too
     cache.reset()
-    eager = [model.forward_with_patterns(idx[:, a:b], cache=cache)[0] for a, b in [(0, 17), (17, 18), (18, 40)]]
+    eager = [model.forward_with_patterns(idx[:, a:b], cache=cache)[0]
+             for a, b in [(0, 17), (17, 18), (18, 40)]]
     torch.testing.assert_close(torch.cat(eager, dim=1), full, atol=1e-5, rtol=1e-5)
 
 
@@ -92,7 +97,8 @@ def test_future_tokens_do_not_change_past_logits(model):
 
 
 def test_gelu_is_gpt2s_tanh_gelu_with_the_same_gradient():
-    """The compiled form (x sigmoid(2z)) is the same function as F.gelu(approximate="tanh"), values and gradients."""
+    """The compiled form (x sigmoid(2z)) is the same function as F.gelu(approximate="tanh"),
+    values and gradients."""
     x = torch.linspace(-12, 12, 20001, dtype=torch.float64, requires_grad=True)
     traced = []
 
@@ -202,4 +208,5 @@ def test_chunked_loss_and_gradients_equal_the_plain_logits_path(dtype):
     for name in g1:
         torch.testing.assert_close(g2[name], g1[name], **tol, msg=name)
     with torch.no_grad():  # evaluation takes the gradient-free branch
-        torch.testing.assert_close(model(idx, y, return_logits=False)[1], model(idx, y)[1], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(model(idx, y, return_logits=False)[1], model(idx, y)[1],
+                                   atol=1e-5, rtol=1e-5)

@@ -35,8 +35,11 @@ CASES = {
 
 def run(name: str) -> nbformat.NotebookNode:
     nb = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
-    assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), "commit the notebook without outputs"
-    NotebookClient(nb, timeout=240, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOKS)}}).execute()
+    assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), (
+        "commit the notebook without outputs"
+    )
+    NotebookClient(nb, timeout=240, kernel_name="python3",
+                   resources={"metadata": {"path": str(NOTEBOOKS)}}).execute()
     return nb
 
 
@@ -47,10 +50,12 @@ def test_notebook_runs(name, request, monkeypatch):
         request.getfixturevalue(fixture)
     monkeypatch.setenv("TINYLIB_SMOKE", "1")
     if name == "04_generation":
-        monkeypatch.setenv("OMP_NUM_THREADS", "1")  # tiny models decode fastest on one thread, even on a busy CPU
+        # tiny models decode fastest on one thread, even on a busy CPU
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")
     nb = run(name)
     text = "\n".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
     for check in checks:
         assert check in text
     if name == "04_generation":  # the story generator widget rendered
-        assert any("application/vnd.jupyter.widget-view+json" in o.get("data", {}) for o in nb.cells[-2].outputs)
+        assert any("application/vnd.jupyter.widget-view+json" in o.get("data", {})
+                   for o in nb.cells[-2].outputs)

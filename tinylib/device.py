@@ -1,7 +1,7 @@
 """Which device and number format a process runs in: device, dtype, autocast, and the torchrun process group.
 
-One table of dtype names (`DTYPES`) serves the trainer, the budget and the benchmarks. What it leaves to others:
-peak FLOP/s of a device and MFU (`tinylib.flops`), the training loop (`tinylib.train`).
+One table of dtype names (`DTYPES`) serves the trainer, the budget and the benchmarks. What it leaves to
+others: peak FLOP/s of a device and MFU (`tinylib.flops`), the training loop (`tinylib.train`).
 """
 
 from __future__ import annotations

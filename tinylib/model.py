@@ -2,14 +2,15 @@
 
 Reads top to bottom like the architecture diagram: norm, rotary embedding, attention, MLP, block, model.
 The config switches the family (see `tinylib.config`); parameter names follow transformers' Llama naming
-(`q_proj`, `k_proj`, `v_proj`, `o_proj`, `gate_proj`, `up_proj`, `down_proj`) and RoPE uses the same "rotate half"
-pairing as `LlamaForCausalLM`, so exporting to transformers is a rename (and, for GPT-2's Conv1D, a transpose).
+(`q_proj`, `k_proj`, `v_proj`, `o_proj`, `gate_proj`, `up_proj`, `down_proj`) and RoPE uses the same
+"rotate half" pairing as `LlamaForCausalLM`, so exporting to transformers is a rename (and, for GPT-2's
+Conv1D, a transpose).
 
-`forward` always returns (logits, loss). Attention is computed one of two ways, chosen at run time and never saved:
-`attn_impl="sdpa"` calls `scaled_dot_product_attention` (Flash Attention on CUDA), `"eager"` writes out
-softmax(q k^T / sqrt(d)) (what torch.compile fuses best on CPUs, and what `forward_with_patterns` uses to hand the
-patterns to teaching and interpretability code). Both give the same outputs. A `KVCache` makes generation cost
-O(new tokens); the cache knows nothing about text.
+`forward` always returns (logits, loss). Attention is computed one of two ways, chosen at run time and never
+saved: `attn_impl="sdpa"` calls `scaled_dot_product_attention` (Flash Attention on CUDA), `"eager"` writes out
+softmax(q k^T / sqrt(d)) (what torch.compile fuses best on CPUs, and what `forward_with_patterns` uses to hand
+the patterns to teaching and interpretability code). Both give the same outputs. A `KVCache` makes generation
+cost O(new tokens); the cache knows nothing about text.
 """
 
 from __future__ import annotations
@@ -98,7 +99,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
 
 def linear_cross_entropy(x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
                          chunk: int = 1024) -> torch.Tensor:
-    """cross_entropy(x @ weight.T, targets, ignore_index=-1), chunked; x [N, d], weight [V, d], targets [N]."""
+    """cross_entropy(x @ weight.T, targets, ignore_index=-1), chunked;
+    x [N, d], weight [V, d], targets [N]."""
     dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
     if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
         return _LinearCrossEntropy.apply(x, weight, targets, chunk, dtype)
@@ -153,8 +155,8 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None,
                 cache: KVCache | None, layer: int, eager: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
         B, T, _ = x.shape
-        # One matmul for q, k and v (the same math as three, but a bigger, faster matmul); weights stay separate
-        # so that they map one to one onto transformers' q_proj/k_proj/v_proj.
+        # One matmul for q, k and v (the same math as three, but a bigger, faster matmul); weights stay
+        # separate so that they map one to one onto transformers' q_proj/k_proj/v_proj.
         projs = (self.q_proj, self.k_proj, self.v_proj)
         weight = torch.cat([p.weight for p in projs])
         bias = torch.cat([p.bias for p in projs]) if self.q_proj.bias is not None else None
@@ -178,7 +180,8 @@ class Attention(nn.Module):
                 k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
             scores = (q @ k.transpose(-2, -1)) / math.sqrt(self.d_head)
             if T > 1:
-                allowed = mask if mask is not None else torch.ones(T, S, dtype=torch.bool, device=x.device).tril()
+                allowed = (mask if mask is not None
+                           else torch.ones(T, S, dtype=torch.bool, device=x.device).tril())
                 scores = scores.masked_fill(~allowed, float("-inf"))
             pattern = scores.float().softmax(dim=-1).type_as(q)
             y = F.dropout(pattern, self.dropout, self.training) @ v
@@ -205,8 +208,11 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.swiglu:  # gate and up as one matmul, as with q/k/v above
-            bias = torch.cat([self.gate_proj.bias, self.up_proj.bias]) if self.up_proj.bias is not None else None
-            gate, up = F.linear(x, torch.cat([self.gate_proj.weight, self.up_proj.weight]), bias).chunk(2, dim=-1)
+            bias = (torch.cat([self.gate_proj.bias, self.up_proj.bias])
+                    if self.up_proj.bias is not None else None)
+            gate, up = F.linear(
+                x, torch.cat([self.gate_proj.weight, self.up_proj.weight]), bias
+            ).chunk(2, dim=-1)
             return self.down_proj(F.silu(gate) * up)
         return self.down_proj(gelu_tanh(self.up_proj(x)))
 
@@ -214,8 +220,8 @@ class MLP(nn.Module):
 def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
     """GPT-2's gelu_new, 0.5 x (1 + tanh(z)).
 
-    Eagerly that is one aten kernel; under torch.compile it is written as the identical x sigmoid(2z), which inductor
-    fuses into a loop ~2.5x faster than its tanh one on CPUs.
+    Eagerly that is one aten kernel; under torch.compile it is written as the identical x sigmoid(2z), which
+    inductor fuses into a loop ~2.5x faster than its tanh one on CPUs.
     """
     if not torch.compiler.is_compiling():
         return F.gelu(x, approximate="tanh")
@@ -245,7 +251,8 @@ class Transformer(nn.Module):
     def __init__(self, cfg: ModelConfig, attn_impl: str = "sdpa"):
         super().__init__()
         self.cfg = cfg
-        self.attn_impl = attn_impl  # "sdpa" or "eager": a run-time choice (same outputs), not part of the config
+        # "sdpa" or "eager": a run-time choice (same outputs), not part of the config
+        self.attn_impl = attn_impl
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.pos_emb = nn.Embedding(cfg.max_seq_len, cfg.d_model) if cfg.pos == "learned" else None
         self.drop = nn.Dropout(cfg.dropout)
@@ -291,27 +298,31 @@ class Transformer(nn.Module):
                 return_logits: bool = True) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """(logits [B, T, vocab], mean cross-entropy or None); targets of -1 are ignored.
 
-        Training passes `return_logits=False`: the loss is then computed in chunks without ever holding the full
-        logits (see `linear_cross_entropy`), and the logits returned are None.
+        Training passes `return_logits=False`: the loss is then computed in chunks without ever holding the
+        full logits (see `linear_cross_entropy`), and the logits returned are None.
         With `cache`, idx holds the next tokens after `cache.pos` positions and the cache advances by T.
         """
         x, _ = self._trunk(idx, cache, eager=self.attn_impl == "eager")
         if targets is not None and not return_logits:
-            return None, linear_cross_entropy(x.reshape(-1, x.shape[-1]), self.lm_head.weight, targets.reshape(-1))
+            return None, linear_cross_entropy(x.reshape(-1, x.shape[-1]), self.lm_head.weight,
+                                              targets.reshape(-1))
         logits = self.lm_head(x)
         loss = None
         if targets is not None:
-            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
+            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1),
+                                   ignore_index=-1)
         return logits, loss
 
     def forward_with_patterns(self, idx: torch.Tensor, *, cache: KVCache | None = None
                               ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """(logits, per-layer attention patterns [B, n_head, T, S]): the eager path, whatever `attn_impl` says."""
+        """(logits, per-layer attention patterns [B, n_head, T, S]):
+        the eager path, whatever `attn_impl` says."""
         x, patterns = self._trunk(idx, cache, eager=True)
         return self.lm_head(x), patterns
 
     def _trunk(self, idx: torch.Tensor, cache: KVCache | None, eager: bool) -> tuple[torch.Tensor, list]:
-        """Embeddings, the blocks and the final norm: the residual stream the LM head reads, and the patterns."""
+        """Embeddings, the blocks and the final norm:
+        the residual stream the LM head reads, and the patterns."""
         B, T = idx.shape
         start = cache.pos if cache is not None else 0
         if start + T > self.cfg.max_seq_len:
@@ -337,7 +348,8 @@ class Transformer(nn.Module):
         return KVCache(self.cfg, batch_size, max_len, device=p.device, dtype=p.dtype)
 
     def num_params(self, non_embedding: bool = False) -> int:
-        """Parameters as stored (a tied matrix counted once); non_embedding drops embeddings and the LM head."""
+        """Parameters as stored (a tied matrix counted once);
+        non_embedding drops embeddings and the LM head."""
         n = sum(p.numel() for p in self.parameters())
         if non_embedding:
             n -= self.tok_emb.weight.numel()

@@ -1,7 +1,7 @@
 """Where things live: the repository root, its data and checkpoint folders, and `../shared` beside it.
 
-Every other module asks here instead of counting `parents[...]` itself. `shared_dir()` reads $TINYLIB_SHARED at
-call time, so tests and notebooks can point it elsewhere (or at nothing, to see the offline fallbacks).
+Every other module asks here instead of counting `parents[...]` itself. `shared_dir()` reads $TINYLIB_SHARED
+at call time, so tests and notebooks can point it elsewhere (or at nothing, to see the offline fallbacks).
 """
 
 from __future__ import annotations

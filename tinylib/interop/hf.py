@@ -1,34 +1,36 @@
 """Export to Hugging Face transformers: an in-memory model, a tokenizer, and a folder `from_pretrained` loads.
 
-`to_hf(model)` builds a `LlamaForCausalLM` (LLaMA-style: RMSNorm, SwiGLU, RoPE) or a `GPT2LMHeadModel` (GPT-style:
-LayerNorm, GELU, learned positions) from our config and copies our weights in. `save_hf(model, folder, tokenizer)`
-writes `config.json` + `model.safetensors` (+ `tokenizer.json`) so that `AutoModelForCausalLM.from_pretrained(folder)`
-works offline. `hf_tokenizer(tok)` turns our tokenizers into a `PreTrainedTokenizerFast`; TransformerLens needs one
-for `to_tokens`/`to_str_tokens` (see `tinylib.interp.lens`). `from_hf` goes back. Training, checkpoints and analysis live
-elsewhere; this module only translates.
+`to_hf(model)` builds a `LlamaForCausalLM` (LLaMA-style: RMSNorm, SwiGLU, RoPE) or a `GPT2LMHeadModel`
+(GPT-style: LayerNorm, GELU, learned positions) from our config and copies our weights in.
+`save_hf(model, folder, tokenizer)` writes `config.json` + `model.safetensors` (+ `tokenizer.json`) so that
+`AutoModelForCausalLM.from_pretrained(folder)` works offline. `hf_tokenizer(tok)` turns our tokenizers into a
+`PreTrainedTokenizerFast`; TransformerLens needs one for `to_tokens`/`to_str_tokens` (see
+`tinylib.interp.lens`). `from_hf` goes back. Training, checkpoints and analysis live elsewhere; this module
+only translates.
 
 Pitfalls the conversion handles (each one is checked by tests/test_hf.py against tinylib's own logits):
-- Weight layouts. Our Linear weights are [out, in], as are Llama's, so LLaMA export is a pure rename. GPT-2 uses
-  `Conv1D`, whose weight is [in, out]: every matrix is transposed. GPT-2 also fuses q, k, v into one `c_attn`
-  ([d_model, 3 * d_model], columns q | k | v).
-- GPT-2 always has biases (linear layers and LayerNorm). A GPT-style model with `bias=False` exports zero biases,
-  which is exact. The LM head never has a bias.
+- Weight layouts. Our Linear weights are [out, in], as are Llama's, so LLaMA export is a pure rename. GPT-2
+  uses `Conv1D`, whose weight is [in, out]: every matrix is transposed. GPT-2 also fuses q, k, v into one
+  `c_attn` ([d_model, 3 * d_model], columns q | k | v).
+- GPT-2 always has biases (linear layers and LayerNorm). A GPT-style model with `bias=False` exports zero
+  biases, which is exact. The LM head never has a bias.
 - Grouped-query attention. Llama has `num_key_value_heads`. GPT-2 has no GQA, so a GPT-style model with
   n_kv_head < n_head is exported with each k/v head repeated for the query heads that share it (query head h
-  reads kv head h // (n_head / n_kv_head), as in our eager path). The outputs are identical; the file is larger, and
-  `from_hf` brings back a multi-head model.
-- RoPE pairing. Our RoPE rotates dims (i, i + d_head/2) ("rotate half"), the convention of transformers' Llama, so
-  q/k weights need no permutation. (llama2.c and Meta use interleaved pairs (2i, 2i+1); tinylib.interop.llama2c converts
-  those on import.) transformers 5.x configures RoPE through `rope_parameters={"rope_type": "default",
-  "rope_theta": ...}`.
-- Tied embeddings. `tie_word_embeddings` follows `cfg.tie_embeddings`; save_pretrained stores the tied matrix once.
+  reads kv head h // (n_head / n_kv_head), as in our eager path). The outputs are identical; the file is
+  larger, and `from_hf` brings back a multi-head model.
+- RoPE pairing. Our RoPE rotates dims (i, i + d_head/2) ("rotate half"), the convention of transformers'
+  Llama, so q/k weights need no permutation. (llama2.c and Meta use interleaved pairs (2i, 2i+1);
+  tinylib.interop.llama2c converts those on import.) transformers 5.x configures RoPE through
+  `rope_parameters={"rope_type": "default", "rope_theta": ...}`.
+- Tied embeddings. `tie_word_embeddings` follows `cfg.tie_embeddings`; save_pretrained stores the tied
+  matrix once.
 - Attention implementation. We build models with `attn_implementation="eager"` so logits agree to ~1e-6 and
   attention weights are available; `from_pretrained(folder)` picks SDPA by default, which agrees within 1e-5.
-- Vocabulary padding. Training may round `cfg.vocab_size` up past the tokenizer's vocabulary; the export keeps the
-  model's size (the extra rows are never produced by the tokenizer).
-- Tokenizers. tiktoken ranks become a byte-level BPE in `tokenizers` (GPT-2's byte-to-unicode alphabet, the same
-  split regex, `ignore_merges` so whole-token ranks win as in tiktoken); SentencePiece models load through
-  transformers' `LlamaTokenizer`. Both prepend BOS like our data framing (`[bos] + tokens`).
+- Vocabulary padding. Training may round `cfg.vocab_size` up past the tokenizer's vocabulary; the export keeps
+  the model's size (the extra rows are never produced by the tokenizer).
+- Tokenizers. tiktoken ranks become a byte-level BPE in `tokenizers` (GPT-2's byte-to-unicode alphabet, the
+  same split regex, `ignore_merges` so whole-token ranks win as in tiktoken); SentencePiece models load
+  through transformers' `LlamaTokenizer`. Both prepend BOS like our data framing (`[bos] + tokens`).
 """
 
 from __future__ import annotations
@@ -40,7 +42,20 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers, processors
+from tokenizers import Tokenizer as HFTokenizer
+from transformers import (
+    GPT2Config,
+    GPT2LMHeadModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+    LlamaTokenizer,
+    PreTrainedTokenizerBase,
+    PreTrainedTokenizerFast,
+)
+from transformers.convert_slow_tokenizer import bytes_to_unicode
 
+from tinylib.checkpoint import load_model
 from tinylib.config import ModelConfig
 from tinylib.model import Transformer
 
@@ -62,8 +77,6 @@ def resolve_model(model: Transformer | str | os.PathLike) -> Transformer:
     if isinstance(model, Transformer):
         return model
     if isinstance(model, (str, os.PathLike)):
-        from tinylib.checkpoint import load_model
-
         return load_model(model)
     raise TypeError(f"expected a tinylib Transformer or a checkpoint path, got {type(model).__name__}")
 
@@ -72,8 +85,6 @@ def hf_config(cfg: ModelConfig, *, bos_id: int | None = None, eos_id: int | None
               attn_implementation: str = "eager"):
     """The transformers config (LlamaConfig or GPT2Config) that describes `cfg` exactly."""
     if _family(cfg) == "llama":
-        from transformers import LlamaConfig
-
         return LlamaConfig(
             vocab_size=cfg.vocab_size, hidden_size=cfg.d_model, intermediate_size=cfg.d_mlp,
             num_hidden_layers=cfg.n_layer, num_attention_heads=cfg.n_head, num_key_value_heads=cfg.n_kv_head,
@@ -83,8 +94,6 @@ def hf_config(cfg: ModelConfig, *, bos_id: int | None = None, eos_id: int | None
             attention_bias=cfg.bias, mlp_bias=cfg.bias, attention_dropout=cfg.attn_dropout,
             bos_token_id=bos_id, eos_token_id=eos_id, pad_token_id=None,
             attn_implementation=attn_implementation, architectures=["LlamaForCausalLM"])
-    from transformers import GPT2Config
-
     return GPT2Config(
         vocab_size=cfg.vocab_size, n_positions=cfg.max_seq_len, n_embd=cfg.d_model, n_layer=cfg.n_layer,
         n_head=cfg.n_head, n_inner=cfg.d_mlp, activation_function="gelu_new", layer_norm_epsilon=cfg.norm_eps,
@@ -94,7 +103,8 @@ def hf_config(cfg: ModelConfig, *, bos_id: int | None = None, eos_id: int | None
 
 
 def _expand_kv(w: torch.Tensor, cfg: ModelConfig) -> torch.Tensor:
-    """Repeat each kv head's rows (weight [n_kv*dh, in] or bias [n_kv*dh]) for the query heads that share it."""
+    """Repeat each kv head's rows (weight [n_kv*dh, in] or bias [n_kv*dh])
+    for the query heads that share it."""
     rep = cfg.n_head // cfg.n_kv_head
     w = w.reshape(cfg.n_kv_head, cfg.d_head, *w.shape[1:])
     return w.repeat_interleave(rep, dim=0).reshape(cfg.n_head * cfg.d_head, *w.shape[2:])
@@ -152,15 +162,14 @@ def hf_state_dict(model: Transformer) -> dict[str, torch.Tensor]:
 
 def to_hf(model: Transformer | str | os.PathLike, *, attn_implementation: str = "eager",
           tokenizer: Any = None):
-    """A `LlamaForCausalLM` or `GPT2LMHeadModel` holding our weights, in eval mode, on the model's device/dtype.
+    """A `LlamaForCausalLM` or `GPT2LMHeadModel` holding our weights,
+    in eval mode, on the model's device/dtype.
 
     The result owns copies of the weights, so later training of `model` does not change it (call again).
     `tokenizer` (ours) only fills bos/eos ids in the config.
     """
     model = resolve_model(model)
     cfg = model.cfg
-    from transformers import GPT2LMHeadModel, LlamaForCausalLM
-
     bos = getattr(tokenizer, "bos_id", None)
     eos = getattr(tokenizer, "eos_id", None)
     config = hf_config(cfg, bos_id=bos, eos_id=eos, attn_implementation=attn_implementation)
@@ -171,7 +180,9 @@ def to_hf(model: Transformer | str | os.PathLike, *, attn_implementation: str = 
     if unexpected or [k for k in missing if k != "lm_head.weight"]:
         raise RuntimeError(f"export to {cls.__name__} left weights unmatched: missing {missing}, unexpected "
                            f"{unexpected}; the installed transformers may have renamed parameters")
-    if cfg.tie_embeddings and hf.get_output_embeddings().weight.data_ptr() != hf.get_input_embeddings().weight.data_ptr():
+    if cfg.tie_embeddings and (
+        hf.get_output_embeddings().weight.data_ptr() != hf.get_input_embeddings().weight.data_ptr()
+    ):
         hf.tie_weights()
     return hf.eval()
 
@@ -187,12 +198,15 @@ def from_hf(hf_model) -> Transformer:
             raise ValueError("tinylib has one `bias` switch; this Llama has attention_bias != mlp_bias")
         rope = getattr(c, "rope_parameters", None) or {}
         if rope.get("rope_type", "default") != "default":
-            raise ValueError(f"rope_type={rope.get('rope_type')!r} is not supported; tinylib implements plain RoPE")
+            raise ValueError(
+                f"rope_type={rope.get('rope_type')!r} is not supported; tinylib implements plain RoPE"
+            )
         cfg = ModelConfig(
             vocab_size=c.vocab_size, n_layer=c.num_hidden_layers, n_head=c.num_attention_heads,
             n_kv_head=c.num_key_value_heads, d_model=c.hidden_size, d_mlp=c.intermediate_size,
             max_seq_len=c.max_position_embeddings, norm="rmsnorm", mlp="swiglu", pos="rope",
-            rope_theta=float(rope.get("rope_theta", 10000.0)), bias=bias, tie_embeddings=tied, norm_eps=c.rms_norm_eps)
+            rope_theta=float(rope.get("rope_theta", 10000.0)), bias=bias, tie_embeddings=tied,
+            norm_eps=c.rms_norm_eps)
         if cfg.d_head != c.head_dim:
             raise ValueError(f"head_dim={c.head_dim} differs from hidden_size/num_heads={cfg.d_head}")
         ours = {"tok_emb.weight": sd["model.embed_tokens.weight"], "norm_f.weight": sd["model.norm.weight"],
@@ -209,7 +223,8 @@ def from_hf(hf_model) -> Transformer:
             d_mlp=c.n_inner or 4 * c.n_embd, max_seq_len=c.n_positions, norm="layernorm", mlp="gelu",
             pos="learned", bias=True, tie_embeddings=tied, norm_eps=c.layer_norm_epsilon)
         d = cfg.d_model
-        ours = {"tok_emb.weight": sd["transformer.wte.weight"], "pos_emb.weight": sd["transformer.wpe.weight"],
+        ours = {"tok_emb.weight": sd["transformer.wte.weight"],
+                "pos_emb.weight": sd["transformer.wpe.weight"],
                 "norm_f.weight": sd["transformer.ln_f.weight"], "norm_f.bias": sd["transformer.ln_f.bias"],
                 "lm_head.weight": sd.get("lm_head.weight", sd["transformer.wte.weight"])}
         for i in range(cfg.n_layer):
@@ -237,11 +252,8 @@ def from_hf(hf_model) -> Transformer:
 
 
 def _tiktoken_backend(encoding, bos_token: str):
-    """A `tokenizers.Tokenizer` equal to a tiktoken Encoding: byte-level BPE over the same ranks and split regex."""
-    from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers, processors
-    from tokenizers import Tokenizer as HFTokenizer
-    from transformers.convert_slow_tokenizer import bytes_to_unicode
-
+    """A `tokenizers.Tokenizer` equal to a tiktoken Encoding:
+    byte-level BPE over the same ranks and split regex."""
     byte_to_char = bytes_to_unicode()
 
     def as_str(b: bytes) -> str:
@@ -270,7 +282,8 @@ def _tiktoken_backend(encoding, bos_token: str):
 
 
 def _spm_proto(tokenizer: Any) -> bytes | None:
-    """The serialized SentencePiece model behind a tokenizer (tinylib.interop.llama2c's, or a `.model` path), if any."""
+    """The serialized SentencePiece model behind a tokenizer
+    (tinylib.interop.llama2c's, or a `.model` path), if any."""
     if isinstance(tokenizer, (str, os.PathLike)) and str(tokenizer).endswith(".model"):
         return Path(tokenizer).read_bytes()
     proto = getattr(tokenizer, "model_proto", None) or getattr(tokenizer, "_proto", None)
@@ -280,21 +293,19 @@ def _spm_proto(tokenizer: Any) -> bytes | None:
 def hf_tokenizer(tokenizer: Any):
     """A transformers `PreTrainedTokenizerFast` that encodes like our tokenizer and prepends BOS.
 
-    Accepts a tinylib `Tokenizer` (tiktoken: ours or GPT-2), `tinylib.interop.sentencepiece.SentencePieceTokenizer` (or any
-    tokenizer exposing its serialized SentencePiece model), a path to a `.model` file, or an HF tokenizer.
+    Accepts a tinylib `Tokenizer` (tiktoken: ours or GPT-2),
+    `tinylib.interop.sentencepiece.SentencePieceTokenizer` (or any tokenizer exposing its serialized
+    SentencePiece model), a path to a `.model` file, or an HF tokenizer.
     """
-    from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
-
     if isinstance(tokenizer, PreTrainedTokenizerBase):
         return tokenizer
     proto = _spm_proto(tokenizer)
     if proto is not None:
-        from transformers import LlamaTokenizer
-
         with tempfile.TemporaryDirectory() as tmp:
             (Path(tmp) / "tokenizer.model").write_bytes(proto)
             # legacy=False + add_prefix_space: the "▁" prefix sentencepiece adds to the first word
-            return LlamaTokenizer.from_pretrained(tmp, legacy=False, add_prefix_space=True, add_bos_token=True)
+            return LlamaTokenizer.from_pretrained(tmp, legacy=False, add_prefix_space=True,
+                                                  add_bos_token=True)
     encoding = None
     try:
         encoding = tokenizer.encoding
@@ -302,8 +313,8 @@ def hf_tokenizer(tokenizer: Any):
         pass
     if encoding is None or not hasattr(encoding, "_mergeable_ranks"):
         raise TypeError(f"cannot express {type(tokenizer).__name__} as a Hugging Face tokenizer: expected a "
-                        "tinylib Tokenizer over tiktoken, a SentencePiece tokenizer with its .model file, or a "
-                        "transformers tokenizer")
+                        "tinylib Tokenizer over tiktoken, a SentencePiece tokenizer with its .model file, "
+                        "or a transformers tokenizer")
     bos = encoding.decode_single_token_bytes(tokenizer.bos_id).decode("utf-8")
     eos = encoding.decode_single_token_bytes(tokenizer.eos_id).decode("utf-8")
     hf_tok = PreTrainedTokenizerFast(tokenizer_object=_tiktoken_backend(encoding, bos), bos_token=bos,

@@ -1,4 +1,4 @@
 """Interpretability: our models under TransformerLens hook names (`lens`), and the analyses built on them:
-attention patterns and head scores (`attention`), MLP neurons (`neurons`), ablations (`ablation`), logit lens and
-direct logit attribution (`logit_lens`). Analyses return tensors and dataclasses; their plot functions take those.
-The core never imports this package."""
+attention patterns and head scores (`attention`), MLP neurons (`neurons`), ablations (`ablation`), logit lens
+and direct logit attribution (`logit_lens`). Analyses return tensors and dataclasses; their plot functions
+take those. The core never imports this package."""

@@ -1,15 +1,17 @@
 """Ablations: knock out attention heads or MLP neurons and measure what the loss does.
 
-Zero ablation sets a head's output `blocks.L.attn.hook_z[:, :, h]` (or a neuron's `blocks.L.mlp.hook_post`) to 0;
-mean ablation sets it to its mean over the reference tokens' batch and positions, which keeps the average signal
-downstream layers expect and so measures the head's *information* rather than its presence. Both run as forward
-hooks on the TransformerLens bridge. The cost of an ablation is the change in mean next-token loss (nats) on the
-tokens given (validation windows, or repeated random tokens for induction).
+Zero ablation sets a head's output `blocks.L.attn.hook_z[:, :, h]` (or a neuron's `blocks.L.mlp.hook_post`) to
+0; mean ablation sets it to its mean over the reference tokens' batch and positions, which keeps the average
+signal downstream layers expect and so measures the head's *information* rather than its presence. Both run as
+forward hooks on the TransformerLens bridge. The cost of an ablation is the change in mean next-token loss
+(nats) on the tokens given (validation windows, or repeated random tokens for induction).
 
 - `token_losses(model, tokens, hooks)` -> per-token loss [B, T-1];
-- `component_means(model, tokens)` -> mean z per head [L, H, d_head] and mean activation per neuron [L, d_mlp];
+- `component_means(model, tokens)` -> mean z per head [L, H, d_head] and
+  mean activation per neuron [L, d_mlp];
 - `ablation_hooks(heads, neurons, kind, means)` -> the hooks; `ablated_loss(...)` -> one number;
-- `ablate_each_head(model, tokens, kind)` -> `HeadAblation` (base loss, delta [L, H]); `plot_ablation` shows it;
+- `ablate_each_head(model, tokens, kind)` -> `HeadAblation` (base loss, delta [L, H]);
+  `plot_ablation` shows it;
 - `ablate_neurons(model, tokens, neurons, kind)` -> loss change for each neuron alone and for all together.
 Logit lens and direct logit attribution live in `tinylib.interp.logit_lens`.
 """
@@ -118,8 +120,9 @@ def ablate_each_head(model: Any, tokens: torch.Tensor, kind: Kind = "zero", *, m
                      positions: slice = slice(None), batch_size: int = 16) -> HeadAblation:
     """Loss change when each head alone is ablated.
 
-    One forward pass per layer and batch chunk: the chunk is repeated n_head times and copy h has head h ablated,
-    which gives the same numbers as n_layer x n_head separate runs (a test checks one against weight zeroing)."""
+    One forward pass per layer and batch chunk: the chunk is repeated n_head times and copy h has head h
+    ablated, which gives the same numbers as n_layer x n_head separate runs (a test checks one against weight
+    zeroing)."""
     bridge = as_bridge(model)
     if kind not in ("zero", "mean"):
         raise ValueError(f"kind={kind!r}: expected 'zero' or 'mean'")
@@ -146,8 +149,8 @@ def ablate_each_head(model: Any, tokens: torch.Tensor, kind: Kind = "zero", *, m
     return HeadAblation(kind, base, sums / count - base)
 
 
-def ablate_neurons(model: Any, tokens: torch.Tensor, neurons: Sequence[tuple[int, int]], kind: Kind = "zero", *,
-                   means: Means | None = None) -> dict[str, Any]:
+def ablate_neurons(model: Any, tokens: torch.Tensor, neurons: Sequence[tuple[int, int]],
+                   kind: Kind = "zero", *, means: Means | None = None) -> dict[str, Any]:
     """Loss change for each (layer, neuron) ablated alone, and for all of them together."""
     bridge = as_bridge(model)
     if kind == "mean" and means is None:
@@ -161,7 +164,7 @@ def ablate_neurons(model: Any, tokens: torch.Tensor, neurons: Sequence[tuple[int
 
 def plot_ablation(result: HeadAblation | torch.Tensor, title: str | None = None):
     """Layers x heads heatmap of loss change (red: ablation hurts), values written in each cell."""
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # only when plotting: the analyses run without matplotlib
 
     delta = result.delta if isinstance(result, HeadAblation) else result
     d = delta.detach().cpu().float()

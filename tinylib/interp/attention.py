@@ -1,17 +1,18 @@
 """Attention patterns and head scores, read from the TransformerLens bridge.
 
 `attention_patterns(model, tokens)` returns every layer's `blocks.L.attn.hook_pattern` stacked as
-[layer, head, query, key]. `head_scores(model, tokens)` scores every head for four behaviours, as [layer, head]
-tensors in [0, 1]:
+[layer, head, query, key]. `head_scores(model, tokens)` scores every head for four behaviours, as
+[layer, head] tensors in [0, 1]:
 - previous-token: mean attention from position t to t-1;
 - attend-to-first: mean attention to position 0 (the BOS "attention sink" / no-op head);
 - duplicate-token: attention mass on earlier positions holding the same token as the query;
 - induction: attention mass on positions right after an earlier copy of the query token ("A B ... A -> B").
-Duplicate and induction scores are cleanest on repeated random tokens (`repeated_tokens`), where only an in-context
-copy can predict the second half. Plots take the returned data: `plot_pattern`, `plot_head_scores`.
+Duplicate and induction scores are cleanest on repeated random tokens (`repeated_tokens`), where only an
+in-context copy can predict the second half. Plots take the returned data: `plot_pattern`, `plot_head_scores`.
 
-Every function accepts a bridge (`tinylib.interp.lens.to_lens`), a tinylib model or a checkpoint path. The eager tinylib
-path (`model.forward_with_patterns(idx)`) gives the same patterns; the tests use it as the cross-check.
+Every function accepts a bridge (`tinylib.interp.lens.to_lens`), a tinylib model or a checkpoint path. The
+eager tinylib path (`model.forward_with_patterns(idx)`) gives the same patterns; the tests use it as the
+cross-check.
 """
 
 from __future__ import annotations
@@ -20,20 +21,14 @@ from typing import Any
 
 import torch
 
-from tinylib.interp.lens import as_bridge, str_tokens
-
-SCORE_NAMES = ("previous_token", "attend_to_first", "duplicate_token", "induction")
-
-
-def _n_layers(bridge) -> int:
-    return bridge.cfg.n_layers
+from tinylib.interp.lens import as_bridge
 
 
 @torch.no_grad()
 def batch_patterns(model: Any, tokens: torch.Tensor) -> torch.Tensor:
     """Patterns [batch, layer, head, query, key] for tokens [batch, T], from `blocks.L.attn.hook_pattern`."""
     bridge = as_bridge(model)
-    names = [f"blocks.{layer}.attn.hook_pattern" for layer in range(_n_layers(bridge))]
+    names = [f"blocks.{layer}.attn.hook_pattern" for layer in range(bridge.cfg.n_layers)]
     _, cache = bridge.run_with_cache(tokens.reshape(-1, tokens.shape[-1]), names_filter=names)
     return torch.stack([cache[n] for n in names], dim=1).float()
 
@@ -73,7 +68,9 @@ def repeated_tokens(ids: int | torch.Tensor, batch: int = 8, half: int = 50, *, 
     `ids` is a vocabulary size (draw from 0..ids-1) or a tensor of ids to draw from (see `ordinary_ids`)."""
     choices = torch.arange(ids) if isinstance(ids, int) else torch.as_tensor(ids)
     if half < 1 or choices.numel() < 2:
-        raise ValueError(f"need half >= 1 and at least 2 ids to draw from, got half={half}, {choices.numel()} ids")
+        raise ValueError(
+            f"need half >= 1 and at least 2 ids to draw from, got half={half}, {choices.numel()} ids"
+        )
     g = torch.Generator().manual_seed(seed)
     rand = choices[torch.randint(0, choices.numel(), (batch, half), generator=g)]
     seq = torch.cat([rand, rand], dim=1)
@@ -83,8 +80,8 @@ def repeated_tokens(ids: int | torch.Tensor, batch: int = 8, half: int = 50, *, 
 
 
 def _match_masks(tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Duplicate mask [B, T, T] (key s < query t holds the query's token) and induction mask (key s follows such a
-    copy: tokens[s-1] == tokens[t], s-1 < t, s <= t)."""
+    """Duplicate mask [B, T, T] (key s < query t holds the query's token) and induction mask (key s follows
+    such a copy: tokens[s-1] == tokens[t], s-1 < t, s <= t)."""
     same = tokens[:, :, None] == tokens[:, None, :]  # [B, t, s]
     T = tokens.shape[1]
     strictly_before = torch.ones(T, T, dtype=torch.bool).tril(-1)
@@ -138,8 +135,9 @@ def top_heads(scores: torch.Tensor, k: int = 3) -> list[tuple[int, int, float]]:
 
 def plot_pattern(patterns: torch.Tensor, labels: list[str] | None = None, *, layer: int = 0,
                  heads: list[int] | None = None, max_cols: int = 4, cell: float = 2.8):
-    """Labelled heatmaps of one layer's heads (patterns [layer, head, q, k]); returns the matplotlib figure."""
-    import matplotlib.pyplot as plt
+    """Labelled heatmaps of one layer's heads (patterns [layer, head, q, k]);
+    returns the matplotlib figure."""
+    import matplotlib.pyplot as plt  # only when plotting: the analyses run without matplotlib
 
     p = patterns[layer] if patterns.dim() == 4 else patterns
     heads = list(range(p.shape[0])) if heads is None else heads
@@ -166,7 +164,7 @@ def plot_pattern(patterns: torch.Tensor, labels: list[str] | None = None, *, lay
 
 def plot_head_scores(scores: dict[str, torch.Tensor] | torch.Tensor, title: str | None = None):
     """Layers x heads grid(s) of scores with values written in; one panel per score name."""
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # only when plotting: the analyses run without matplotlib
 
     items = list(scores.items()) if isinstance(scores, dict) else [(title or "score", scores)]
     fig, axes = plt.subplots(1, len(items), figsize=(3.2 * len(items) + 0.5, 3.2), squeeze=False)
@@ -187,17 +185,3 @@ def plot_head_scores(scores: dict[str, torch.Tensor] | torch.Tensor, title: str 
         fig.suptitle(title)
     fig.tight_layout()
     return fig
-
-
-def pattern_labels(model: Any, tokens: torch.Tensor) -> list[str]:
-    """Token labels for a pattern plot (the bridge's tokenizer, or ids when it has none)."""
-    return str_tokens(as_bridge(model), tokens)
-
-
-def circuitsvis_html(patterns: torch.Tensor, labels: list[str], layer: int = 0):
-    """An interactive circuitsvis view of one layer's heads, or None when circuitsvis is not installed."""
-    try:
-        import circuitsvis as cv
-    except ImportError:
-        return None
-    return cv.attention.attention_patterns(tokens=labels, attention=patterns[layer].detach().cpu())

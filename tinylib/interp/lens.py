@@ -1,24 +1,27 @@
 """TransformerLens bridge: our models under the hook names interpretability learners know.
 
-`to_lens(model, tokenizer)` exports the model with `tinylib.interop.hf.to_hf` (LlamaForCausalLM or GPT2LMHeadModel, eager
-attention) and wraps it in a TransformerLens 4.x `TransformerBridge`, built offline from the in-memory model and
-config (no hub, no network). Hooks then read as in every TransformerLens tutorial:
+`to_lens(model, tokenizer)` exports the model with `tinylib.interop.hf.to_hf` (LlamaForCausalLM or
+GPT2LMHeadModel, eager attention) and wraps it in a TransformerLens 4.x `TransformerBridge`, built
+offline from the in-memory model and config (no hub, no network). Hooks then read as in every
+TransformerLens tutorial:
 `blocks.{L}.attn.hook_pattern` [batch, head, query, key], `blocks.{L}.attn.hook_z` [batch, pos, head, d_head],
-`blocks.{L}.mlp.hook_post` [batch, pos, d_mlp], `blocks.{L}.hook_resid_pre/mid/post`, `blocks.{L}.hook_attn_out`,
-`blocks.{L}.hook_mlp_out`, `hook_embed`, and `bridge.run_with_cache` / `run_with_hooks` work as documented.
+`blocks.{L}.mlp.hook_post` [batch, pos, d_mlp], `blocks.{L}.hook_resid_pre/mid/post`,
+`blocks.{L}.hook_attn_out`, `blocks.{L}.hook_mlp_out`, `hook_embed`, and `bridge.run_with_cache` /
+`run_with_hooks` work as documented.
 
-The tokenizer adapter is `tinylib.interop.hf.hf_tokenizer`: our tiktoken tokenizers (and llama2.c SentencePiece ones) become
-real transformers tokenizers that prepend BOS like our data framing, so `bridge.to_tokens`, `to_str_tokens` and
-`to_string` work. For readable labels in plots, `str_tokens` prefers our tokenizer's `id_to_piece` (which keeps
-leading spaces and shows partial UTF-8 as `<0xAB>`).
+The tokenizer adapter is `tinylib.interop.hf.hf_tokenizer`: our tiktoken tokenizers (and llama2.c
+SentencePiece ones) become real transformers tokenizers that prepend BOS like our data framing, so
+`bridge.to_tokens`, `to_str_tokens` and `to_string` work. For readable labels in plots, `str_tokens` prefers
+our tokenizer's `id_to_piece` (which keeps leading spaces and shows partial UTF-8 as `<0xAB>`).
 
-Pitfall: compatibility mode. `to_lens(..., compatibility_mode=True)` calls `enable_compatibility_mode()`, which folds
-the final norm's weights into the unembedding and centres it (HookedTransformer's processing): raw logits then shift
-by a per-position constant, log-probs and losses do not. tests/test_lens.py compares raw logits without processing
-and log-softmax with it. The default is no processing, so hook values equal tinylib's own activations.
+Pitfall: compatibility mode. `to_lens(..., compatibility_mode=True)` calls `enable_compatibility_mode()`,
+which folds the final norm's weights into the unembedding and centres it (HookedTransformer's processing): raw
+logits then shift by a per-position constant, log-probs and losses do not. tests/test_lens.py compares raw
+logits without processing and log-softmax with it. The default is no processing, so hook values equal
+tinylib's own activations.
 
-This module builds bridges and token batches; the analyses (attention, neurons, ablation, logit lens) live in their
-own modules and accept a tinylib model, a checkpoint path or a bridge.
+This module builds bridges and token batches; the analyses (attention, neurons, ablation, logit lens) live in
+their own modules and accept a tinylib model, a checkpoint path or a bridge.
 """
 
 from __future__ import annotations
@@ -29,7 +32,9 @@ from typing import Any
 
 import numpy as np
 import torch
+from transformer_lens.model_bridge.sources import build_bridge_from_module
 
+from tinylib.checkpoint import load_tokenizer
 from tinylib.interop.hf import hf_tokenizer, resolve_model, to_hf
 from tinylib.model import Transformer
 
@@ -50,12 +55,11 @@ def to_lens(model: Transformer | str | os.PathLike, tokenizer: Any = None, *,
     """
     _offline()
     model = resolve_model(model)
-    from transformer_lens.model_bridge.sources import build_bridge_from_module
-
     hf = to_hf(model, tokenizer=tokenizer, attn_implementation="eager")
     architecture = hf.config.architectures[0]
     bridge = build_bridge_from_module(
-        hf, architecture, hf_config=hf.config, tokenizer=hf_tokenizer(tokenizer) if tokenizer is not None else None,
+        hf, architecture, hf_config=hf.config,
+        tokenizer=hf_tokenizer(tokenizer) if tokenizer is not None else None,
         model_name=f"tinylib-{model.cfg.style}")
     if compatibility_mode:
         bridge.enable_compatibility_mode(disable_warnings=True)
@@ -70,13 +74,12 @@ def is_bridge(obj: Any) -> bool:
 
 
 def as_bridge(model: Any, tokenizer: Any = None):
-    """The bridge itself, or a new one for a tinylib model / checkpoint path (tokenizer from the checkpoint)."""
+    """The bridge itself, or a new one for a tinylib model / checkpoint path
+    (tokenizer from the checkpoint)."""
     if is_bridge(model):
         return model
     if tokenizer is None and isinstance(model, (str, os.PathLike)):
         try:
-            from tinylib.checkpoint import load_tokenizer
-
             tokenizer = load_tokenizer(model)
         except (ImportError, ValueError, FileNotFoundError):
             tokenizer = None
@@ -87,12 +90,15 @@ def tinylib_model(bridge: Any) -> Transformer:
     """The tinylib model a bridge was built from (for the eager cross-check and its config)."""
     model = getattr(bridge, "tinylib_model", None)
     if model is None:
-        raise ValueError("this bridge was not built by tinylib.interp.lens.to_lens; build it with to_lens(model)")
+        raise ValueError(
+            "this bridge was not built by tinylib.interp.lens.to_lens; build it with to_lens(model)"
+        )
     return model
 
 
 def str_tokens(bridge_or_tokenizer: Any, tokens: torch.Tensor | Sequence[int]) -> list[str]:
-    """One readable label per token id (our `id_to_piece` when available, else the bridge's `to_str_tokens`)."""
+    """One readable label per token id
+    (our `id_to_piece` when available, else the bridge's `to_str_tokens`)."""
     ids = [int(t) for t in (tokens.flatten().tolist() if torch.is_tensor(tokens) else tokens)]
     tok = getattr(bridge_or_tokenizer, "tinylib_tokenizer", bridge_or_tokenizer)
     if tok is not None and hasattr(tok, "id_to_piece"):
@@ -111,8 +117,10 @@ def encode(bridge_or_tokenizer: Any, text: str, *, bos: bool = True) -> torch.Te
     return torch.tensor([tok.encode(text, bos=bos)], dtype=torch.long)
 
 
-def story_windows(tokenizer: Any, stories: Sequence[str], seq_len: int, n_windows: int | None = None) -> torch.Tensor:
-    """[N, seq_len] windows cut in order from `[bos] + story` for each story, concatenated (training framing)."""
+def story_windows(tokenizer: Any, stories: Sequence[str], seq_len: int,
+                  n_windows: int | None = None) -> torch.Tensor:
+    """[N, seq_len] windows cut in order from `[bos] + story` for each story,
+    concatenated (training framing)."""
     ids: list[int] = []
     for story in stories:
         ids += tokenizer.encode(story, bos=True)

@@ -1,17 +1,19 @@
 """Logit lens and direct logit attribution for one prompt: which layer, and which head, pushes the next token.
 
-Logit lens: read the residual stream after the embedding and after each block (`blocks.L.hook_resid_post`) through
-the final norm and the unembedding, as if the model stopped there; watch the target token's probability rise.
+Logit lens: read the residual stream after the embedding and after each block (`blocks.L.hook_resid_post`)
+through the final norm and the unembedding, as if the model stopped there; watch the target token's
+probability rise.
 
 Direct logit attribution (DLA): the final residual is a sum of pieces: embeddings, every head's output
 (`hook_z` for that head times its slice of o_proj), o_proj biases, and every MLP's output. The final norm is
-linear once its scale (1/rms, or 1/std for LayerNorm, which also subtracts the mean) is frozen at the value the real
-residual had, so each piece's contribution to the target logit is exact and they sum to the logit. A head with a
-large positive contribution writes the answer directly. Positions with composed effects (a head that moves
-information which a later MLP turns into the answer) show up on the later component: DLA measures direct effects.
+linear once its scale (1/rms, or 1/std for LayerNorm, which also subtracts the mean) is frozen at the value
+the real residual had, so each piece's contribution to the target logit is exact and they sum to the logit. A
+head with a large positive contribution writes the answer directly. Positions with composed effects (a head
+that moves information which a later MLP turns into the answer) show up on the later component: DLA measures
+direct effects.
 
-Reads activations from the bridge's cache and weights from the tinylib model behind it (see `tinylib.interp.lens`), so
-the bridge must be unprocessed (no compatibility-mode folding).
+Reads activations from the bridge's cache and weights from the tinylib model behind it (see
+`tinylib.interp.lens`), so the bridge must be unprocessed (no compatibility-mode folding).
 """
 
 from __future__ import annotations
@@ -26,8 +28,8 @@ from tinylib.interp.lens import as_bridge, str_tokens, tinylib_model
 
 def _check_unprocessed(bridge) -> None:
     if getattr(bridge, "compatibility_mode", False):
-        raise ValueError("logit lens / DLA use tinylib's weights and need an unprocessed bridge: build it with "
-                         "to_lens(model) (compatibility_mode=False)")
+        raise ValueError("logit lens / DLA use tinylib's weights and need an unprocessed bridge: "
+                         "build it with to_lens(model) (compatibility_mode=False)")
 
 
 
@@ -37,7 +39,9 @@ def _position_and_target(tokens: torch.Tensor, pos: int, target: int | None) -> 
     pos = pos % tokens.shape[1]
     if target is None:
         if pos + 1 >= tokens.shape[1]:
-            raise ValueError("no token after `pos` to use as target: pass target=<token id> or an earlier pos")
+            raise ValueError(
+                "no token after `pos` to use as target: pass target=<token id> or an earlier pos"
+            )
         target = int(tokens[0, pos + 1])
     return tokens, pos, target
 
@@ -83,7 +87,8 @@ class Attribution:
         return [(self.names[i], float(self.values[i])) for i in order]
 
     def heads(self, n_layer: int, n_head: int) -> torch.Tensor:
-        """The per-head contributions as a [layer, head] grid (for `tinylib.interp.ablation.plot_ablation`)."""
+        """The per-head contributions as a [layer, head] grid
+        (for `tinylib.interp.ablation.plot_ablation`)."""
         grid = torch.zeros(n_layer, n_head)
         for name, v in zip(self.names, self.values):
             if name.startswith("L") and "H" in name and " " not in name:
@@ -126,7 +131,8 @@ def direct_logit_attribution(model: Any, tokens: torch.Tensor, *, pos: int = -1,
         extra = []
     else:
         scale = torch.rsqrt(final.var(unbiased=False) + norm.eps)
-        values = [float((norm.weight.float() * (v.float() - v.float().mean()) * scale) @ direction) for _, v in parts]
+        values = [float((norm.weight.float() * (v.float() - v.float().mean()) * scale) @ direction)
+                  for _, v in parts]
         extra = [("final norm bias", float(norm.bias.float() @ direction))] if norm.bias is not None else []
     names_out = [n for n, _ in parts] + [n for n, _ in extra]
     values_t = torch.tensor(values + [v for _, v in extra])
@@ -137,7 +143,7 @@ def direct_logit_attribution(model: Any, tokens: torch.Tensor, *, pos: int = -1,
 
 def plot_logit_lens(lens: LogitLens, title: str | None = None):
     """Target log-prob after each layer (the logit lens curve)."""
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # only when plotting: the analyses run without matplotlib
 
     fig, ax = plt.subplots(figsize=(5, 3))
     ax.plot(range(len(lens.labels)), lens.target_logprob.cpu().numpy(), marker="o")

@@ -1,15 +1,18 @@
 """MLP neurons: what makes one fire, shown on text, and a search for neurons that track given words.
 
-A "neuron" is one unit of `blocks.L.mlp.hook_post` (the MLP hidden activation after the nonlinearity; for SwiGLU,
-silu(gate x) * up x, so it can be negative). Functions here read it through the TransformerLens bridge:
+A "neuron" is one unit of `blocks.L.mlp.hook_post` (the MLP hidden activation after the nonlinearity;
+for SwiGLU, silu(gate x) * up x, so it can be negative). Functions here read it through the
+TransformerLens bridge:
 - `neuron_activations(model, tokens, layer)` -> [B, T, d_mlp];
-- `top_activations(model, tokens, layer, neuron, k)` -> the k strongest (token, context) examples over a batch;
+- `top_activations(model, tokens, layer, neuron, k)` -> the k strongest (token, context) examples
+  over a batch;
 - `story_html(labels, acts)` -> one story with each token shaded by the activation (for a notebook cell);
-- `word_positions(tokenizer, tokens, words)` -> a mask of where the words occur (last token of each occurrence);
+- `word_positions(tokenizer, tokens, words)` -> a mask of where the words occur
+  (last token of each occurrence);
 - `neuron_selectivity(model, tokens, mask)` -> every neuron ranked by how much more it fires on the masked
   positions than elsewhere (difference of means divided by the pooled standard deviation: Cohen's d).
-Caveat the notebooks teach: neurons are polysemantic; a high-selectivity neuron also fires on other things, and a
-direction that means "sad" may be spread over many neurons. Ablations live in `tinylib.interp.ablation`.
+Caveat the notebooks teach: neurons are polysemantic; a high-selectivity neuron also fires on other things,
+and a direction that means "sad" may be spread over many neurons. Ablations live in `tinylib.interp.ablation`.
 """
 
 from __future__ import annotations
@@ -72,8 +75,10 @@ def top_activations(model: Any, tokens: torch.Tensor, layer: int, neuron: int, k
     return out
 
 
-def story_html(labels: Sequence[str], acts: torch.Tensor, *, title: str = "", vmax: float | None = None) -> str:
-    """Tokens as inline spans shaded red (positive) or blue (negative) by activation; hover shows the value."""
+def story_html(labels: Sequence[str], acts: torch.Tensor, *, title: str = "",
+               vmax: float | None = None) -> str:
+    """Tokens as inline spans shaded red (positive) or blue (negative) by activation;
+    hover shows the value."""
     a = acts.detach().float().cpu()
     scale = vmax or float(a.abs().max()) or 1.0
     spans = []
@@ -83,11 +88,13 @@ def story_html(labels: Sequence[str], acts: torch.Tensor, *, title: str = "", vm
         text = html.escape(label).replace("\n", "&#8629;<br>")
         spans.append(f'<span title="{v:.3f}" style="background:{colour};padding:1px 0">{text}</span>')
     head = f"<b>{html.escape(title)}</b><br>" if title else ""
-    return f'<div style="font-family:monospace;line-height:1.7;white-space:pre-wrap">{head}{"".join(spans)}</div>'
+    return ('<div style="font-family:monospace;line-height:1.7;white-space:pre-wrap">'
+            f'{head}{"".join(spans)}</div>')
 
 
 def word_positions(tokenizer: Any, tokens: torch.Tensor, words: Sequence[str]) -> torch.Tensor:
-    """Bool mask [B, T]: True at the last token of every occurrence of any word (as " word", "word", capitalised)."""
+    """Bool mask [B, T]: True at the last token of every occurrence of any word
+    (as " word", "word", capitalised)."""
     patterns = set()
     for w in words:
         for form in {w, w.capitalize(), w.lower()}:

@@ -1,10 +1,10 @@
 """Which model a notebook generates from or studies: chosen by name, with one fallback order written once.
 
 `open_model(choice)` takes "reference" (the small model the project ships), "stories260K" (llama2.c's real
-TinyStories model in ../shared), "latest" (the newest checkpoint a training run wrote), "untrained" (random weights,
-for checking mechanics), or a checkpoint path. When the choice is not available it walks `fallback` in order and
-says in `source` what it picked, so a notebook never switches models silently. `validation_stories` gives real
-TinyStories text to analyse.
+TinyStories model in ../shared), "latest" (the newest checkpoint a training run wrote), "untrained" (random
+weights, for checking mechanics), or a checkpoint path. When the choice is not available it walks `fallback`
+in order and says in `source` what it picked, so a notebook never switches models silently.
+`validation_stories` gives real TinyStories text to analyse.
 
 What it leaves to others: checkpoint files (`tinylib.checkpoint`), llama2.c files (`tinylib.interop.llama2c`).
 """
@@ -81,7 +81,8 @@ def _try_open(choice: str, checkpoints_dir: Path, device: str) -> StoryModel | N
                       f"checkpoint {path}", "checkpoint")
 
 
-def open_model(choice: str | os.PathLike = "reference", *, fallback: Sequence[str] = ("reference", "stories260K"),
+def open_model(choice: str | os.PathLike = "reference", *,
+               fallback: Sequence[str] = ("reference", "stories260K"),
                checkpoints_dir: str | os.PathLike = CHECKPOINTS_DIR, device: str = "cpu") -> StoryModel:
     """The model `choice` names, else the first of `fallback` that exists here (see the module docstring).
 
@@ -102,7 +103,9 @@ def validation_stories(n: int | None = None) -> list[str]:
     """TinyStories validation stories from ../shared (the first 1,000), for analyses on real text."""
     path = shared_tinystories() / "TinyStories-valid.first1000.hf.txt"
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: put ../shared beside the repository or set TINYLIB_SHARED")
+        raise FileNotFoundError(
+            f"{path} not found: put ../shared beside the repository or set TINYLIB_SHARED"
+        )
     stories = [s.strip() for s in path.read_text(encoding="utf-8").split("<|endoftext|>")]
     stories = [s for s in stories if s]
     return stories[:n] if n is not None else stories

@@ -1,0 +1,154 @@
+"""The library's layout holds: imports point one way, nothing imports in a circle, modules stay readable.
+
+Rooms: the core (modules directly in tinylib/) imports only the core; `interop` imports the core; `interp`
+imports the core and `interop` (it exports through transformers); `notebook` may import everything. Nothing
+imports `notebook` but `notebook`. A function-local import is allowed only for a third-party dependency that
+is heavy or optional (transformers, TransformerLens, matplotlib, ...), and it says why in a comment on its
+line or the line above. The checks are functions of a folder, so the tests can show them failing on a planted
+mistake.
+"""
+
+from __future__ import annotations
+
+import ast
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+ROOMS = ("interp", "interop", "notebook")
+# room -> rooms it may import (the core is always allowed)
+ALLOWED = {"core": set(), "interop": set(), "interp": {"interop"}, "notebook": {"interp", "interop"}}
+MAX_LINES = 400
+
+
+def module_name(path: Path, package: Path) -> str:
+    parts = path.relative_to(package.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def room_of(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 2 and parts[1] in ROOMS else "core"
+
+
+def imports_of(path: Path, package: str) -> list[tuple[str, int, bool]]:
+    """(imported module, line, inside a function) for every import of `package` modules in a file."""
+    tree = ast.parse(path.read_text())
+    local = {id(n) for f in ast.walk(tree) if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef))
+             for n in ast.walk(f)}
+    type_only = {id(n) for i in ast.walk(tree)
+                 if isinstance(i, ast.If) and "TYPE_CHECKING" in ast.unparse(i.test) for n in ast.walk(i)}
+    out = []
+    for node in ast.walk(tree):
+        if id(node) in type_only:
+            continue
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            # `from tinylib import checkpoint` imports the module tinylib.checkpoint
+            names = [f"{node.module}.{a.name}" if node.module == package else node.module for a in node.names]
+        else:
+            continue
+        out += [(n, node.lineno, id(node) in local) for n in names if n.split(".")[0] == package]
+    return out
+
+
+def local_imports(path: Path) -> list[tuple[int, str]]:
+    """(line, text) of every import statement inside a function."""
+    tree = ast.parse(path.read_text())
+    functions = [f for f in ast.walk(tree) if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef))]
+    return [(n.lineno, ast.unparse(n)) for f in functions for n in ast.walk(f)
+            if isinstance(n, (ast.Import, ast.ImportFrom))]
+
+
+def commented(lines: list[str], line: int) -> bool:
+    """A comment on the import's line, or on a line of the run of imports it belongs to, or just above that
+    run."""
+    i = line - 1
+    while i > 0 and lines[i - 1].strip().startswith(("import ", "from ")):
+        i -= 1
+    return any("#" in lines[j] for j in range(max(0, i - 1), line))
+
+
+def layout_problems(package: Path) -> list[str]:
+    """Every violation of the import rules in the package folder `package`."""
+    name = package.name
+    files = {module_name(p, package): p for p in sorted(package.rglob("*.py"))}
+    graph: dict[str, set[str]] = {m: set() for m in files}
+    problems = []
+    for mod, path in files.items():
+        lines = path.read_text().splitlines()
+        for target, line, local in imports_of(path, name):
+            target = target if target in files else target.rsplit(".", 1)[0]
+            if target not in files or target == mod:
+                continue
+            graph[mod].add(target)
+            src, dst = room_of(mod), room_of(target)
+            if dst != "core" and dst != src and dst not in ALLOWED[src]:
+                allowed = sorted(ALLOWED[src]) or "only the core"
+                problems.append(f"{path.relative_to(package.parent)}:{line}: the {src} module {mod} imports "
+                                f"{target} ({dst}); {src} may import {allowed}")
+            if local:
+                problems.append(f"{path.relative_to(package.parent)}:{line}: {mod} imports {target} inside a "
+                                f"function; import tinylib modules at the top of the file")
+        for line, text in local_imports(path):
+            if text.split()[1].split(".")[0] == name:
+                continue
+            if not commented(lines, line):
+                problems.append(f"{path.relative_to(package.parent)}:{line}: function-local `{text}` has no "
+                                f"comment saying why it is not at the top (heavy or optional dependency?)")
+    problems += [f"import cycle: {' -> '.join(c)}" for c in cycles(graph)]
+    return problems
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """One cycle per strongly connected group of modules that import each other (depth-first search)."""
+    found, state, stack = [], {}, []
+
+    def visit(m: str) -> None:
+        state[m] = "open"
+        stack.append(m)
+        for n in sorted(graph[m]):
+            if state.get(n) == "open":
+                found.append(stack[stack.index(n):] + [n])
+            elif n not in state:
+                visit(n)
+        stack.pop()
+        state[m] = "done"
+
+    for m in sorted(graph):
+        if m not in state:
+            visit(m)
+    return found
+
+
+def test_imports_point_one_way_and_never_in_a_circle():
+    assert layout_problems(ROOT / "tinylib") == []
+
+
+def test_the_check_catches_a_core_module_importing_interp(tmp_path):
+    pkg = tmp_path / "tinylib"
+    shutil.copytree(ROOT / "tinylib", pkg, ignore=shutil.ignore_patterns("__pycache__"))
+    model = pkg / "model.py"
+    model.write_text("from tinylib.interp.attention import head_scores\n" + model.read_text())
+    config = pkg / "config.py"
+    config.write_text(config.read_text() + "\n\ndef f():\n    import tinylib.model\n")
+    problems = layout_problems(pkg)
+    assert any("core module tinylib.model imports tinylib.interp.attention (interp)" in p for p in problems)
+    assert any("tinylib.config imports tinylib.model inside a function" in p for p in problems)
+    # interp imports the model, so the planted import closes a circle
+    assert any(p.startswith("import cycle:") and "tinylib.model" in p for p in problems)
+
+
+def test_modules_fit_in_one_sitting():
+    long = {str(p.relative_to(ROOT)): n for p in (ROOT / "tinylib").rglob("*.py")
+            if (n := len(p.read_text().splitlines())) > MAX_LINES}
+    assert long == {}, f"modules over {MAX_LINES} lines: split them by concern"
+
+
+def test_ruff_is_clean_with_a_110_character_limit():
+    """pyproject.toml sets line-length 110 and selects E501; the whole repository, notebooks included."""
+    proc = subprocess.run([sys.executable, "-m", "ruff", "check", str(ROOT)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
