@@ -62,19 +62,22 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if body and hub.status is not None:
             return self._reply(hub.status, {"Content-Length": "0"})
         name = m.group(2)
-        start = int(self.headers["Range"][6:].split("-")[0]) if self.headers.get("Range") else 0
+        asked = self.headers.get("Range") or "bytes=0-"  # "bytes=a-b" or "bytes=a-"
+        first, _, last = asked[6:].partition("-")
+        start, end = int(first), min(int(last) + 1, len(data)) if last else len(data)
         headers = {"ETag": f'"{hashlib.sha256(data).hexdigest()}"', "X-Repo-Commit": "a" * 40,
-                   "Accept-Ranges": "bytes", "Content-Length": str(len(data) - start)}
+                   "Accept-Ranges": "bytes", "Content-Length": str(end - start)}
         if not body:
             headers["Content-Length"] = str(hub.size_lie.get(name, len(data)))
-        if start:
-            headers["Content-Range"] = f"bytes {start}-{len(data) - 1}/{len(data)}"
-        self._reply(206 if start else 200, headers)
+        partial = start > 0 or end < len(data)
+        if partial:
+            headers["Content-Range"] = f"bytes {start}-{end - 1}/{len(data)}"
+        self._reply(206 if partial else 200, headers)
         if body:
             cut = hub.drop_after.pop(name, None) if start == 0 else None
             if cut is not None and hub.status_after_drop is not None:
                 hub.status = hub.status_after_drop
-            self.wfile.write(data[start:cut])
+            self.wfile.write(data[start:end][:cut])
 
     def do_HEAD(self):
         self._serve(body=False)

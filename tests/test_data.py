@@ -11,6 +11,7 @@ import tiktoken
 
 from tinylib.data import (
     data_report,
+    ensure_dataset,
     frame_stories,
     open_split,
     pack_tokens,
@@ -191,3 +192,23 @@ def test_command_line(tinystories_dir, tmp_path, capsys):
     # The V2 sample has no validation file: 1 of its 5 stories is held out (story 0, then every 100th).
     assert (meta["splits"]["train"]["stories"], meta["splits"]["val"]["stories"]) == (4, 1)
     assert meta["sources"][0]["file"] == "TinyStoriesV2-GPT4-train.cs336_fixture_sample.txt"
+
+
+def test_token_files_are_reused_only_for_the_same_text_and_tokenizer(tinystories_dir, tmp_path, capsys):
+    """The bug this prevents: a smoke run's 40-story files silently reused by a full run that wants more."""
+    out = tmp_path / "ts512"
+    first = ensure_dataset(tinystories_dir, "tinystories-512", out, max_stories=40, num_proc=1,
+                           progress=False)
+    assert "preparing" in capsys.readouterr().out
+    mtime = (out / "train.bin").stat().st_mtime_ns
+    # the same request again: the same files, nothing rewritten
+    assert ensure_dataset(tinystories_dir, "tinystories-512", out, max_stories=40) == first
+    assert capsys.readouterr().out == "" and (out / "train.bin").stat().st_mtime_ns == mtime
+    more = ensure_dataset(tinystories_dir, "tinystories-512", out, max_stories=60, num_proc=1, progress=False)
+    assert "max_stories was 40, now 60" in capsys.readouterr().out
+    assert more["splits"]["train"]["stories"] == 60
+    ensure_dataset(tinystories_dir, "tinystories-4096", out, max_stories=60, num_proc=1, progress=False)
+    assert "tokenizer was" in capsys.readouterr().out and read_meta(out)["vocab_size"] == 4096
+    one_file = tinystories_dir / "TinyStories-valid.first1000.hf.txt"
+    ensure_dataset(one_file, "tinystories-4096", out, max_stories=60, num_proc=1, progress=False)
+    assert "sources was" in capsys.readouterr().out

@@ -124,3 +124,23 @@ def test_local_folder_is_used_instead_of_download(tinystories_dir, tmp_path, mon
     monkeypatch.setenv("TINYSTORIES_DIR", os.fspath(tinystories_dir))
     assert download_tinystories("V1", dest=tmp_path)["train"] == tinystories_dir / TRAIN
     assert not any(tmp_path.iterdir())
+
+
+def test_a_quick_run_fetches_a_prefix_of_the_train_file(fake_hub, tmp_path, capsys):
+    """train_bytes: one Range request for the file's first bytes, cut after the last story boundary in them,
+    the size said up front; the validation file comes whole. Nothing else is fetched."""
+    dest = tmp_path / "sample"
+    paths = download_tinystories("V1", dest=dest, train_bytes=50_000)
+    assert paths["train"] == dest / "TinyStories-train.first0.05MB.txt"
+    whole = fake_hub.files["TinyStories-train.txt"]
+    got = paths["train"].read_bytes()
+    assert got == whole[: whole[:50_000].rfind(b"<|endoftext|>") + len(b"<|endoftext|>")]
+    assert paths["valid"].read_bytes() == fake_hub.files["TinyStories-valid.txt"]
+    train_gets = [r for c, p, r in fake_hub.log if c == "GET" and p.endswith("TinyStories-train.txt")]
+    assert train_gets == ["bytes=0-49999"]
+    assert "TinyStories-train.txt: fetching its first 0.1 MB of 0.2 MB" in capsys.readouterr().out
+    stories = parse_stories(read_text(paths["train"]))
+    assert stories == parse_stories(whole.decode())[: len(stories)]  # whole stories, in order
+    assert find_tinystories(dest)["train"] == paths["train"]  # found like the official file
+    assert download_tinystories("V1", dest=dest, train_bytes=50_000) == paths  # no second download
+    assert len([c for c, _, _ in fake_hub.log if c == "GET"]) == 2

@@ -4,7 +4,8 @@ What this module does:
 - Tokenizes in parallel (worker processes, each running tiktoken's batch encoder) and writes `train.bin`,
   `val.bin` and `meta.json`. Nothing half-written remains: files are written under temporary names and renamed
   only when everything succeeded.
-- Reads token files back as read-only `np.memmap`s, validated against meta.json (and a tokenizer, if given).
+- Reads token files back as read-only `np.memmap`s, validated against meta.json (and a tokenizer, if given);
+  `ensure_dataset` reuses a folder only when its meta.json records the same tokenizer, sources and caps.
 - Reports what a folder of token files holds (`data_report`), and is the command line that writes them:
   `python -m tinylib.data --tokenizer tinystories-4096 --out data/tinystories-4096`.
 
@@ -12,10 +13,8 @@ Framing (how stories are laid out in a token file): each story becomes `[bos_id]
 and the stories are concatenated in source order. The boundary token comes first, like GPT-2's `<|endoftext|>`
 separator and llama2.c's BOS: a model sees "a new story starts here" and learns to begin stories after it;
 when generating, prompting with `[bos_id]` asks for a fresh story. For tiktoken tokenizers bos_id == eos_id ==
-`<|endoftext|>`.
-
-Token ids are stored as uint16 when the vocabulary fits in 65,536 ids, else uint32 (an id above 65,535 written
-as uint16 silently wraps; `pack_tokens` refuses to let that happen).
+`<|endoftext|>`. Ids are stored as uint16 when the vocabulary fits in 65,536 ids, else uint32 (an id above
+65,535 written as uint16 silently wraps; `pack_tokens` refuses to let that happen).
 
 What it leaves to others: finding, downloading and parsing the text (tinylib.stories), cutting token arrays
 into batches (tinylib.batches), models, training loops and losses. It knows files and token ids, not models.
@@ -246,6 +245,30 @@ def prepare_dataset(
             h.close()
         for p in [*tmp.values(), out_dir / f".meta.json.{os.getpid()}.tmp"]:
             p.unlink(missing_ok=True)
+
+
+def ensure_dataset(source: str | os.PathLike | None, tokenizer: str | os.PathLike | Tokenizer,
+                   out_dir: str | os.PathLike, *, version: str = "V1", max_stories: int | None = None,
+                   **kwargs) -> dict:
+    """The token files in `out_dir` if they were made from exactly this request, else made anew (saying why):
+    what keeps a quick run's 400-story files from being reused, unnoticed, by a 10-minute one. Sources compare
+    by file name and size (hashing 2 GB would cost seconds on every run)."""
+    tok = tokenizer if isinstance(tokenizer, Tokenizer) else get_tokenizer(tokenizer)
+    try:
+        meta = read_meta(out_dir)
+        files = find_tinystories(source, version).values()
+        asked = {"tokenizer": tok.hash, "version": version, "max_stories": max_stories,
+                 "sources": sorted((p.name, p.stat().st_size) for p in files)}
+        made = {"tokenizer": meta["tokenizer"]["hash"], "version": meta.get("version"),
+                "max_stories": meta.get("max_stories"),
+                "sources": sorted((s["file"], s["bytes"]) for s in meta.get("sources", []))}
+        reasons = [f"{k} was {made[k]!r}, now {asked[k]!r}" for k in asked if made[k] != asked[k]]
+    except (FileNotFoundError, ValueError, KeyError) as e:
+        reasons = [f"no usable token files ({e})"]
+    if not reasons:
+        return meta
+    print(f"preparing {out_dir}: " + "; ".join(reasons))
+    return prepare_dataset(source, tok, out_dir, version=version, max_stories=max_stories, **kwargs)
 
 
 # ------------------------------------------------------------------------------------------------------------

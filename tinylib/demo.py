@@ -2,20 +2,22 @@
 
     python -m tinylib.demo [--minutes 10] [--preset tiny] [--source DIR]
 
-1. Finds TinyStories (`--source`, $TINYSTORIES_DIR, or a download) and writes token files with our 4096-id BPE
-   under data/ (reused when they are already there and match), then prints the data report.
+1. Finds TinyStories (`--source`, $TINYSTORIES_DIR, or a download of only what the run needs: the
+   validation file and the first 40 MB of the 1.9 GB train file on a CPU, 400 MB on a GPU) and writes token
+   files with our 4096-id BPE under data/ (reused only when they were made from the same text and tokenizer),
+   then prints the data report.
 2. Trains the `tiny` preset on the CPU (Muon + AdamW, bf16 autocast where the CPU supports it) for at most
    `--minutes`, its periodic evaluations included (data preparation and the full-validation figures below are
    not); on a GPU the same command trains `llama_6L_6H_288D` with bf16 and torch.compile.
 3. Prints validation loss before and after, in nats per token and in bits per byte of text (the figure that
-compares
-   across tokenizers; after training also with sliding windows), saves the checkpoint under checkpoints/, and
-   prints three sample stories.
+   compares across tokenizers; after training also with sliding windows), saves the checkpoint under
+   checkpoints/, and prints three sample stories.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from pathlib import Path
 
@@ -23,10 +25,12 @@ import torch
 
 from tinylib.checkpoint import load_model
 from tinylib.config import TrainConfig
-from tinylib.data import data_report, open_split, prepare_dataset, read_meta
+from tinylib.data import data_report, ensure_dataset, open_split, read_meta
 from tinylib.device import pick_device, pick_dtype
 from tinylib.evaluate import bits_per_byte, evaluate_loss
 from tinylib.generate import generate
+from tinylib.paths import DATA_DIR
+from tinylib.stories import download_tinystories
 from tinylib.tokenizer import get_tokenizer
 from tinylib.train import build_model, train
 
@@ -34,17 +38,16 @@ TOKENIZER = "tinystories-4096"
 PROMPTS = ["Once upon a time", "Lily and Ben went to the park.", "The little dog was sad because"]
 
 
-def ensure_data(out_dir: Path, source: str | None) -> Path:
-    """Token files for the demo, prepared once and reused while the tokenizer matches."""
-    tok = get_tokenizer(TOKENIZER)
-    try:
-        if read_meta(out_dir)["tokenizer"]["hash"] == tok.hash:
-            open_split(out_dir, "train", tok), open_split(out_dir, "val", tok)
-            print(f"reusing token files in {out_dir}")
-            return out_dir
-    except (FileNotFoundError, ValueError):
-        pass
-    prepare_dataset(source, tok, out_dir)
+def ensure_data(out_dir: Path, source: str | None, train_bytes: int) -> Path:
+    """Token files for the demo: made once, reused only while they match the text and tokenizer asked for.
+
+    Without a local copy (`source`, $TINYSTORIES_DIR), download just the validation file and the first
+    `train_bytes` of the train file: a 10-minute run never needs all 1.9 GB.
+    """
+    if source is None and not os.environ.get("TINYSTORIES_DIR"):
+        sample = DATA_DIR / f"tinystories-first{train_bytes / 1e6:g}MB"
+        source = str(download_tinystories("V1", sample, train_bytes=train_bytes)["train"].parent)
+    ensure_dataset(source, TOKENIZER, out_dir)
     return out_dir
 
 
@@ -75,20 +78,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default=None, help="checkpoint folder (default: checkpoints/demo-<preset>)")
     args = parser.parse_args(argv)
 
+    device = pick_device()
+    gpu = device.type == "cuda"
     t0 = time.perf_counter()
-    data_dir = ensure_data(Path(args.data), args.source)
+    data_dir = ensure_data(Path(args.data), args.source, train_bytes=400_000_000 if gpu else 40_000_000)
     t_data = time.perf_counter() - t0
     print(data_report(data_dir) + "\n")
 
-    device = pick_device()
-    gpu = device.type == "cuda"
     preset = args.preset or ("llama_6L_6H_288D" if gpu else "tiny")
-    # Muon on the block matrices learns more per token than AdamW (tinylib.optim). 2,316 training stories are
-    # ~0.5M tokens, so a 10-minute CPU run sees them ~15 times: strong weight decay and residual dropout keep
-    # the model from memorising them (attention dropout is left off: it halves CPU speed). The tied embedding
-    # learns best with a higher AdamW lr (6e-3) than the block matrices' Muon lr; its weight decay also keeps
-    # the logits of tokens never seen in training (byte tokens of mis-encoded text in the validation stories)
-    # from sinking without bound.
+    # Muon on the block matrices learns more per token than AdamW (tinylib.optim). Offline, ../shared's 2,316
+    # training stories are ~0.5M tokens, so a 10-minute CPU run sees them ~15 times: strong weight decay and
+    # residual dropout keep the model from memorising them (attention dropout is left off: it halves CPU
+    # speed). The tied embedding learns best with a higher AdamW lr (6e-3) than the block matrices' Muon lr;
+    # its weight decay also keeps the logits of tokens never seen in training (byte tokens of mis-encoded text
+    # in the validation stories) from sinking without bound.
     cfg = TrainConfig(
         data=str(data_dir), preset=preset, out_dir=args.out or f"checkpoints/demo-{preset}",
         model_overrides={"dropout": 0.1, "attn_dropout": 0.0}, optimizer="muon", muon_lr=0.01,

@@ -23,7 +23,9 @@ import os
 from pathlib import Path
 from urllib.parse import urlsplit
 
-__all__ = ["SizeMismatchError", "hub_download", "hub_offline"]
+from tinylib.paths import write_atomic
+
+__all__ = ["SizeMismatchError", "hub_download", "hub_download_prefix", "hub_offline"]
 
 _TRUE = {"1", "true", "yes", "on"}
 
@@ -54,6 +56,24 @@ def _write_json(path: Path, obj: dict) -> None:
     os.replace(tmp, path)
 
 
+def _locate(repo_id: str, filename: str, target: Path, repo_type: str, revision: str,
+            endpoint: str | None) -> tuple:
+    """(the Hub's metadata of the file, the headers to fetch it with); refuses to go online when offline."""
+    # huggingface_hub takes ~0.5 s to import: only when downloading
+    from huggingface_hub import get_hf_file_metadata, hf_hub_url
+    from huggingface_hub.utils import build_hf_headers
+
+    if hub_offline():
+        raise FileNotFoundError(f"HF_HUB_OFFLINE is set and {target} does not exist")
+    endpoint = endpoint or os.environ.get("HF_ENDPOINT") or None
+    url = hf_hub_url(repo_id, filename, repo_type=repo_type, revision=revision, endpoint=endpoint)
+    meta = get_hf_file_metadata(url, endpoint=endpoint)
+    headers = build_hf_headers()
+    if urlsplit(meta.location).netloc != urlsplit(url).netloc:
+        headers.pop("authorization", None)  # a signed CDN URL: the Hub token must not travel there
+    return meta, headers
+
+
 def hub_download(
     repo_id: str,
     filename: str,
@@ -74,19 +94,12 @@ def hub_download(
     received size is wrong, and huggingface_hub/httpx errors for network and HTTP failures
     (the `.part` stays).
     """
-    # huggingface_hub takes ~0.5 s to import: only when downloading
-    from huggingface_hub import get_hf_file_metadata, hf_hub_url
-    from huggingface_hub.file_download import http_get
-    from huggingface_hub.utils import build_hf_headers
+    from huggingface_hub.file_download import http_get  # ~0.5 s to import: only when downloading
 
     target = Path(dest_dir) / filename
     if target.is_file():
         return target
-    if hub_offline():
-        raise FileNotFoundError(f"HF_HUB_OFFLINE is set and {target} does not exist")
-    endpoint = endpoint or os.environ.get("HF_ENDPOINT") or None
-    url = hf_hub_url(repo_id, filename, repo_type=repo_type, revision=revision, endpoint=endpoint)
-    meta = get_hf_file_metadata(url, endpoint=endpoint)
+    meta, headers = _locate(repo_id, filename, target, repo_type, revision, endpoint)
 
     part = target.with_name(target.name + ".part")
     sidecar = target.with_name(target.name + ".part.json")
@@ -98,10 +111,6 @@ def hub_download(
         part.unlink(missing_ok=True)
     target.parent.mkdir(parents=True, exist_ok=True)
     _write_json(sidecar, stamp)
-
-    headers = build_hf_headers()
-    if urlsplit(meta.location).netloc != urlsplit(url).netloc:
-        headers.pop("authorization", None)  # a signed CDN URL: the Hub token must not travel there
     # append: http_get writes from the current position, i.e. after the saved bytes
     with open(part, "ab") as f:
         try:
@@ -139,3 +148,45 @@ def _quiet_tqdm() -> type:
             super().__init__(*args, **{**kwargs, "disable": True})
 
     return QuietTqdm
+
+
+def hub_download_prefix(repo_id: str, filename: str, dest: str | os.PathLike, n_bytes: int, *,
+                        cut_after: bytes = b"", repo_type: str = "model", revision: str = "main",
+                        endpoint: str | None = None, progress: bool = True) -> Path:
+    """The first `n_bytes` of a Hub file (one HTTP Range request), cut after the last `cut_after` in them, as
+    the file `dest`; returned without network access when `dest` exists. For a quick run that needs a sample
+    of a 2 GB file, not all of it. Written under a temporary name and renamed when complete."""
+    from huggingface_hub.utils import get_session  # ~0.5 s to import: only when downloading
+    from tqdm.auto import tqdm
+
+    dest = Path(dest)
+    if dest.is_file():
+        return dest
+    meta, headers = _locate(repo_id, filename, dest, repo_type, revision, endpoint)
+    n_bytes = min(int(n_bytes), meta.size or int(n_bytes))
+    if progress:  # the size up front: what this costs, and what the whole file would
+        whole = f"{meta.size / 1e6:,.1f} MB" if meta.size else "an unknown size"
+        print(f"{filename}: fetching its first {n_bytes / 1e6:,.1f} MB of {whole}")
+    headers["Range"] = f"bytes=0-{n_bytes - 1}"
+    chunks, got = [], 0
+    with (tqdm(total=n_bytes, unit="B", unit_scale=True, desc=f"{filename} (first {n_bytes / 1e6:,.0f} MB)",
+               disable=not progress) as bar,
+          get_session().stream("GET", meta.location, headers=headers, follow_redirects=True) as response):
+        response.raise_for_status()
+        for chunk in response.iter_bytes():  # a server that ignores Range sends it all: stop at n_bytes
+            chunk = chunk[: n_bytes - got]
+            chunks.append(chunk)
+            got += len(chunk)
+            bar.update(len(chunk))
+            if got >= n_bytes:
+                break
+    data = b"".join(chunks)
+    if len(data) < n_bytes:
+        raise SizeMismatchError(f"asked {repo_id}/{filename} for its first {n_bytes:,} bytes, got "
+                                f"{len(data):,}")
+    if cut_after:
+        end = data.rfind(cut_after)
+        if end < 0:
+            raise ValueError(f"the first {n_bytes:,} bytes of {filename} hold no {cut_after!r}: ask for more")
+        data = data[: end + len(cut_after)]
+    return write_atomic(dest, data)

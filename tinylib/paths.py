@@ -1,7 +1,9 @@
 """Where things live: the repository root, its data and checkpoint folders, and `../shared` beside it.
 
-Every other module asks here instead of counting `parents[...]` itself. `shared_dir()` reads $TINYLIB_SHARED
-at call time, so tests and notebooks can point it elsewhere (or at nothing, to see the offline fallbacks).
+Every other module asks here instead of counting `parents[...]` itself, and writes small files through
+`write_atomic`, so that a crash never leaves half a file under its final name. `shared_dir()` reads
+$TINYLIB_SHARED at call time, so tests and notebooks can point it elsewhere (or at nothing, to see the offline
+fallbacks).
 """
 
 from __future__ import annotations
@@ -27,3 +29,16 @@ def shared_tinystories() -> Path:
 
 def shared_llama2c() -> Path:
     return shared_dir() / "models" / "llama2c"
+
+
+def write_atomic(path: str | os.PathLike, data: bytes) -> Path:
+    """Write `data` to a temporary name beside `path`, then rename it into place: whole or not at all."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import tiktoken
 
-from tinylib.paths import TOKENIZER_DIR
+from tinylib.paths import TOKENIZER_DIR, write_atomic
 
 EOT = "<|endoftext|>"
 
@@ -228,15 +228,6 @@ def from_ranks(
     return tok
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def save_tokenizer(tok: Tokenizer, path: str | os.PathLike) -> Path:
     """Write `path` (.tiktoken: one "base64(token) rank" line per merge rank) and its JSON sidecar (.json).
 
@@ -267,8 +258,8 @@ def save_tokenizer(tok: Tokenizer, path: str | os.PathLike) -> Path:
         "ranks_file": rank_path.name,
     }
     path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write_bytes(rank_path, b"".join(lines))
-    _atomic_write_bytes(json_path, (json.dumps(meta, indent=2) + "\n").encode("utf-8"))
+    write_atomic(rank_path, b"".join(lines))
+    write_atomic(json_path, (json.dumps(meta, indent=2) + "\n").encode("utf-8"))
     return rank_path
 
 
