@@ -63,8 +63,9 @@ class ModelConfig:
 
     @property
     def style(self) -> str:
-        """'llama' or 'gpt' when the config matches one family exactly, else 'custom'."""
-        if (self.norm, self.mlp, self.pos, self.bias) == ("rmsnorm", "swiglu", "rope", False):
+        """'llama' (RMSNorm, SwiGLU, RoPE) or 'gpt' (LayerNorm, GELU, learned positions), else 'custom'.
+        Biases do not change the family: transformers' Llama and GPT-2 both express them."""
+        if (self.norm, self.mlp, self.pos) == ("rmsnorm", "swiglu", "rope"):
             return "llama"
         if (self.norm, self.mlp, self.pos) == ("layernorm", "gelu", "learned"):
             return "gpt"

@@ -62,10 +62,8 @@ from tinylib.model import Transformer
 
 def _family(cfg: ModelConfig) -> str:
     """'llama' or 'gpt2': which transformers class can hold this config exactly."""
-    if (cfg.norm, cfg.mlp, cfg.pos) == ("rmsnorm", "swiglu", "rope"):
-        return "llama"
-    if (cfg.norm, cfg.mlp, cfg.pos) == ("layernorm", "gelu", "learned"):
-        return "gpt2"
+    if cfg.style != "custom":
+        return {"llama": "llama", "gpt": "gpt2"}[cfg.style]
     raise ValueError(
         f"no transformers class matches norm={cfg.norm!r}, mlp={cfg.mlp!r}, pos={cfg.pos!r}: export supports "
         "LLaMA-style (rmsnorm, swiglu, rope -> LlamaForCausalLM) and GPT-style (layernorm, gelu, learned -> "
