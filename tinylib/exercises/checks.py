@@ -1,0 +1,151 @@
+"""The machinery of the exercises: `Exercise`, the registry, and the comparison that says what differs.
+
+An `Exercise` holds a title, difficulty and importance (1-5), minutes, the reference function (the library's
+own code where the library has it), a generator of random cases, and the plausible wrong answers its check
+must catch (tests/test_exercises.py proves that every check passes its reference and fails each wrong answer).
+`run_check` runs a function on every case and raises `CheckFailed` at the first difference, naming the case,
+the shape, the first index that differs, expected vs got. What a notebook calls (`check`, `solution`,
+`header`) is in `tinylib.exercises`; the exercises are in one module per notebook (`nb01_data`, ...).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+Case = tuple[tuple, dict]
+
+
+class CheckFailed(AssertionError):
+    """The learner's answer differs from the reference; the message says where and how."""
+
+
+@dataclass(frozen=True)
+class Exercise:
+    name: str
+    title: str
+    notebook: str  # e.g. "04_generation"
+    difficulty: int  # 1 (a few lines) .. 5 (a real puzzle)
+    importance: int  # 1 (curiosity) .. 5 (you will use this every day)
+    minutes: int
+    reference: Callable
+    cases: Callable[[torch.Generator], Iterable[Case]]  # random inputs, from a seeded generator
+    wrong: tuple[Callable, ...] = ()  # plausible mistakes; the check must fail on each
+    atol: float = 1e-5
+    rtol: float = 1e-4
+    setup: str = field(default="", compare=False)  # one line on what the function receives
+
+    def header(self) -> str:
+        return (f"{self.title}: difficulty {'●' * self.difficulty}{'○' * (5 - self.difficulty)}, "
+                f"importance {'●' * self.importance}{'○' * (5 - self.importance)}, ~{self.minutes} min")
+
+
+REGISTRY: dict[str, Exercise] = {}
+
+
+def register(ex: Exercise) -> Exercise:
+    if ex.name in REGISTRY:
+        raise ValueError(f"exercise {ex.name!r} is registered twice")
+    REGISTRY[ex.name] = ex
+    return ex
+
+
+def get(name: str) -> Exercise:
+    if name not in REGISTRY:
+        raise KeyError(f"no exercise named {name!r}; the exercises are {sorted(REGISTRY)}")
+    return REGISTRY[name]
+
+
+def solutions_mode() -> bool:
+    return os.environ.get("TINYLIB_SOLUTIONS") == "1"
+
+
+# --- comparing answers -------------------------------------------------------------------------------------
+
+def describe_case(args: tuple, kwargs: dict) -> str:
+    def short(v: Any) -> str:
+        if isinstance(v, torch.Tensor):
+            return f"tensor{tuple(v.shape)}"
+        if isinstance(v, np.ndarray):
+            return f"array{v.shape}"
+        text = repr(v)
+        return text if len(text) <= 60 else text[:57] + "..."
+    return ", ".join([short(a) for a in args] + [f"{k}={short(v)}" for k, v in kwargs.items()])
+
+
+def difference(expected: Any, got: Any, atol: float, rtol: float, path: str = "result") -> str | None:
+    """None when `got` matches `expected`, else one sentence saying what differs."""
+    if isinstance(expected, (torch.Tensor, np.ndarray)):
+        exp = torch.as_tensor(np.asarray(expected)) if isinstance(expected, np.ndarray) else expected
+        if not isinstance(got, (torch.Tensor, np.ndarray)):
+            return f"{path}: expected a tensor of shape {tuple(exp.shape)}, got {type(got).__name__}"
+        g = torch.as_tensor(np.asarray(got)) if isinstance(got, np.ndarray) else got
+        if tuple(g.shape) != tuple(exp.shape):
+            return f"{path}: expected shape {tuple(exp.shape)}, got {tuple(g.shape)}"
+        if isinstance(expected, np.ndarray) and np.asarray(got).dtype != expected.dtype:
+            return f"{path}: expected dtype {expected.dtype}, got {np.asarray(got).dtype}"
+        e, gg = exp.detach().double().cpu(), g.detach().double().cpu()
+        same_inf = (e == gg) | (e.isnan() & gg.isnan())
+        bad = ~(same_inf | ((e - gg).abs() <= atol + rtol * e.abs()))
+        if bad.any():
+            idx = tuple(int(i) for i in bad.nonzero()[0])
+            return (f"{path}: {int(bad.sum())} of {bad.numel()} values differ; first at index {idx}: "
+                    f"expected {e[idx].item():.6g}, got {gg[idx].item():.6g}")
+        return None
+    if isinstance(expected, (tuple, list)):
+        if not isinstance(got, (tuple, list)) or len(got) != len(expected):
+            return f"{path}: expected a sequence of {len(expected)} items, got {got!r:.80}"
+        for i, (e, g) in enumerate(zip(expected, got)):
+            if (why := difference(e, g, atol, rtol, f"{path}[{i}]")) is not None:
+                return why
+        return None
+    if isinstance(expected, dict):
+        if not isinstance(got, dict) or set(got) != set(expected):
+            return f"{path}: expected a dict with keys {sorted(expected)}, got {got!r:.80}"
+        for k in expected:
+            if (why := difference(expected[k], got[k], atol, rtol, f"{path}[{k!r}]")) is not None:
+                return why
+        return None
+    if isinstance(expected, float) or isinstance(got, float):
+        if not isinstance(got, (int, float)) or not math.isclose(expected, got, rel_tol=rtol, abs_tol=atol):
+            return f"{path}: expected {expected!r}, got {got!r}"
+        return None
+    if expected != got or type(expected) is not type(got) and not isinstance(got, type(expected)):
+        return f"{path}: expected {expected!r}, got {got!r}"
+    return None
+
+
+def run_check(ex: Exercise, fn: Callable, seed: int = 0) -> int:
+    """Run `fn` on every case of `ex`; raise CheckFailed at the first difference. Returns the number of cases.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    n = 0
+    for args, kwargs in ex.cases(gen):
+        expected = ex.reference(*_copy(args), **_copy(kwargs))
+        got = fn(*_copy(args), **_copy(kwargs))
+        why = difference(expected, got, ex.atol, ex.rtol)
+        if why is not None:
+            raise CheckFailed(f"{ex.name}({describe_case(args, kwargs)}): {why}")
+        n += 1
+    return n
+
+
+def _copy(x: Any) -> Any:
+    """Each side gets its own copy of the inputs, so a function that edits them in place cannot hide it."""
+    if isinstance(x, torch.Tensor):
+        return x.clone()
+    if isinstance(x, np.ndarray):
+        return x.copy()
+    if isinstance(x, tuple):
+        return tuple(_copy(v) for v in x)
+    if isinstance(x, list):
+        return [_copy(v) for v in x]
+    if isinstance(x, dict):
+        return {k: _copy(v) for k, v in x.items()}
+    return x

@@ -1,0 +1,165 @@
+"""Exercises of notebook 01 (data and tokenizers): one BPE merge, the token file's dtype, framing stories into
+one token array, and compression in bytes per token.
+
+The references are tinylib's own where it has them: `tinylib.data.token_dtype`, `tinylib.data.frame_stories`,
+`tinylib.bpe.tokenizer_report`; the merge step (rustbpe does it in Rust) is written here. Each wrong answer is
+a mistake people make: merging only the first pair or overlapping pairs, `<` for `<=` at 65,536 ids, always
+uint16, the boundary token at the end or not at all, int64 files, characters for bytes, a mean of ratios.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from tinylib.bpe import tokenizer_report
+from tinylib.data import frame_stories, token_dtype
+from tinylib.exercises.checks import Exercise, register
+from tinylib.tokenizer import Tokenizer, get_tokenizer
+
+NB = "01_data_and_tokenizers"
+
+# Words for random stories; some are not ASCII, so characters and UTF-8 bytes differ.
+_WORDS = ("Once", "upon", "a", "time", "there", "was", "little", "girl", "named", "Lily", "she", "loved",
+          "to", "play", "in", "the", "park", "with", "her", "dog", "Max.", "They", "were", "happy", "and",
+          "went", "home,", "\"Hello!\"", "said", "Tom.", "café", "naïve", "“Look!”", "—", "🙂", "big", "red",
+          "ball\n")
+
+
+def _story(gen: torch.Generator, n_words: int) -> str:
+    picks = torch.randint(0, len(_WORDS), (n_words,), generator=gen).tolist()
+    words = [_WORDS[i] for i in picks]
+    # one non-ASCII word in every text
+    words.insert(int(torch.randint(0, n_words + 1, (1,), generator=gen)), "café")
+    return " ".join(words)
+
+
+# --- one BPE merge -----------------------------------------------------------------------------------------
+
+def merge_pair(ids: list[int], pair: tuple[int, int], new_id: int) -> list[int]:
+    """Replace every occurrence of `pair` in `ids` by `new_id`, scanning left to right; pairs do not overlap,
+    so (5, 5) in [5, 5, 5] merges once: [new_id, 5]."""
+    out, i = [], 0
+    while i < len(ids):
+        if i + 1 < len(ids) and ids[i] == pair[0] and ids[i + 1] == pair[1]:
+            out.append(new_id)
+            i += 2
+        else:
+            out.append(ids[i])
+            i += 1
+    return out
+
+
+def _merge_first_only(ids: list[int], pair: tuple[int, int], new_id: int) -> list[int]:
+    for i in range(len(ids) - 1):
+        if (ids[i], ids[i + 1]) == tuple(pair):
+            return ids[:i] + [new_id] + ids[i + 2:]
+    return list(ids)
+
+
+def _merge_overlapping(ids: list[int], pair: tuple[int, int], new_id: int) -> list[int]:
+    out = []
+    for i in range(len(ids)):
+        if i + 1 < len(ids) and (ids[i], ids[i + 1]) == tuple(pair):
+            out.append(new_id)  # a run 5 5 5 becomes two new ids: the middle 5 is used twice
+        elif i > 0 and (ids[i - 1], ids[i]) == tuple(pair):
+            continue
+        else:
+            out.append(ids[i])
+    return out
+
+
+def _merge_cases(gen: torch.Generator):
+    yield ([5, 5, 5, 1, 5, 5], (5, 5), 9), {}
+    text = list(b"the cat and the hat")
+    yield (text, (ord("t"), ord("h")), 256), {}
+    yield ([1, 2, 3], (3, 1), 7), {}  # the pair never occurs: nothing changes
+    yield ([], (1, 2), 7), {}
+    for n in (12, 30, 60):
+        ids = torch.randint(0, 3, (n,), generator=gen).tolist()  # 3 ids: pairs and runs occur often
+        i = int(torch.randint(0, n - 1, (1,), generator=gen))
+        yield (ids, (ids[i], ids[i + 1]), 100 + n), {}
+
+
+register(Exercise(
+    "merge_pair", "One byte-pair merge", NB, difficulty=2, importance=4, minutes=10, reference=merge_pair,
+    cases=_merge_cases, wrong=(_merge_first_only, _merge_overlapping)))
+
+
+# --- the token file's dtype --------------------------------------------------------------------------------
+
+def _dtype_strict_less(vocab_size: int) -> np.dtype:
+    return np.dtype(np.uint16 if vocab_size < 65536 else np.uint32)
+
+
+def _dtype_always_uint16(vocab_size: int) -> np.dtype:
+    return np.dtype(np.uint16)
+
+
+def _dtype_cases(gen: torch.Generator):
+    for v in (512, 4096, 50257, 65535, 65536, 65537, 100277):
+        yield (v,), {}
+    yield (int(torch.randint(1 << 17, 1 << 20, (1,), generator=gen)),), {}
+
+
+register(Exercise(
+    "token_dtype", "The token file's dtype", NB, difficulty=1, importance=3, minutes=5, reference=token_dtype,
+    cases=_dtype_cases, wrong=(_dtype_strict_less, _dtype_always_uint16)))
+
+
+# --- framing stories ---------------------------------------------------------------------------------------
+
+def _frame_eos_after(tok: Tokenizer, stories: Sequence[str]) -> np.ndarray:
+    ids = [i for s in stories for i in tok.encode(s) + [tok.eos_id]]
+    return np.array(ids, dtype=token_dtype(tok.vocab_size))
+
+
+def _frame_int64(tok: Tokenizer, stories: Sequence[str]) -> np.ndarray:
+    return np.array([i for s in stories for i in [tok.bos_id] + tok.encode(s)])
+
+
+def _frame_no_bos(tok: Tokenizer, stories: Sequence[str]) -> np.ndarray:
+    return np.array([i for s in stories for i in tok.encode(s)], dtype=token_dtype(tok.vocab_size))
+
+
+def _frame_cases(gen: torch.Generator):
+    for name, n_stories in (("tinystories-512", 3), ("tinystories-4096", 1), ("tinystories-8192", 5),
+                            ("tinystories-4096", 4)):
+        stories = [_story(gen, int(torch.randint(3, 40, (1,), generator=gen))) for _ in range(n_stories)]
+        if n_stories == 4:
+            stories[2] = ""  # an empty story is still a story start
+        yield (get_tokenizer(name), stories), {}
+
+
+register(Exercise(
+    "frame_stories", "Framing stories into one token array", NB, difficulty=2, importance=4, minutes=10,
+    reference=frame_stories, cases=_frame_cases, wrong=(_frame_eos_after, _frame_int64, _frame_no_bos)))
+
+
+# --- compression -------------------------------------------------------------------------------------------
+
+def bytes_per_token(tok: Tokenizer, texts: Sequence[str]) -> float:
+    """UTF-8 bytes of all `texts` over the tokens `tok` cuts them into (no boundary tokens): compression."""
+    return tokenizer_report(tok, texts)["bytes_per_token"]
+
+
+def _chars_per_token(tok: Tokenizer, texts: Sequence[str]) -> float:
+    return sum(len(t) for t in texts) / sum(len(tok.encode(t)) for t in texts)
+
+
+def _mean_of_ratios(tok: Tokenizer, texts: Sequence[str]) -> float:
+    return sum(len(t.encode("utf-8")) / len(tok.encode(t)) for t in texts) / len(texts)
+
+
+def _bpt_cases(gen: torch.Generator):
+    for name, n_texts in (("tinystories-512", 1), ("tinystories-4096", 3), ("tinystories-8192", 4),
+                          ("tinystories-4096", 6)):
+        texts = [_story(gen, int(torch.randint(2, 80, (1,), generator=gen))) for _ in range(n_texts)]
+        yield (get_tokenizer(name), texts), {}
+
+
+register(Exercise(
+    "bytes_per_token", "Compression: bytes per token", NB, difficulty=1, importance=3, minutes=5,
+    reference=bytes_per_token, cases=_bpt_cases, wrong=(_chars_per_token, _mean_of_ratios)))

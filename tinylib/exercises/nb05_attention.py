@@ -1,0 +1,137 @@
+"""Exercises of notebook 05 (attention patterns): a pattern from q and k, and head scores read off patterns.
+
+The pattern's reference is the eager path of `tinylib.model.Attention` written out on its own (grouped-query
+attention: each key head serves n_head / n_kv_head consecutive query heads). The score references are
+`tinylib.interp.attention.scores_from_patterns`, the function `head_scores` uses. Each wrong answer is a
+mistake people make: tiling the kv heads instead of repeating each one, forgetting the causal mask, reading
+the diagonal itself instead of the one below it, counting query 0 (which has no previous token), looking at
+the earlier copy instead of the token after it, and a wrap-around shift that counts the BOS column.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from tinylib.exercises.checks import Exercise, register
+from tinylib.interp.attention import scores_from_patterns
+
+NB = "05_attention_patterns"
+
+
+# --- a pattern from q and k, with grouped-query attention ---------------------------------------------------
+
+def attention_pattern(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """Causal attention pattern [B, n_head, T, T] from q [B, n_head, T, d_head] and
+    k [B, n_kv_head, T, d_head] (RoPE already applied).
+    Query head h reads key head h // (n_head // n_kv_head)."""
+    group = q.shape[1] // k.shape[1]
+    k = k.repeat_interleave(group, dim=1)  # [k0, k0, k1, k1, ...]: consecutive query heads share a key head
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
+    T = q.shape[-2]
+    causal = torch.ones(T, T, dtype=torch.bool, device=q.device).tril()
+    return scores.masked_fill(~causal, float("-inf")).softmax(-1)
+
+
+def _pattern_tiles_kv_heads(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    k = k.repeat(1, q.shape[1] // k.shape[1], 1, 1)  # [k0, k1, k0, k1, ...]: the wrong heads share
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
+    T = q.shape[-2]
+    return scores.masked_fill(~torch.ones(T, T, dtype=torch.bool).tril(), float("-inf")).softmax(-1)
+
+
+def _pattern_without_mask(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
+    return (q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])).softmax(-1)  # every token sees the future
+
+
+def _qk_cases(gen: torch.Generator):
+    for B, n_head, n_kv, T, d in ((1, 4, 2, 5, 8), (2, 8, 4, 7, 16), (1, 6, 3, 4, 4), (3, 8, 2, 9, 8),
+                                  (1, 4, 4, 6, 8)):
+        q = torch.randn(B, n_head, T, d, generator=gen) * 2
+        k = torch.randn(B, n_kv, T, d, generator=gen) * 2
+        yield (q, k), {}
+
+
+register(Exercise(
+    "attention_pattern", "An attention pattern from q and k (grouped-query attention)", NB,
+    difficulty=2, importance=5, minutes=15, reference=attention_pattern, cases=_qk_cases,
+    wrong=(_pattern_tiles_kv_heads, _pattern_without_mask)))
+
+
+# --- previous-token score -----------------------------------------------------------------------------------
+
+def previous_token_score(patterns: torch.Tensor) -> torch.Tensor:
+    """Mean attention from each query t >= 1 to key t - 1, over the batch: [L, H] from patterns
+    [B, L, H, T, T]."""
+    tokens = torch.zeros(patterns.shape[0], patterns.shape[-1], dtype=torch.long)  # unused by this score
+    return scores_from_patterns(patterns, tokens)["previous_token"]
+
+
+def _prev_reads_the_diagonal(patterns: torch.Tensor) -> torch.Tensor:
+    return patterns.diagonal(offset=0, dim1=-2, dim2=-1).mean(dim=(0, -1))  # attention to itself
+
+
+def _prev_counts_query_zero(patterns: torch.Tensor) -> torch.Tensor:
+    return patterns.diagonal(offset=-1, dim1=-2, dim2=-1).sum(dim=-1).mean(0) / patterns.shape[-1]
+
+
+def _random_patterns(gen: torch.Generator, B: int, L: int, H: int, T: int, sharp: float,
+                     half: int = 0) -> torch.Tensor:
+    scores = torch.randn(B, L, H, T, T, generator=gen) * sharp
+    scores[:, 0, 0].diagonal(offset=-1, dim1=-2, dim2=-1).add_(5.0)  # L0H0 is a previous-token head
+    if half > 1:  # the last head attends to the token after the earlier copy: an induction head
+        scores[:, -1, -1].diagonal(offset=1 - half, dim1=-2, dim2=-1).add_(5.0)
+    causal = torch.ones(T, T, dtype=torch.bool).tril()
+    return scores.masked_fill(~causal, float("-inf")).softmax(-1)
+
+
+def _pattern_cases(gen: torch.Generator):
+    for B, L, H, T, sharp in ((1, 2, 3, 6, 1.0), (2, 3, 4, 10, 3.0), (4, 1, 2, 5, 0.5), (2, 2, 2, 16, 2.0)):
+        yield (_random_patterns(gen, B, L, H, T, sharp),), {}
+
+
+register(Exercise(
+    "previous_token_score", "Previous-token score from patterns", NB, difficulty=2, importance=4, minutes=10,
+    reference=previous_token_score, cases=_pattern_cases,
+    wrong=(_prev_reads_the_diagonal, _prev_counts_query_zero)))
+
+
+# --- induction score ----------------------------------------------------------------------------------------
+
+def induction_score(patterns: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """[L, H]: for every query t whose token appeared before (tokens[j] == tokens[t], j < t), the attention
+    mass on the keys right after those copies (s = j + 1); averaged over such queries of the batch.
+    patterns [B, L, H, T, T], tokens [B, T]."""
+    return scores_from_patterns(patterns, tokens)["induction"]
+
+
+def _induction_on_the_copy_itself(patterns: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    return scores_from_patterns(patterns, tokens)["duplicate_token"]  # off by one: the copy itself
+
+
+def _induction_with_wraparound_shift(patterns: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    T = tokens.shape[1]
+    before = tokens.roll(1, dims=1)  # token at s - 1, but key 0 (BOS) "follows" the last token
+    mask = (before[:, None, :] == tokens[:, :, None]) & torch.ones(T, T, dtype=torch.bool).tril()
+    mask[:, :, 1:] &= torch.ones(T, T, dtype=torch.bool).tril(-1)[:, :-1]
+    rows = mask.any(-1)
+    mass = (patterns.float() * mask[:, None, None]).sum(-1)
+    return (mass * rows[:, None, None]).sum(dim=(0, -1)) / rows.sum().clamp_min(1)
+
+
+def _induction_cases(gen: torch.Generator):
+    for B, L, H, half, vocab in ((2, 2, 3, 5, 50), (3, 1, 4, 8, 100), (1, 3, 2, 12, 1000)):
+        rand = torch.randint(1, vocab, (B, half), generator=gen)
+        tokens = torch.cat([torch.zeros(B, 1, dtype=torch.long), rand, rand], dim=1)  # BOS + repeated tokens
+        yield (_random_patterns(gen, B, L, H, tokens.shape[1], 2.0, half), tokens), {}
+    for B, L, H, T, vocab in ((2, 2, 2, 12, 4), (1, 2, 3, 9, 3)):  # small vocabularies repeat by chance
+        tokens = torch.randint(0, vocab, (B, T), generator=gen)
+        yield (_random_patterns(gen, B, L, H, T, 1.0), tokens), {}
+
+
+register(Exercise(
+    "induction_score", "Induction score from patterns", NB, difficulty=4, importance=4, minutes=20,
+    reference=induction_score, cases=_induction_cases,
+    wrong=(_induction_on_the_copy_itself, _induction_with_wraparound_shift)))

@@ -1,0 +1,151 @@
+"""Exercises of notebook 06 (neurons): Cohen's d selectivity, the strongest activations, where words occur.
+
+References are tinylib's own: `tinylib.interp.neurons.neuron_selectivity` (Cohen's d of every neuron),
+the ranking inside `top_activations`, and `word_positions`. Each wrong answer is a mistake people make:
+dividing by the standard deviation of all positions instead of the pooled within-group one, forgetting
+to divide at all, splitting a flat index by the batch size instead of the sequence length, ranking by
+|activation| (SwiGLU neurons go negative), marking the first token of a word instead of its last, and
+searching only for the word exactly as given.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from tinylib.exercises.checks import Exercise, register
+from tinylib.interp.neurons import neuron_selectivity, word_positions
+from tinylib.tokenizer import get_tokenizer
+
+NB = "06_neurons"
+
+
+# --- Cohen's d ----------------------------------------------------------------------------------------------
+
+def cohens_d(acts: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Selectivity [L, N] of every neuron for the positions `mask` [B, T] marks, from acts [B, T, L, N]:
+    (mean on - mean off) / pooled std, pooled = sqrt((n_on var_on + n_off var_off) / (n_on + n_off)),
+    population variances (unbiased=False), the std clamped at 1e-6 so a dead neuron scores 0."""
+    L, N = acts.shape[2:]
+    ranked = neuron_selectivity(None, mask, mask, top=L * N, acts=acts)  # every neuron, best first
+    d = torch.zeros(L, N)
+    for r in ranked:
+        d[r.layer, r.neuron] = r.score
+    return d
+
+
+def _d_with_overall_std(acts: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    on, off = acts[mask], acts[~mask]
+    everything = acts.reshape(-1, *acts.shape[2:])  # includes the difference between the groups
+    return (on.mean(0) - off.mean(0)) / everything.std(0, unbiased=False).clamp_min(1e-6)
+
+
+def _d_unscaled(acts: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return acts[mask].mean(0) - acts[~mask].mean(0)
+
+
+def _selectivity_cases(gen: torch.Generator):
+    for B, T, L, N, p_on in ((2, 8, 1, 5, 0.3), (3, 16, 2, 12, 0.1), (1, 30, 3, 7, 0.5), (4, 10, 2, 20, 0.2)):
+        mask = torch.rand(B, T, generator=gen) < p_on
+        mask[0, 0], mask[-1, -1] = True, False  # some positions on, some off
+        acts = torch.randn(B, T, L, N, generator=gen) * 0.5
+        acts[..., 0] += 2.0 * mask[..., None]  # neuron 0 of every layer fires on the marked positions
+        acts[:, :, 0, -1] = 0.0  # a dead neuron: pooled std 0, score 0
+        yield (acts, mask), {}
+
+
+register(Exercise(
+    "cohens_d", "Cohen's d: how selectively a neuron fires", NB, difficulty=2, importance=4, minutes=15,
+    reference=cohens_d, cases=_selectivity_cases, wrong=(_d_with_overall_std, _d_unscaled)))
+
+
+# --- top-k activation positions -----------------------------------------------------------------------------
+
+def top_positions(acts: torch.Tensor, k: int) -> torch.Tensor:
+    """The k (row, position) pairs [k, 2] where one neuron's activations acts [B, T] are largest, largest
+    first (the ranking `tinylib.interp.neurons.top_activations` shows with context)."""
+    vals, idx = acts.flatten().topk(min(k, acts.numel()))
+    T = acts.shape[1]
+    return torch.stack([idx // T, idx % T], dim=1)
+
+
+def _top_positions_divides_by_batch(acts: torch.Tensor, k: int) -> torch.Tensor:
+    _, idx = acts.flatten().topk(k)
+    B = acts.shape[0]
+    return torch.stack([idx // B, idx % B], dim=1)  # the flat index counts positions, not rows
+
+
+def _top_positions_by_magnitude(acts: torch.Tensor, k: int) -> torch.Tensor:
+    _, idx = acts.flatten().abs().topk(k)  # a strongly negative SwiGLU activation is not "firing"
+    T = acts.shape[1]
+    return torch.stack([idx // T, idx % T], dim=1)
+
+
+def _topk_cases(gen: torch.Generator):
+    for B, T, k in ((2, 7, 3), (4, 16, 5), (3, 5, 1), (8, 32, 10)):
+        acts = torch.randn(B, T, generator=gen) * torch.linspace(0.5, 3.0, T)
+        acts = torch.where(acts < 0, acts * 2, acts)  # SwiGLU-like: large negative values too
+        yield (acts, k), {}
+
+
+register(Exercise(
+    "top_positions", "Where a neuron fires most: top-k positions", NB, difficulty=1, importance=3, minutes=10,
+    reference=top_positions, cases=_topk_cases,
+    wrong=(_top_positions_divides_by_batch, _top_positions_by_magnitude)))
+
+
+# --- word-position mask -------------------------------------------------------------------------------------
+
+def word_mask(tokenizer: Any, tokens: torch.Tensor, words: Sequence[str]) -> torch.Tensor:
+    """Bool mask [B, T]: True at the LAST token of every occurrence of any of `words` in tokens [B, T], in the
+    forms word, Word (capitalised), word in lower case, each with and without a leading space."""
+    return word_positions(tokenizer, tokens, words)
+
+
+def _word_mask_first_token(tokenizer: Any, tokens: torch.Tensor, words: Sequence[str]) -> torch.Tensor:
+    mask = torch.zeros(tokens.shape, dtype=torch.bool)
+    for w in words:
+        for form in {w, w.capitalize(), w.lower()}:
+            for text in (form, " " + form):
+                ids = tokenizer.encode(text)
+                n = len(ids)
+                for b in range(tokens.shape[0]):
+                    for t in range(tokens.shape[1] - n + 1):
+                        if tokens[b, t: t + n].tolist() == ids:
+                            mask[b, t] = True  # the first piece, not the last
+    return mask
+
+
+def _word_mask_exact_form_only(tokenizer: Any, tokens: torch.Tensor, words: Sequence[str]) -> torch.Tensor:
+    mask = torch.zeros(tokens.shape, dtype=torch.bool)
+    for w in words:
+        ids = tokenizer.encode(" " + w)  # misses "Lily" at the start and " Lily" when asked for "lily"
+        n = len(ids)
+        for b in range(tokens.shape[0]):
+            for t in range(tokens.shape[1] - n + 1):
+                if tokens[b, t: t + n].tolist() == ids:
+                    mask[b, t + n - 1] = True
+    return mask
+
+
+_WORDS = ("Lily", "lily", "happy", "Happy", "sad", "the", "dog", "Tom", "tomato", "ran", "and", "Sadie",
+          "friends", "princess", "butterfly")
+
+
+def _word_cases(gen: torch.Generator):
+    tok = get_tokenizer("tinystories-512")  # many words are several pieces here
+    for B, T, words in ((2, 24, ["lily"]), (3, 32, ["happy", "sad"]), (2, 40, ["Tom", "princess"]),
+                        (1, 64, ["butterfly", "Lily", "friends"])):
+        rows = []
+        for _ in range(B):
+            picks = torch.randint(0, len(_WORDS), (T,), generator=gen).tolist()
+            text = " ".join(_WORDS[i] for i in picks)
+            rows.append(tok.encode(text)[:T])
+        yield (tok, torch.tensor(rows), words), {}
+
+
+register(Exercise(
+    "word_mask", "Where words occur: a word-position mask", NB, difficulty=3, importance=3, minutes=15,
+    reference=word_mask, cases=_word_cases, wrong=(_word_mask_first_token, _word_mask_exact_form_only)))
