@@ -1,5 +1,6 @@
-"""The story generator in a real browser: JupyterLab on 127.0.0.1 with a token, notebooks/04_generation.ipynb
-opened in headless Debian chromium through Playwright, Run All Cells, Generate, and story text must appear.
+"""The notebooks in a real browser: JupyterLab on 127.0.0.1 with a token, headless Debian chromium through
+Playwright. notebooks/04_generation.ipynb: Run All Cells, Generate, and story text must appear.
+notebooks/00_start_here.ipynb: Run All Cells, and its environment check must pass on the page.
 
 Needs the `chromium` Debian package (/usr/bin/chromium) and the `playwright` Python package (no browser
 download: Playwright drives the system chromium). When either is missing the test FAILS and says what to
@@ -24,6 +25,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "notebooks" / "04_generation.ipynb"
+START = ROOT / "notebooks" / "00_start_here.ipynb"
 CHROMIUM = Path(os.environ.get("TINYLIB_CHROMIUM", "/usr/bin/chromium"))
 ARTIFACT = ROOT / "runs" / "browser" / "story_generator.png"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -80,11 +82,12 @@ def lab(tmp_path):
     _requirements()  # fail (or skip) before starting a server for nothing
     root = tmp_path / "lab"
     (root / "notebooks").mkdir(parents=True)
-    shutil.copy(NOTEBOOK, root / "notebooks" / NOTEBOOK.name)
+    for notebook in (NOTEBOOK, START):
+        shutil.copy(notebook, root / "notebooks" / notebook.name)
     if (ROOT / "checkpoints").is_dir():  # the notebook looks in ../checkpoints, as in the repo
         (root / "checkpoints").symlink_to(ROOT / "checkpoints")
     port, token = _free_port(), secrets.token_hex(16)
-    env = {**os.environ, "TINYLIB_SMOKE": "1", "OMP_NUM_THREADS": "1",
+    env = {**os.environ, "TINYLIB_SMOKE": "1", "TINYLIB_SOLUTIONS": "1", "OMP_NUM_THREADS": "1",
            "JUPYTER_CONFIG_DIR": str(tmp_path / "jupyter-config"),
            "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime"), "IPYTHONDIR": str(tmp_path / "ipython")}
     jupyter = Path(sys.executable).with_name("jupyter")
@@ -164,3 +167,27 @@ def test_story_generator_in_jupyterlab(lab, tmp_path):
     ARTIFACT.parent.mkdir(parents=True, exist_ok=True)
     shutil.copy(shot, ARTIFACT)
     print(f"screenshot: {ARTIFACT} (also {shot})")
+
+
+def test_start_here_in_jupyterlab(lab, tmp_path):
+    """Notebook 00 runs in the browser: its environment check and run-time table appear on the page."""
+    sync_playwright = _requirements()
+    base, token, log = lab
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.goto(f"{base}/lab/tree/notebooks/{START.name}?token={token}", timeout=45_000)
+            page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=45_000)
+            _wait_for_idle_kernel(page)
+            page.click(".lm-MenuBar-itemLabel:text-is('Run')")
+            page.click(".lm-Menu-itemLabel:text-is('Run All Cells')")
+            for text in ("environment checked ✓", "every notebook is in the table ✓"):
+                page.locator(".jp-OutputArea-output", has_text=text).first.wait_for(timeout=60_000)
+        except Exception:
+            page.screenshot(path=str(tmp_path / "failure.png"))
+            print(f"failure screenshot: {tmp_path / 'failure.png'}\n"
+                  f"JupyterLab log:\n{log.read_text()[-3000:]}")
+            raise
+        finally:
+            browser.close()

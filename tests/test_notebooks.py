@@ -1,4 +1,5 @@
-"""Every notebook runs top to bottom in smoke mode (TINYLIB_SMOKE=1) and prints the checks it teaches.
+"""Every notebook runs top to bottom in smoke mode (TINYLIB_SMOKE=1) with its exercises' solutions filled in
+(TINYLIB_SOLUTIONS=1), prints the checks it teaches, and leaves data/ and checkpoints/ as they were.
 
 Notebooks are committed without outputs; each one ends its checks with a "✓" line that is asserted here.
 """
@@ -11,26 +12,60 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+from tinylib.data import prepare_dataset
+from tinylib.exercises import REGISTRY
+from tinylib.notebook.models import open_model, validation_stories
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = ROOT / "notebooks"
 
 # notebook -> (fixtures that skip with a reason when ../shared is absent, lines its output must contain)
 CASES = {
+    "00_start_here": ((), (
+        "SDPA and written-out attention give the same logits ✓", "environment checked ✓",
+        "every notebook is in the table ✓")),
     "01_data_and_tokenizers": (("tinystories_dir", "gpt2_available"), (
-        "round trip ✓", "batches ✓", "official and HF formats parse to the same story ✓")),
-    "02_flop_token_budget": (("tinystories_dir",), (
+        "round trip ✓", "batches ✓", "official and HF formats parse to the same story ✓",
+        "your merges encode each word exactly as tiktoken does ✓",
+        "your frame_stories matches the first 20 stories of train.bin ✓")),
+    "02_flop_token_budget": (("tinystories_dir", "gpt2_available"), (
         "by hand == tinylib.config.param_counts == the built model ✓",
         "formula within 2% of PyTorch's FLOP counter ✓", "worked example reproduced ✓",
+        "your param_count matches every preset, built ✓", "6 x the",
+        "your formula is within 2% of PyTorch's FLOP counter ✓", "the table holds ✓",
+        "your training_hours reproduces every plan, and hours x GPUs x price its cost ✓",
         "the plan follows the sliders ✓", "the trainer's logged MFU equals the budget module's ✓",
         "measured/predicted")),
-    "03_training": (("tinystories_dir",), ("loss went down ✓", "bit for bit ✓")),
+    "03_training": (("tinystories_dir",), (
+        "loss went down ✓", "the gradient of the whole batch ✓", "bit for bit ✓", "norms unchanged ✓",
+        "SDPA == eager attention ✓", "fp32 weights under bf16 autocast ✓",
+        "2 processes (DDP, gloo) == 1 process ✓")),
     "04_generation": ((), (
         "greedy is deterministic ✓", "higher temperature, less predictable text ✓",
         "a seed makes sampling reproducible ✓", "same tokens with and without the cache ✓")),
     "05_attention_patterns": (("llama2c_dir", "tinystories_dir"), (
-        "pattern by hand == blocks.1.attn.hook_pattern ✓", "stories260K")),
-    "06_neurons": (("llama2c_dir", "tinystories_dir"), ("one coloured span per token ✓", "stories260K")),
-    "07_ablations": (("llama2c_dir", "tinystories_dir"), ("contributions sum to the logit ✓", "stories260K")),
+        "pattern by hand == blocks.1.attn.hook_pattern ✓",
+        "a previous-token head and an attention sink on this prompt ✓",
+        "your induction_score == head_scores' on the model ✓",
+        "stories260K: previous-token heads, no induction heads, the repeat barely easier ✓",
+        "scores higher on text than on random tokens ✓")),
+    "06_neurons": (("llama2c_dir", "tinystories_dir"), (
+        "stories260K", "your word_mask and cohens_d agree with tinylib on the model ✓",
+        "your top_positions == top_activations' ranking ✓", "the most selective neurons also fire on other "
+        "tokens ✓", "one coloured span per token ✓", "graded, not on/off ✓")),
+    "07_ablations": (("llama2c_dir", "tinystories_dir"), (
+        "stories260K", "your zero-ablation hook reproduces ablate_each_head ✓",
+        "your mean-ablation hook reproduces ablate_each_head ✓",
+        "mean ablation gentler; no single head essential ✓",
+        "stories260K: no induction heads; the second copy no easier, the heads matter more there ✓",
+        "contributions sum to the logit ✓", "your head attribution == direct_logit_attribution's ✓")),
 }
+
+
+def snapshot() -> set[tuple[str, int, int]]:
+    """Every file under data/ and checkpoints/, with its size and modification time."""
+    return {(str(p.relative_to(ROOT)), p.stat().st_size, p.stat().st_mtime_ns)
+            for folder in ("data", "checkpoints") for p in (ROOT / folder).rglob("*") if p.is_file()}
 
 
 def run(name: str) -> nbformat.NotebookNode:
@@ -49,13 +84,66 @@ def test_notebook_runs(name, request, monkeypatch):
     for fixture in fixtures:
         request.getfixturevalue(fixture)
     monkeypatch.setenv("TINYLIB_SMOKE", "1")
+    monkeypatch.setenv("TINYLIB_SOLUTIONS", "1")
     if name == "04_generation":
         # tiny models decode fastest on one thread, even on a busy CPU
         monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    before = snapshot()
     nb = run(name)
+    assert snapshot() == before, "smoke mode must not write into data/ or checkpoints/"
     text = "\n".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
     for check in checks:
         assert check in text
+    for ex in (ex for ex in REGISTRY.values() if ex.notebook == name):
+        assert f"✓ {ex.title}:" in text, f"exercise {ex.name} was not checked"
     if name == "04_generation":  # the story generator widget rendered
         assert any("application/vnd.jupyter.widget-view+json" in o.get("data", {})
                    for o in nb.cells[-2].outputs)
+
+
+# 05-07 without ../shared: the shipped reference model, and stories decoded from data/ (else sampled from it)
+WITHOUT_SHARED = {
+    "05_attention_patterns": ("reference checkpoint", "pattern by hand == blocks.1.attn.hook_pattern ✓",
+                              "a previous-token head and an attention sink on this prompt ✓",
+                              "by this measure"),
+    "06_neurons": ("reference checkpoint", "your word_mask and cohens_d agree with tinylib on the model ✓",
+                   "graded, not on/off ✓"),
+    "07_ablations": ("reference checkpoint", "your zero-ablation hook reproduces ablate_each_head ✓",
+                     "your head attribution == direct_logit_attribution's ✓"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(WITHOUT_SHARED))
+def test_interp_notebook_runs_without_shared(name, tmp_path, monkeypatch):
+    monkeypatch.setenv("TINYLIB_SHARED", str(tmp_path))  # empty: no stories260K, no TinyStories text
+    monkeypatch.delenv("TINYSTORIES_DIR", raising=False)
+    monkeypatch.setenv("TINYLIB_SMOKE", "1")
+    monkeypatch.setenv("TINYLIB_SOLUTIONS", "1")
+    before = snapshot()
+    nb = run(name)
+    assert snapshot() == before, "smoke mode must not write into data/ or checkpoints/"
+    text = "\n".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+    for check in WITHOUT_SHARED[name]:
+        assert check in text
+    assert "stories260K:" not in text, "a fact about stories260K was checked on another model"
+    for ex in (ex for ex in REGISTRY.values() if ex.notebook == name):
+        assert f"✓ {ex.title}:" in text, f"exercise {ex.name} was not checked"
+
+
+def test_validation_stories_fall_back_without_shared(tmp_path, monkeypatch):
+    """../shared's text, else stories decoded from data/tinystories-*/val.bin, else stories a model writes."""
+    monkeypatch.setenv("TINYLIB_SHARED", str(tmp_path / "no-shared"))
+    data = tmp_path / "data"
+    found = open_model("untrained")
+    with pytest.raises(FileNotFoundError, match="TINYLIB_SHARED"):
+        validation_stories(2, data_dir=data)
+    sampled = validation_stories(2, found.tokenizer, found.model, data_dir=data)
+    assert len(sampled) == 2 and "SAMPLED" in sampled.source
+
+    written = [f"Story {i}: Lily met a dog named Max {i} times. They were happy." for i in range(40)]
+    source = tmp_path / "stories.txt"
+    source.write_text("\n<|endoftext|>\n".join(written) + "\n", encoding="utf-8")
+    prepare_dataset(source, "tinystories-512", data / "tinystories-512", val_fraction=0.2, num_proc=1,
+                    progress=False)
+    decoded = validation_stories(3, found.tokenizer, found.model, data_dir=data)
+    assert len(decoded) == 3 and set(decoded) <= set(written) and "val.bin" in decoded.source

@@ -17,7 +17,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import time
 from pathlib import Path
 
@@ -29,8 +28,7 @@ from tinylib.data import data_report, ensure_dataset, open_split, read_meta
 from tinylib.device import pick_device, pick_dtype
 from tinylib.evaluate import bits_per_byte, evaluate_loss
 from tinylib.generate import generate
-from tinylib.paths import DATA_DIR
-from tinylib.stories import download_tinystories
+from tinylib.stories import quick_source
 from tinylib.tokenizer import get_tokenizer
 from tinylib.train import build_model, train
 
@@ -44,10 +42,7 @@ def ensure_data(out_dir: Path, source: str | None, train_bytes: int) -> Path:
     Without a local copy (`source`, $TINYSTORIES_DIR), download just the validation file and the first
     `train_bytes` of the train file: a 10-minute run never needs all 1.9 GB.
     """
-    if source is None and not os.environ.get("TINYSTORIES_DIR"):
-        sample = DATA_DIR / f"tinystories-first{train_bytes / 1e6:g}MB"
-        source = str(download_tinystories("V1", sample, train_bytes=train_bytes)["train"].parent)
-    ensure_dataset(source, TOKENIZER, out_dir)
+    ensure_dataset(source or quick_source(train_bytes), TOKENIZER, out_dir)
     return out_dir
 
 

@@ -178,6 +178,16 @@ def _hub_download(fname: str, dest: Path, revision: str, endpoint: str | None, v
         raise _unavailable(version, fname, f"download from {where} failed ({type(e).__name__}: {e})") from e
 
 
+def quick_source(train_bytes: int = 40_000_000, version: str = "V1") -> str:
+    """Where a quick run (a notebook, `make demo`) reads TinyStories from: $TINYSTORIES_DIR when it is set,
+    else a folder with the validation file and the first `train_bytes` of the train file, downloaded once into
+    data/tinystories-first<N>MB. Preparing the full 1.9 GB stays `find_tinystories(None)`'s job."""
+    if os.environ.get("TINYSTORIES_DIR"):
+        return os.environ["TINYSTORIES_DIR"]
+    sample = DATA_DIR / f"tinystories-first{train_bytes / 1e6:g}MB"
+    return str(download_tinystories(version, sample, train_bytes=train_bytes)["train"].parent)
+
+
 # ------------------------------------------------------------------------------------------------------------
 # Parsing stories
 
