@@ -66,6 +66,9 @@ def test_resumed_training_is_bitwise_identical_to_uninterrupted(data_dir, tmp_pa
     # the metrics log of the split run reads like one run
     steps = [r["step"] for r in read_metrics(tmp_path / "split") if "train_loss" in r]
     assert steps == list(range(1, 9))
+    # a new (not resumed) run in the same folder starts a new log instead of appending to the old one
+    train(small_config(data_dir, tmp_path / "split", max_steps=2, **kw))
+    assert [r["step"] for r in read_metrics(tmp_path / "split") if "train_loss" in r] == [1, 2]
 
 
 def test_gradient_accumulation_reaches_the_token_target(data_dir, tmp_path, capsys):

@@ -209,8 +209,9 @@ def setup(cfg: TrainConfig, on_record: Callable[[dict], None] | None) -> tuple[R
         state.restore(out_dir / "latest")
         run.budget = None  # a resumed run keeps the schedule it was given
         if run.master:
-            run.log.truncate_after(state.step)  # the steps logged after that save are done again
             print(f"resumed from {out_dir / 'latest'} at step {state.step} ({state.tokens_seen:,} tokens)")
+    if run.master:  # a resumed run redoes the steps logged after its save; a new run starts a new log
+        run.log.truncate_after(state.step if state.step else -1)
     module = torch.compile(model) if use_compile else model
     if world > 1:
         module = DDP(module, device_ids=[device.index] if device.type == "cuda" else None)
