@@ -153,7 +153,7 @@ def test_zero_ablation_equals_zeroed_weights(bridge, induction_model, rep):
         m.blocks[1].attn.o_proj.weight[:, 0:dh] = 0
         _, loss = m(rep[:4, :-1], rep[:4, 1:])
     assert res.delta.shape == (2, 2)
-    assert res.base_loss + float(res.delta[1, 0]) == pytest.approx(float(loss.detach()), abs=1e-4)
+    assert res.base_loss + float(res.delta[1, 0]) == pytest.approx(float(loss), abs=1e-4)
     plot_ablation(res)
 
 

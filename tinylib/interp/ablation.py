@@ -116,6 +116,7 @@ class HeadAblation:
         return [(int(i) // n, int(i) % n, float(v)) for v, i in zip(vals, idx)]
 
 
+@torch.no_grad()  # an analysis: no graph to keep
 def ablate_each_head(model: Any, tokens: torch.Tensor, kind: Kind = "zero", *, means: Means | None = None,
                      positions: slice = slice(None), batch_size: int = 16) -> HeadAblation:
     """Loss change when each head alone is ablated.
