@@ -19,6 +19,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -130,38 +131,48 @@ def _wait_for_idle_kernel(page, timeout: float = 45) -> None:
     raise TimeoutError(f"the notebook's kernel did not become idle within {timeout} s")
 
 
+def _run_all_cells(page, base: str, token: str, notebook: Path) -> None:
+    """Open `notebook` in JupyterLab, wait for its kernel, and press Run > Run All Cells."""
+    page.goto(f"{base}/lab/tree/notebooks/{notebook.name}?token={token}", timeout=45_000)
+    page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=45_000)
+    _wait_for_idle_kernel(page)
+    page.click(".lm-MenuBar-itemLabel:text-is('Run')")
+    page.click(".lm-Menu-itemLabel:text-is('Run All Cells')")
+
+
+@contextmanager
+def _page(playwright, tmp_path: Path, log: Path):
+    """A chromium page; on failure a screenshot and the end of JupyterLab's log are kept for the report."""
+    browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    try:
+        yield page
+    except Exception:
+        page.screenshot(path=str(tmp_path / "failure.png"))
+        print(f"failure screenshot: {tmp_path / 'failure.png'}\nJupyterLab log:\n{log.read_text()[-3000:]}")
+        raise
+    finally:
+        browser.close()
+
+
 def test_story_generator_in_jupyterlab(lab, tmp_path):
     sync_playwright = _requirements()
     base, token, log = lab
     shot = tmp_path / "story_generator.png"
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1280, "height": 900})
-            page.goto(f"{base}/lab/tree/notebooks/{NOTEBOOK.name}?token={token}", timeout=45_000)
-            page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=45_000)
-            _wait_for_idle_kernel(page)
-            page.click(".lm-MenuBar-itemLabel:text-is('Run')")
-            page.click(".lm-Menu-itemLabel:text-is('Run All Cells')")
-            generate = page.locator("button.jupyter-button", has_text="Generate")
-            generate.wait_for(state="visible", timeout=60_000)
-            generate.scroll_into_view_if_needed()
-            generate.click()
-            status = page.locator(".widget-html", has_text="tokens/s")
-            status.wait_for(state="visible", timeout=30_000)
-            story = page.locator(".widget-output .jp-OutputArea-output").last.inner_text()
-            status.scroll_into_view_if_needed()
-            no_news = page.locator(".jp-toast-button", has_text="No")  # JupyterLab's "news?" toast
-            if no_news.count():
-                no_news.first.click()
-            page.screenshot(path=str(shot))
-        except Exception:
-            page.screenshot(path=str(tmp_path / "failure.png"))
-            print(f"failure screenshot: {tmp_path / 'failure.png'}\n"
-                  f"JupyterLab log:\n{log.read_text()[-3000:]}")
-            raise
-        finally:
-            browser.close()
+    with sync_playwright() as p, _page(p, tmp_path, log) as page:
+        _run_all_cells(page, base, token, NOTEBOOK)
+        generate = page.locator("button.jupyter-button", has_text="Generate")
+        generate.wait_for(state="visible", timeout=60_000)
+        generate.scroll_into_view_if_needed()
+        generate.click()
+        status = page.locator(".widget-html", has_text="tokens/s")
+        status.wait_for(state="visible", timeout=30_000)
+        story = page.locator(".widget-output .jp-OutputArea-output").last.inner_text()
+        status.scroll_into_view_if_needed()
+        no_news = page.locator(".jp-toast-button", has_text="No")  # JupyterLab's "news?" toast
+        if no_news.count():
+            no_news.first.click()
+        page.screenshot(path=str(shot))
     assert story.startswith("Once upon a time"), story
     assert len(story.split()) > len("Once upon a time".split()) + 3, f"no story text appeared: {story!r}"
     ARTIFACT.parent.mkdir(parents=True, exist_ok=True)
@@ -173,21 +184,7 @@ def test_start_here_in_jupyterlab(lab, tmp_path):
     """Notebook 00 runs in the browser: its environment check and run-time table appear on the page."""
     sync_playwright = _requirements()
     base, token, log = lab
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1280, "height": 900})
-            page.goto(f"{base}/lab/tree/notebooks/{START.name}?token={token}", timeout=45_000)
-            page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=45_000)
-            _wait_for_idle_kernel(page)
-            page.click(".lm-MenuBar-itemLabel:text-is('Run')")
-            page.click(".lm-Menu-itemLabel:text-is('Run All Cells')")
-            for text in ("environment checked ✓", "every notebook is in the table ✓"):
-                page.locator(".jp-OutputArea-output", has_text=text).first.wait_for(timeout=60_000)
-        except Exception:
-            page.screenshot(path=str(tmp_path / "failure.png"))
-            print(f"failure screenshot: {tmp_path / 'failure.png'}\n"
-                  f"JupyterLab log:\n{log.read_text()[-3000:]}")
-            raise
-        finally:
-            browser.close()
+    with sync_playwright() as p, _page(p, tmp_path, log) as page:
+        _run_all_cells(page, base, token, START)
+        for text in ("environment checked ✓", "every notebook is in the table ✓"):
+            page.locator(".jp-OutputArea-output", has_text=text).first.wait_for(timeout=60_000)

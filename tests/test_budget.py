@@ -8,7 +8,6 @@ import json
 import math
 
 import pytest
-import torch
 
 from tinylib.budget import (
     SEPARATOR_BYTES_PER_STORY,
@@ -27,19 +26,9 @@ from tinylib.config import TrainConfig, get_config, param_counts
 from tinylib.flops import flops_per_token, peak_flops
 from tinylib.notebook.budget import budget_widget, plot_chinchilla, plot_time_cost
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: on a shared 2-core machine two spinning threads per process make these small ops
-    ~10x slower. Nothing here asserts a speed, so this changes run time only."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def _vocab(preset: str) -> int:
-    return 50257 if preset == "gpt2_124M" else 4096
+# conftest's one thread: on a shared 2-core machine two spinning threads per process make these small ops ~10x
+# slower. Nothing here asserts a speed, so this changes run time only.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # --- tokens and steps ---------------------------------------------------------------------------------------

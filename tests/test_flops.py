@@ -21,15 +21,9 @@ from tinylib.flops import (
 )
 from tinylib.model import Transformer
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: on a shared 2-core machine two spinning threads per process make these small ops
-    ~10x slower. Nothing here asserts a speed, so this changes run time only."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# conftest's one thread: on a shared 2-core machine two spinning threads per process make these small ops ~10x
+# slower. Nothing here asserts a speed, so this changes run time only.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _vocab(preset: str) -> int:
