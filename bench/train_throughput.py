@@ -2,8 +2,7 @@
 process.
 
     python bench/train_throughput.py                       # tiny and 6L/288D, vocab 4096, batch 16 x 256
-    python bench/train_throughput.py --presets gpt2_124M --seq-len 1024 --batch-size 16 --vocab 50304   # on a
-    GPU
+    python bench/train_throughput.py --presets gpt2_124M --seq-len 1024 --batch-size 16 --vocab 50304  # GPU
 
 The baseline is written out here on purpose (nanoGPT's model for GPT-style presets, llama2.c's for LLaMA-style
 ones; SDPA, fp32, plain AdamW, no autocast, no compile) so the speedup is measured against something anyone

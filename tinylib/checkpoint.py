@@ -33,8 +33,7 @@ if TYPE_CHECKING:
 
 def save_checkpoint(folder: str | os.PathLike, model: Transformer, meta: dict,
                     state: dict | None = None) -> Path:
-    """Write weights (fp32, tied matrix stored once), `config.json` = meta + model config, and optional state.
-    """
+    """Write weights (fp32, tied matrix stored once), `config.json` = meta + model config, optional state."""
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
@@ -186,8 +185,8 @@ class TrainState:
             save_checkpoint(folder, self.model, {**meta, **self.progress()}, state)
 
     def restore(self, folder: str | os.PathLike) -> None:
-        """Load weights, optimizer, this rank's data position, RNG and counters from a resumable checkpoint.
-        """
+        """Load weights, optimizer, this rank's data position, RNG and counters from a resumable
+        checkpoint."""
         folder = resolve(folder)
         meta = load_meta(folder)
         self.model.load_state_dict(load_file(str(folder / "model.safetensors")),

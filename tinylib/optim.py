@@ -64,8 +64,7 @@ class MuonAdamW(torch.optim.Optimizer):
         for g in groups:
             if g.get("muon") and any(p.dim() != 2 for p in g["params"]):
                 raise ValueError("Muon groups take 2-D weight matrices only; put embeddings, norms and "
-                                 "biases "
-                                 "in an AdamW group (muon=False)")
+                                 "biases in an AdamW group (muon=False)")
         defaults = dict(lr=lr, momentum=momentum, ns_steps=ns_steps, betas=betas, eps=eps,
                         weight_decay=weight_decay, muon=False)
         super().__init__(groups, defaults)

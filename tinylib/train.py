@@ -249,8 +249,7 @@ def replan(run: Run, state: TrainState) -> None:
 
 def sample_completions(model: Transformer, tokenizer: Tokenizer, prompts: list[str],
                        n_tokens: int) -> list[str]:
-    """Fixed-prompt, fixed-seed completions: progress the loss alone hides. Leaves the global RNG untouched.
-    """
+    """Fixed-prompt, fixed-seed completions: progress the loss alone hides. The global RNG is untouched."""
     saved = rng_state()
     try:
         return [p + generate(model, tokenizer, p, max_new_tokens=n_tokens, temperature=0.8, top_k=50,
@@ -260,8 +259,7 @@ def sample_completions(model: Transformer, tokenizer: Tokenizer, prompts: list[s
 
 
 def evaluate_and_save(run: Run, state: TrainState) -> None:
-    """Rank 0 evaluates, logs and shows samples; the best model goes to best/, the resumable state to latest/.
-    """
+    """Rank 0 evaluates, logs and shows samples; the best model goes to best/, resumable state to latest/."""
     cfg, t0 = run.cfg, time.perf_counter()
     if run.master:
         run.last_val = evaluate_loss(state.model, run.val_tokens, seq_len=cfg.seq_len,

@@ -122,8 +122,7 @@ def difference(expected: Any, got: Any, atol: float, rtol: float, path: str = "r
 
 
 def run_check(ex: Exercise, fn: Callable, seed: int = 0) -> int:
-    """Run `fn` on every case of `ex`; raise CheckFailed at the first difference. Returns the number of cases.
-    """
+    """Run `fn` on every case of `ex`; raise CheckFailed at the first difference. Returns the case count."""
     gen = torch.Generator().manual_seed(seed)
     n = 0
     for args, kwargs in ex.cases(gen):
