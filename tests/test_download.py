@@ -13,7 +13,7 @@ import pytest
 from fakehub import FakeHub, serve
 from huggingface_hub.errors import HfHubHTTPError
 
-from tinylib.download import SizeMismatchError, hub_download
+from tinylib.download import SizeMismatchError, hub_download, hub_download_prefix
 
 REPO = "karpathy/tinyllamas"
 BIG = "stories/big.bin"
@@ -98,3 +98,9 @@ def test_dataset_repo_and_offline(hub, tmp_path, monkeypatch):
     with pytest.raises(HfHubHTTPError):
         hub_download("roneneldan/TinyStories", "TinyStories-train.txt", tmp_path, repo_type="dataset")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["TinyStories-valid.txt"]
+
+
+def test_a_prefix_of_no_bytes_is_refused(hub, tmp_path):
+    with pytest.raises(ValueError, match="n_bytes=0: ask for a positive number of bytes"):
+        hub_download_prefix(REPO, BIG, tmp_path / "x.bin", 0)
+    assert not any(tmp_path.iterdir()) and not [c for c, _, _ in hub.log if c == "GET"]

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 from fakehub import serve
 
+from tinylib import stories
 from tinylib.stories import (
     HF_REPO,
     TINYSTORIES_FILES,
@@ -14,6 +16,7 @@ from tinylib.stories import (
     find_tinystories,
     iter_stories,
     parse_stories,
+    quick_source,
     read_text,
 )
 
@@ -144,3 +147,19 @@ def test_a_quick_run_fetches_a_prefix_of_the_train_file(fake_hub, tmp_path, caps
     assert find_tinystories(dest)["train"] == paths["train"]  # found like the official file
     assert download_tinystories("V1", dest=dest, train_bytes=50_000) == paths  # no second download
     assert len([c for c, _, _ in fake_hub.log if c == "GET"]) == 2
+    with pytest.raises(ValueError, match="train_bytes=0: ask for a positive number of bytes"):
+        download_tinystories("V1", dest=tmp_path / "none", train_bytes=0)
+    assert not (tmp_path / "none").exists()
+
+
+def test_quick_source_is_the_local_folder_or_a_downloaded_slice(fake_hub, tmp_path, monkeypatch):
+    """What make demo and notebook 01 read: $TINYSTORIES_DIR when set, else the validation file and a slice of
+    the train file downloaded once into data/tinystories-first<N>MB."""
+    monkeypatch.setattr(stories, "DATA_DIR", tmp_path)
+    folder = Path(quick_source(50_000))
+    assert folder == tmp_path / "tinystories-first0.05MB"
+    assert sorted(p.name for p in folder.iterdir()) == ["TinyStories-train.first0.05MB.txt",
+                                                         "TinyStories-valid.txt"]
+    assert set(find_tinystories(folder)) == {"train", "valid"}
+    monkeypatch.setenv("TINYSTORIES_DIR", str(tmp_path / "mine"))
+    assert quick_source(50_000) == str(tmp_path / "mine")

@@ -159,6 +159,8 @@ def hub_download_prefix(repo_id: str, filename: str, dest: str | os.PathLike, n_
     from huggingface_hub.utils import get_session  # ~0.5 s to import: only when downloading
     from tqdm.auto import tqdm
 
+    if int(n_bytes) < 1:
+        raise ValueError(f"n_bytes={n_bytes}: ask for a positive number of bytes (e.g. 40_000_000 for 40 MB)")
     dest = Path(dest)
     if dest.is_file():
         return dest

@@ -131,6 +131,9 @@ def download_tinystories(
     FileNotFoundError that names TINYSTORIES_DIR; a size mismatch is a SizeMismatchError (a ValueError).
     """
     version = check_version(version)
+    if train_bytes is not None and int(train_bytes) < 1:
+        raise ValueError(f"train_bytes={train_bytes}: ask for a positive number of bytes (e.g. 40_000_000 "
+                         f"for 40 MB), or None for the whole file")
     bad = [s for s in splits if s not in TINYSTORIES_FILES[version]]
     if bad:
         raise ValueError(f"unknown split(s) {bad}: TinyStories files come as 'train' and 'valid'")
