@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from tinylib.exercises import REGISTRY, CheckFailed, check, get, run_check
-from tinylib.exercises.checks import difference
+from tinylib.exercises.catalog import REGISTRY
+from tinylib.exercises.checks import CheckFailed, check, difference, get, run_check
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 

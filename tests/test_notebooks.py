@@ -13,7 +13,7 @@ import pytest
 from nbclient import NotebookClient
 
 from tinylib.data import prepare_dataset
-from tinylib.exercises import REGISTRY
+from tinylib.exercises.catalog import REGISTRY
 from tinylib.notebook.models import open_model, validation_stories
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -5,11 +5,14 @@ own code where the library has it), a generator of random cases, and the plausib
 must catch (tests/test_exercises.py proves that every check passes its reference and fails each wrong answer).
 `run_check` runs a function on every case and raises `CheckFailed` at the first difference, naming the case,
 the shape, the first index that differs, expected vs got. What a notebook calls (`check`, `solution`,
-`header`) is in `tinylib.exercises`; the exercises are in one module per notebook (`nb01_data`, ...).
+`header`) is here too; a notebook imports them from its own module (`nb01_data`, ...), which registers its
+exercises.
 """
 
 from __future__ import annotations
 
+import html
+import inspect
 import math
 import os
 from collections.abc import Callable, Iterable
@@ -58,7 +61,8 @@ def register(ex: Exercise) -> Exercise:
 
 def get(name: str) -> Exercise:
     if name not in REGISTRY:
-        raise KeyError(f"no exercise named {name!r}; the exercises are {sorted(REGISTRY)}")
+        raise KeyError(f"no exercise named {name!r} among those imported ({sorted(REGISTRY)}); import the "
+                       "notebook's module, e.g. `from tinylib.exercises.nb04_generation import check`")
     return REGISTRY[name]
 
 
@@ -148,3 +152,37 @@ def _copy(x: Any) -> Any:
     if isinstance(x, dict):
         return {k: _copy(v) for k, v in x.items()}
     return x
+
+
+# --- what the notebooks call -------------------------------------------------------------------------------
+
+def check(name: str, fn: Callable) -> Callable:
+    """Check the learner's `fn` for exercise `name`; return the function later cells should use."""
+    ex = get(name)
+    try:
+        n = run_check(ex, fn)
+    except NotImplementedError:
+        if not solutions_mode():
+            raise NotImplementedError(
+                f"{name}: replace `raise NotImplementedError` with your code, then run the cell again "
+                f"(stuck? open the hint, then `solution({name!r})`)") from None
+        n = run_check(ex, ex.reference)
+        print(f"✓ {ex.title}: the reference solution passes {n} random cases (solutions mode)")
+        return ex.reference
+    print(f"✓ {ex.title}: your function matches tinylib's reference on {n} random cases")
+    return fn
+
+
+def solution(name: str):
+    """The reference solution's source, in a collapsible block (an HTML object a notebook displays)."""
+    from IPython.display import HTML  # only notebooks show solutions
+
+    ex = get(name)
+    source = inspect.getsource(ex.reference)
+    return HTML(f"<details><summary><b>Solution: {html.escape(ex.title)}</b></summary>"
+                f"<pre>{html.escape(source)}</pre></details>")
+
+
+def header(name: str) -> str:
+    """'Title: difficulty ●●○○○, importance ●●●●○, ~10 min' for the exercise's markdown cell."""
+    return get(name).header()

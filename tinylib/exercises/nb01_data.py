@@ -16,8 +16,10 @@ import torch
 
 from tinylib.bpe import tokenizer_report
 from tinylib.data import frame_stories, token_dtype
-from tinylib.exercises.checks import Exercise, register
+from tinylib.exercises.checks import Exercise, check, register, solution
 from tinylib.tokenizer import Tokenizer, get_tokenizer
+
+__all__ = ["check", "solution"]  # what the notebook imports from here; the exercises register themselves
 
 NB = "01_data_and_tokenizers"
 

@@ -18,8 +18,10 @@ import torch
 
 from tinylib import budget
 from tinylib.config import ModelConfig, get_config, param_counts
-from tinylib.exercises.checks import Exercise, register
+from tinylib.exercises.checks import Exercise, check, register, solution
 from tinylib.flops import flop_params, flops_per_token
+
+__all__ = ["check", "solution"]  # what the notebook imports from here; the exercises register themselves
 
 NB = "02_flop_token_budget"
 

@@ -14,8 +14,10 @@ import math
 
 import torch
 
-from tinylib.exercises.checks import Exercise, register
+from tinylib.exercises.checks import Exercise, check, register, solution
 from tinylib.interp.attention import scores_from_patterns
+
+__all__ = ["check", "solution"]  # what the notebook imports from here; the exercises register themselves
 
 NB = "05_attention_patterns"
 

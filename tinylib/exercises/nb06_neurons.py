@@ -15,9 +15,11 @@ from typing import Any
 
 import torch
 
-from tinylib.exercises.checks import Exercise, register
+from tinylib.exercises.checks import Exercise, check, register, solution
 from tinylib.interp.neurons import neuron_selectivity, word_positions
 from tinylib.tokenizer import get_tokenizer
+
+__all__ = ["check", "solution"]  # what the notebook imports from here; the exercises register themselves
 
 NB = "06_neurons"
 

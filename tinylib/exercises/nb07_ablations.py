@@ -16,8 +16,10 @@ from typing import Any
 
 import torch
 
-from tinylib.exercises.checks import Exercise, register
+from tinylib.exercises.checks import Exercise, check, register, solution
 from tinylib.interp.ablation import Means, ablation_hooks
+
+__all__ = ["check", "solution"]  # what the notebook imports from here; the exercises register themselves
 
 NB = "07_ablations"
 
