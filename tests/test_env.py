@@ -15,7 +15,8 @@ def normalise(spec: str) -> str:
 
 def test_environment_yml_matches_pyproject():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    wanted = {normalise(s) for s in project["dependencies"] + project["optional-dependencies"]["dev"]}
+    extras = [s for group in project["optional-dependencies"].values() for s in group]  # dev, fp8
+    wanted = {normalise(s) for s in project["dependencies"] + extras}
     pip_section = (ROOT / "environment.yml").read_text().split("- pip:", 1)[1]
     listed = {normalise(s) for s in re.findall(r"^\s+- (?!-e )([A-Za-z].*)$", pip_section, flags=re.M)}
     assert listed == wanted, (

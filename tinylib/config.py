@@ -5,6 +5,11 @@ One `ModelConfig` describes both families: GPT-style (LayerNorm, GELU MLP, learn
 LLaMA-style (RMSNorm, SwiGLU MLP, rotary embeddings, grouped-query attention, no biases). Presets are built
 for any vocabulary size because the embedding is a large share of a small model. Parameter counts are computed
 here in closed form, so budgets never need to build a model.
+
+The architecture-lab switches (each one field, off by default, in the same model code path): `sliding_window`
+(each query sees its last W positions), `embed_rank` (vocab x r then r x d embeddings, the tied output through
+the same factors), `qk_norm` (RMSNorm on each head's queries and keys), `mlp="relu2"` (ReLU squared),
+`logit_softcap` (cap * tanh(logits / cap)) and `zero_init` (output projections start at zero).
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ class ModelConfig:
     d_mlp: int | None = None  # MLP hidden size; None = 4 * d_model
     max_seq_len: int = 256  # context length (the RoPE table and the learned position table are this long)
     norm: Literal["layernorm", "rmsnorm"] = "rmsnorm"
-    mlp: Literal["gelu", "swiglu"] = "swiglu"
+    mlp: Literal["gelu", "swiglu", "relu2"] = "swiglu"  # relu2: down(relu(up x)^2), as in Primer/nanochat
     pos: Literal["learned", "rope"] = "rope"
     rope_theta: float = 10000.0
     bias: bool = False  # biases in linear layers and LayerNorm
@@ -33,6 +38,11 @@ class ModelConfig:
     # on attention probabilities; None = dropout (costly on CPUs: a B x H x T x T mask)
     attn_dropout: float | None = None
     norm_eps: float = 1e-5
+    sliding_window: int | None = None  # each query attends to itself and the W - 1 positions before it
+    embed_rank: int | None = None  # factorized embeddings: vocab x r, then r x d (needs tie_embeddings)
+    qk_norm: bool = False  # RMSNorm over each head's q and k (before RoPE): bounded attention logits
+    logit_softcap: float | None = None  # logits = cap * tanh(logits / cap), as in Gemma 2
+    zero_init: bool = False  # o_proj and down_proj start at zero: each block starts as the identity
 
     def __post_init__(self) -> None:
         if self.n_kv_head is None:
@@ -50,7 +60,17 @@ class ModelConfig:
             problems.append(f"RoPE needs an even head size, got {self.d_model // self.n_head}")
         if self.vocab_size < 1 or self.n_layer < 1 or self.max_seq_len < 1:
             problems.append("vocab_size, n_layer and max_seq_len must be positive")
-        for name, allowed in (("norm", ("layernorm", "rmsnorm")), ("mlp", ("gelu", "swiglu")),
+        if self.sliding_window is not None and self.sliding_window < 1:
+            problems.append(f"sliding_window={self.sliding_window} must be a positive number of positions "
+                            "(None: full causal attention)")
+        if self.embed_rank is not None and not 1 <= self.embed_rank <= self.d_model:
+            problems.append(f"embed_rank={self.embed_rank} must be in 1..d_model={self.d_model} (None: plain "
+                            "vocab x d_model embeddings)")
+        if self.embed_rank is not None and not self.tie_embeddings:
+            problems.append("embed_rank needs tie_embeddings=True (the output goes through the same factors)")
+        if self.logit_softcap is not None and not self.logit_softcap > 0:
+            problems.append(f"logit_softcap={self.logit_softcap} must be > 0 (None: no cap)")
+        for name, allowed in (("norm", ("layernorm", "rmsnorm")), ("mlp", ("gelu", "swiglu", "relu2")),
                               ("pos", ("learned", "rope"))):
             if getattr(self, name) not in allowed:
                 problems.append(f"{name}={getattr(self, name)!r}, expected one of {allowed}")
@@ -126,7 +146,7 @@ def get_config(preset: str = "tiny", vocab_size: int = 4096, **overrides) -> Mod
 class ParamCounts:
     """Parameter counts by component. `total` counts a tied embedding/LM-head matrix once."""
 
-    embedding: int  # token embedding (the LM head too, when tied)
+    embedding: int  # token embedding (the LM head too, when tied); with embed_rank both factors
     position: int  # learned position table (0 with RoPE)
     attention: int  # all layers: q, k, v, o (+ biases)
     mlp: int  # all layers
@@ -155,12 +175,13 @@ def param_counts(cfg: ModelConfig) -> ParamCounts:
     n_mlp_in = 2 if cfg.mlp == "swiglu" else 1
     mlp = n_mlp_in * d * h + h * d + b * (n_mlp_in * h + d)
     norm = d * (2 if cfg.norm == "layernorm" and cfg.bias else 1)
+    r = cfg.embed_rank
     return ParamCounts(
-        embedding=cfg.vocab_size * d,
+        embedding=cfg.vocab_size * d if r is None else cfg.vocab_size * r + r * d,
         position=cfg.max_seq_len * d if cfg.pos == "learned" else 0,
         attention=L * attn,
         mlp=L * mlp,
-        norms=(2 * L + 1) * norm,
+        norms=(2 * L + 1) * norm + (2 * L * cfg.d_head if cfg.qk_norm else 0),
         lm_head=0 if cfg.tie_embeddings else cfg.vocab_size * d,
     )
 
@@ -190,6 +211,7 @@ class TrainConfig:
     muon_momentum: float = 0.95
     muon_weight_decay: float = 0.0
     min_lr_ratio: float = 0.1
+    schedule: str = "cosine"  # or "wsd": warmup, constant, linear decay over the last 20% (optim.lr_scale)
     warmup_steps: int = 100
     weight_decay: float = 0.1
     beta1: float = 0.9
@@ -198,6 +220,7 @@ class TrainConfig:
     # numerics and hardware
     device: str = "auto"  # auto: cuda, then mps, then cpu
     dtype: str = "auto"  # auto: bf16 where supported, else fp32
+    fp8: bool = False  # torchao float8 training of the block matmuls: CUDA GPUs with FP8 units only
     compile: str = "auto"  # "on", "off", or auto: on for CUDA and CPU (see `compile_plan`)
     seed: int = 1337
     # evaluation, logging, checkpoints
@@ -210,6 +233,15 @@ class TrainConfig:
     save_every: int | None = None  # latest/ at this interval (and at every eval and at the end)
     resume: bool = False  # continue from <out_dir>/latest when it exists
     progress: bool = True
+    log_to: str | None = None  # also log to "tensorboard", "trackio" or "wandb" (tinylib.tracking)
+    # surviving faults (tinylib.guard): checkpoint history, the divergence guard, a lost DDP rank
+    keep_previous: int = 1  # earlier latest/ checkpoints kept in previous/: fallbacks when latest/ is damaged
+    guard_spike: float | None = 4.0  # a loss above this x the median of the last 50 is not applied
+    guard_bad_steps: int = 3  # this many unapplied (non-finite or spiking) steps in a row: roll back ...
+    guard_rollbacks: int = 2  # ... to the last good checkpoint, lr x guard_lr_factor, this often; then stop
+    guard_lr_factor: float = 0.5
+    nan_at_steps: list[int] = field(default_factory=list)  # fault injection: these steps' loss is made NaN
+    dist_timeout_s: float = 600.0  # DDP: a collective waiting this long (a step: twice) ends the run
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:

@@ -29,6 +29,13 @@ FLOP conventions (the PaLM appendix B / nanoGPT `estimate_mfu` convention, state
   full T x T work.
 - Training FLOPs per token = 6 N + 12 L T d_model; forward (generation) = 2 N + 4 L T d_model, where T is the
   context each token attends to (a KV-cached decode step at context S: seq_len=S).
+- The architecture-lab variants (`tinylib.config.ModelConfig`): a sliding window W attends to min(T, W) keys,
+  so the attention term uses min(T, W) for T. These are model FLOPs: SDPA with a banded mask still computes
+  the full T x T scores, and FlopCounterMode counts 12 L (T - W) d_model more per token. Factorized embeddings
+  (rank r) replace the vocab x d head matmul by d x r then r x vocab, and add the r x d input projection (a
+  real matmul, unlike the lookup before it): N gets vocab r + 2 r d instead of vocab d. QK-norm adds its
+  2 d_head weights per layer to the norms; ReLU squared costs what GELU costs; the soft-cap (a tanh per logit)
+  and zero initialisation cost no matmul FLOPs.
 - MFU = achieved model FLOP/s (tokens/s x training FLOPs per token) / the device's dense peak. Recomputation
   (activation checkpointing, the flash-attention backward re-deriving the scores) is not credited: MFU, not
   HFU.
@@ -53,9 +60,12 @@ from tinylib.model import Transformer
 
 
 def flop_params(cfg: ModelConfig, *, include_embedding: bool = True) -> int:
-    """The N in 6 N: non-embedding parameters plus (by default) the LM-head matmul, tied or not."""
+    """The N in 6 N: non-embedding parameters plus (by default) the LM-head matmul, tied or not (with
+    factorized embeddings: both factors of the head, and the input projection)."""
     n = param_counts(cfg).non_embedding
-    return n + cfg.vocab_size * cfg.d_model if include_embedding else n
+    r = cfg.embed_rank
+    head = cfg.vocab_size * cfg.d_model if r is None else cfg.vocab_size * r + 2 * r * cfg.d_model
+    return n + head if include_embedding else n
 
 
 def flops_per_token(cfg: ModelConfig, seq_len: int, *, training: bool = True, include_embedding: bool = True,
@@ -64,7 +74,8 @@ def flops_per_token(cfg: ModelConfig, seq_len: int, *, training: bool = True, in
     if seq_len < 1:
         raise ValueError(f"seq_len={seq_len}; it must be a positive number of positions")
     n = flop_params(cfg, include_embedding=include_embedding)
-    attention = 2 * 2 * cfg.n_layer * seq_len * cfg.d_model  # q.k and pattern.v, forward
+    keys = seq_len if cfg.sliding_window is None else min(seq_len, cfg.sliding_window)
+    attention = 2 * 2 * cfg.n_layer * keys * cfg.d_model  # q.k and pattern.v, forward
     if causal:
         attention /= 2
     passes = 3 if training else 1  # backward = 2 x forward

@@ -10,7 +10,13 @@ Conv1D, a transpose).
 saved: `attn_impl="sdpa"` calls `scaled_dot_product_attention` (Flash Attention on CUDA), `"eager"` writes out
 softmax(q k^T / sqrt(d)) (what torch.compile fuses best on CPUs, and what `forward_with_patterns` uses to hand
 the patterns to teaching and interpretability code). Both give the same outputs. A `KVCache` makes generation
-cost O(new tokens); the cache knows nothing about text.
+cost O(new tokens); the cache knows nothing about text. The loss (chunked, optionally soft-capped) is in
+`tinylib.loss`.
+
+The architecture-lab switches live in this same code path (see `tinylib.config.ModelConfig`): a sliding window
+is a banded mask (and a cache of W slots), factorized embeddings are `tok_emb` [vocab, r] then `emb_proj`
+[r -> d] with the LM head reading back through both, `qk_norm` adds `q_norm`/`k_norm`, `mlp="relu2"` squares a
+ReLU, `logit_softcap` squashes the logits, `zero_init` starts the residual projections at zero.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from tinylib.config import ModelConfig
+from tinylib.loss import linear_cross_entropy, softcap
 
 
 class RMSNorm(nn.Module):
@@ -59,63 +66,14 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return x * cos.to(x.dtype) + rotated * sin.to(x.dtype)  # in x's precision, as transformers' Llama does
 
 
-class _LinearCrossEntropy(torch.autograd.Function):
-    """Mean cross-entropy of (x @ weight.T) without materialising the [N, vocab] logits all at once.
-
-    Works through the rows in chunks: each chunk's logits live only in cache-sized pieces, and the gradients
-    (softmax - onehot) are formed right away, so backward is two stored tensors. On CPUs, where the vocabulary
-    dominates a small model's step, this removes several full passes over the logits.
-    """
-
-    @staticmethod
-    def forward(ctx, x, weight, targets, chunk: int, compute_dtype):
-        xc, wc = x.to(compute_dtype), weight.to(compute_dtype)
-        valid = targets != -1
-        n = valid.sum().clamp(min=1)
-        grad_x = torch.empty_like(xc)
-        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
-        total = torch.zeros((), dtype=torch.float32, device=x.device)
-        for a in range(0, x.shape[0], chunk):
-            xs, t, ok = xc[a:a + chunk], targets[a:a + chunk], valid[a:a + chunk]
-            logits = (xs @ wc.T).float()
-            lse = logits.logsumexp(-1)
-            t_safe = t.clamp(min=0)
-            total += ((lse - logits.gather(1, t_safe[:, None]).squeeze(1)) * ok).sum()
-            grad = logits.sub_(lse[:, None]).exp_()
-            grad[torch.arange(len(t), device=t.device), t_safe] -= 1.0
-            grad.mul_((ok / n)[:, None])
-            g = grad.to(compute_dtype)
-            grad_x[a:a + chunk] = g @ wc
-            grad_w += (g.T @ xs).float()
-        ctx.save_for_backward(grad_x, grad_w)
-        ctx.dtypes = (x.dtype, weight.dtype)
-        return total / n
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        grad_x, grad_w = ctx.saved_tensors
-        return (grad_x * grad_out).to(ctx.dtypes[0]), (grad_w * grad_out).to(ctx.dtypes[1]), None, None, None
-
-
-def linear_cross_entropy(x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
-                         chunk: int = 1024) -> torch.Tensor:
-    """cross_entropy(x @ weight.T, targets, ignore_index=-1), chunked;
-    x [N, d], weight [V, d], targets [N]."""
-    dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
-    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
-        return _LinearCrossEntropy.apply(x, weight, targets, chunk, dtype)
-    total = x.new_zeros((), dtype=torch.float32)
-    for a in range(0, x.shape[0], chunk):
-        logits = (x[a:a + chunk].to(dtype) @ weight.to(dtype).T).float()
-        total += F.cross_entropy(logits, targets[a:a + chunk], ignore_index=-1, reduction="sum")
-    return total / (targets != -1).sum().clamp(min=1)
-
-
 class KVCache:
-    """Preallocated keys and values for every layer: [B, n_kv_head, max_len, d_head] each.
+    """Preallocated keys and values for every layer: [B, n_kv_head, slots, d_head] each.
 
     `pos` is how many positions are filled. The model writes new keys/values at `pos` and advances it once per
-    forward; writing past `max_len` raises (the generation engine decides whether to stop or slide).
+    forward; writing past `max_len` raises (the generation engine decides whether to stop or slide). Normally
+    slots = max_len and position p lives in slot p. With a sliding window W < max_len only the last W
+    positions are kept, in a ring (position p in slot p % W): attention does not care in which order the keys
+    come, only which ones a query may see, and `key_positions` says which position each key holds.
     """
 
     def __init__(self, cfg: ModelConfig, batch_size: int, max_len: int | None = None,
@@ -123,22 +81,54 @@ class KVCache:
         self.max_len = max_len or cfg.max_seq_len
         if self.max_len > cfg.max_seq_len:
             raise ValueError(f"KV cache length {self.max_len} exceeds the model's context {cfg.max_seq_len}")
-        shape = (batch_size, cfg.n_kv_head, self.max_len, cfg.d_head)
+        self.ring = cfg.sliding_window is not None and cfg.sliding_window < self.max_len
+        self.slots = cfg.sliding_window if self.ring else self.max_len
+        shape = (batch_size, cfg.n_kv_head, self.slots, cfg.d_head)
         self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layer)]
         self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layer)]
+        self.device = torch.device(device)
         self.pos = 0
 
+    def key_positions(self, T: int) -> torch.Tensor:
+        """The position of each key `update` returns for T new tokens (-1: a ring slot not yet written)."""
+        new = torch.arange(self.pos, self.pos + T, device=self.device)
+        if not self.ring:
+            return torch.arange(self.pos + T, device=self.device)
+        if self.pos == 0:
+            return new
+        last = self.pos - 1  # slot s holds the latest position p <= last with p % slots == s
+        held = last - (last - torch.arange(self.slots, device=self.device)) % self.slots
+        return torch.cat([held, new])
+
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store k, v [B, n_kv_head, T, d_head] at the current position; return all keys/values so far."""
-        end = self.pos + k.shape[2]
+        """Store k, v [B, n_kv_head, T, d_head] at the current position; return the keys/values attention
+        reads (all positions so far, or with a ring: its slots followed by the T new ones)."""
+        T = k.shape[2]
+        end = self.pos + T
         if end > self.max_len:
             raise ValueError(f"KV cache full: {end} positions requested, room for {self.max_len}")
-        self.k[layer][:, :, self.pos:end] = k
-        self.v[layer][:, :, self.pos:end] = v
-        return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
+        if not self.ring:
+            self.k[layer][:, :, self.pos:end] = k
+            self.v[layer][:, :, self.pos:end] = v
+            return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
+        keys = k if self.pos == 0 else torch.cat([self.k[layer], k], dim=2)
+        values = v if self.pos == 0 else torch.cat([self.v[layer], v], dim=2)
+        m = min(T, self.slots)  # only the last `slots` new positions can still be seen later
+        where = torch.arange(end - m, end, device=k.device) % self.slots
+        self.k[layer][:, :, where] = k[:, :, T - m:]
+        self.v[layer][:, :, where] = v[:, :, T - m:]
+        return keys, values
 
     def reset(self) -> None:
         self.pos = 0
+
+
+def attention_mask(q_pos: torch.Tensor, k_pos: torch.Tensor, window: int | None) -> torch.Tensor:
+    """[T, S] bool, True where the query at q_pos[i] may see the key at k_pos[j]: causal, inside the window
+    (itself and the window - 1 positions before it), and not an empty cache slot (-1)."""
+    rel = q_pos[:, None] - k_pos[None, :]
+    allowed = (rel >= 0) & (k_pos >= 0)[None, :]
+    return allowed & (rel < window) if window is not None else allowed
 
 
 class Attention(nn.Module):
@@ -150,36 +140,42 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(cfg.d_model, cfg.n_kv_head * cfg.d_head, bias=cfg.bias)
         self.o_proj = nn.Linear(cfg.n_head * cfg.d_head, cfg.d_model, bias=cfg.bias)
         self.dropout = cfg.attn_dropout
-        self.use_rope = cfg.pos == "rope"
+        self.use_rope, self.qk_norm = cfg.pos == "rope", cfg.qk_norm
+        if cfg.qk_norm:  # per head, before RoPE (as OLMo 2 / Qwen 3): q.k can no longer grow without bound
+            self.q_norm, self.k_norm = RMSNorm(cfg.d_head, cfg.norm_eps), RMSNorm(cfg.d_head, cfg.norm_eps)
 
-    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None,
-                cache: KVCache | None, layer: int, eager: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None, cache: KVCache | None,
+                layer: int, mask: torch.Tensor | None, eager: bool
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`mask` [T, S] says which keys each query sees; None is plain causal attention (or, for one new
+        token, every cached key)."""
         B, T, _ = x.shape
         # One matmul for q, k and v (the same math as three, but a bigger, faster matmul); weights stay
-        # separate so that they map one to one onto transformers' q_proj/k_proj/v_proj.
+        # separate so that they map one to one onto transformers' q_proj/k_proj/v_proj. Swapped-in layers
+        # (tinylib.fp8's Float8Linear) run their own forward instead.
         projs = (self.q_proj, self.k_proj, self.v_proj)
-        weight = torch.cat([p.weight for p in projs])
-        bias = torch.cat([p.bias for p in projs]) if self.q_proj.bias is not None else None
-        q, k, v = F.linear(x, weight, bias).split([p.out_features for p in projs], dim=-1)
+        if type(self.q_proj) is nn.Linear:
+            weight = torch.cat([p.weight for p in projs])
+            bias = torch.cat([p.bias for p in projs]) if self.q_proj.bias is not None else None
+            q, k, v = F.linear(x, weight, bias).split([p.out_features for p in projs], dim=-1)
+        else:
+            q, k, v = (p(x) for p in projs)
         q = q.view(B, T, self.n_head, self.d_head).transpose(1, 2)
         k = k.view(B, T, self.n_kv_head, self.d_head).transpose(1, 2)
         v = v.view(B, T, self.n_kv_head, self.d_head).transpose(1, 2)
+        if self.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
         if self.use_rope:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        start = 0
         if cache is not None:
-            start = cache.pos
             k, v = cache.update(layer, k, v)
         S = k.shape[2]
-        # Query i (at absolute position start + i) may look at keys 0..start + i.
-        mask = None if (T == S or T == 1) else (
-            torch.arange(S, device=x.device)[None, :] <= (start + torch.arange(T, device=x.device))[:, None])
         if eager:
             if self.n_kv_head != self.n_head:
                 rep = self.n_head // self.n_kv_head
                 k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
             scores = (q @ k.transpose(-2, -1)) / math.sqrt(self.d_head)
-            if T > 1:
+            if mask is not None or T > 1:
                 allowed = (mask if mask is not None
                            else torch.ones(T, S, dtype=torch.bool, device=x.device).tril())
                 scores = scores.masked_fill(~allowed, float("-inf"))
@@ -196,10 +192,11 @@ class Attention(nn.Module):
 
 
 class MLP(nn.Module):
-    """GELU: down(gelu(up x)). SwiGLU: down(silu(gate x) * up x)."""
+    """GELU: down(gelu(up x)). SwiGLU: down(silu(gate x) * up x). ReLU squared: down(relu(up x)^2)."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
+        self.kind = cfg.mlp
         self.swiglu = cfg.mlp == "swiglu"
         if self.swiglu:
             self.gate_proj = nn.Linear(cfg.d_model, cfg.d_mlp, bias=cfg.bias)
@@ -207,6 +204,8 @@ class MLP(nn.Module):
         self.down_proj = nn.Linear(cfg.d_mlp, cfg.d_model, bias=cfg.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.swiglu and type(self.up_proj) is not nn.Linear:  # swapped-in layers: see Attention
+            return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
         if self.swiglu:  # gate and up as one matmul, as with q/k/v above
             bias = (torch.cat([self.gate_proj.bias, self.up_proj.bias])
                     if self.up_proj.bias is not None else None)
@@ -214,6 +213,8 @@ class MLP(nn.Module):
                 x, torch.cat([self.gate_proj.weight, self.up_proj.weight]), bias
             ).chunk(2, dim=-1)
             return self.down_proj(F.silu(gate) * up)
+        if self.kind == "relu2":
+            return self.down_proj(F.relu(self.up_proj(x)).square())
         return self.down_proj(gelu_tanh(self.up_proj(x)))
 
 
@@ -240,8 +241,8 @@ class Block(nn.Module):
         self.mlp = MLP(cfg)
         self.dropout = nn.Dropout(cfg.dropout)
 
-    def forward(self, x, rope, cache, layer, eager):
-        a, pattern = self.attn(self.attn_norm(x), rope, cache, layer, eager)
+    def forward(self, x, rope, cache, layer, mask, eager):
+        a, pattern = self.attn(self.attn_norm(x), rope, cache, layer, mask, eager)
         x = x + self.dropout(a)
         x = x + self.dropout(self.mlp(self.mlp_norm(x)))
         return x, pattern
@@ -253,12 +254,15 @@ class Transformer(nn.Module):
         self.cfg = cfg
         # "sdpa" or "eager": a run-time choice (same outputs), not part of the config
         self.attn_impl = attn_impl
-        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        # factorized (embed_rank r): ids -> r numbers -> d_model; the LM head reads back through both factors
+        r = cfg.embed_rank or cfg.d_model
+        self.tok_emb = nn.Embedding(cfg.vocab_size, r)
+        self.emb_proj = nn.Linear(r, cfg.d_model, bias=False) if cfg.embed_rank else None
         self.pos_emb = nn.Embedding(cfg.max_seq_len, cfg.d_model) if cfg.pos == "learned" else None
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
         self.norm_f = make_norm(cfg)
-        self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        self.lm_head = nn.Linear(r, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.lm_head.weight = self.tok_emb.weight
         if cfg.pos == "rope":
@@ -269,14 +273,19 @@ class Transformer(nn.Module):
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
-        """GPT-2 initialisation: N(0, 0.02), residual projections scaled by 1/sqrt(2 n_layer), zero biases."""
+        """GPT-2 initialisation: N(0, 0.02), residual projections scaled by 1/sqrt(2 n_layer) (or zero with
+        `zero_init`), zero biases; `emb_proj` N(0, 1/r), so that the product of the factors is N(0, 0.02)."""
         if self.cfg.pos == "rope":  # buffers too, so a model built on the meta device can be materialised
             self.rope_cos, self.rope_sin = (t.to(self.rope_cos.device) for t in rope_tables(
                 self.cfg.d_head, self.cfg.max_seq_len, self.cfg.rope_theta))
         residual_std = 0.02 / math.sqrt(2 * self.cfg.n_layer)
         for name, p in self.named_parameters():
-            if name.endswith(("o_proj.weight", "down_proj.weight")):
+            if name.endswith(("o_proj.weight", "down_proj.weight")) and self.cfg.zero_init:
+                nn.init.zeros_(p)
+            elif name.endswith(("o_proj.weight", "down_proj.weight")):
                 nn.init.normal_(p, 0.0, residual_std)
+            elif name == "emb_proj.weight":
+                nn.init.normal_(p, 0.0, 1 / math.sqrt(self.cfg.embed_rank))
             elif name.endswith("norm.weight") or name.endswith("norm_f.weight"):
                 nn.init.ones_(p)
             elif name.endswith("bias"):
@@ -304,9 +313,10 @@ class Transformer(nn.Module):
         """
         x, _ = self._trunk(idx, cache, eager=self.attn_impl == "eager")
         if targets is not None and not return_logits:
-            return None, linear_cross_entropy(x.reshape(-1, x.shape[-1]), self.lm_head.weight,
-                                              targets.reshape(-1))
-        logits = self.lm_head(x)
+            h = x if self.emb_proj is None else x @ self.emb_proj.weight
+            return None, linear_cross_entropy(h.reshape(-1, h.shape[-1]), self.lm_head.weight,
+                                              targets.reshape(-1), cap=self.cfg.logit_softcap)
+        logits = self.unembed(x)
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1),
@@ -318,7 +328,18 @@ class Transformer(nn.Module):
         """(logits, per-layer attention patterns [B, n_head, T, S]):
         the eager path, whatever `attn_impl` says."""
         x, patterns = self._trunk(idx, cache, eager=True)
-        return self.lm_head(x), patterns
+        return self.unembed(x), patterns
+
+    def dense_embedding(self) -> torch.Tensor:
+        """The [vocab, d_model] embedding the factors multiply out to (what exports write); the plain one
+        without embed_rank."""
+        w = self.tok_emb.weight
+        return w if self.emb_proj is None else w @ self.emb_proj.weight.T
+
+    def unembed(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits from the final residual stream (after norm_f): through the factors, then the soft-cap."""
+        h = x if self.emb_proj is None else x @ self.emb_proj.weight
+        return softcap(self.lm_head(h), self.cfg.logit_softcap)
 
     def _trunk(self, idx: torch.Tensor, cache: KVCache | None, eager: bool) -> tuple[torch.Tensor, list]:
         """Embeddings, the blocks and the final norm:
@@ -328,20 +349,30 @@ class Transformer(nn.Module):
         if start + T > self.cfg.max_seq_len:
             raise ValueError(f"sequence of {start + T} positions exceeds the model's context of "
                              f"{self.cfg.max_seq_len}; crop the input or generate with a sliding window")
-        x = self.tok_emb(idx)
+        x = self.tok_emb(idx) if self.emb_proj is None else self.emb_proj(self.tok_emb(idx))
         rope = None
         if self.pos_emb is not None:
             x = x + self.pos_emb(torch.arange(start, start + T, device=idx.device))
         else:
             rope = (self.rope_cos[start:start + T], self.rope_sin[start:start + T])
         x = self.drop(x)
+        mask = self._mask(start, T, cache, idx.device)
         patterns = []
         for i, block in enumerate(self.blocks):
-            x, pattern = block(x, rope, cache, i, eager)
+            x, pattern = block(x, rope, cache, i, mask, eager)
             patterns.append(pattern)
         if cache is not None:
             cache.pos += T
         return self.norm_f(x), patterns
+
+    def _mask(self, start: int, T: int, cache: KVCache | None, device: torch.device) -> torch.Tensor | None:
+        """The [T, S] mask all layers share, or None when plain causal attention (or, for one new token
+        without a window, every cached key) is exactly right, so that SDPA can take its fastest path."""
+        k_pos = cache.key_positions(T) if cache is not None else torch.arange(T, device=device)
+        W, S = self.cfg.sliding_window, len(k_pos)
+        if (S == T and (W is None or T <= W)) or (T == 1 and W is None):
+            return None
+        return attention_mask(torch.arange(start, start + T, device=device), k_pos, W)
 
     def make_cache(self, batch_size: int, max_len: int | None = None) -> KVCache:
         p = self.tok_emb.weight
@@ -352,7 +383,7 @@ class Transformer(nn.Module):
         non_embedding drops embeddings and the LM head."""
         n = sum(p.numel() for p in self.parameters())
         if non_embedding:
-            n -= self.tok_emb.weight.numel()
+            n -= self.tok_emb.weight.numel() + (self.emb_proj.weight.numel() if self.emb_proj else 0)
             if self.pos_emb is not None:
                 n -= self.pos_emb.weight.numel()
             if not self.cfg.tie_embeddings:

@@ -1,4 +1,4 @@
-"""The optimizers and the learning-rate schedule: AdamW, Muon, and warmup + cosine.
+"""The optimizers and the learning-rate schedule: AdamW, Muon, and warmup + cosine (or warmup-stable-decay).
 
 `configure_optimizer(model, cfg)` builds what a run trains with: AdamW with weight decay on matrices only, or
 with `cfg.optimizer == "muon"` Muon for the matrices inside the blocks and AdamW for the rest. `lr_scale` is
@@ -132,7 +132,7 @@ def configure_optimizer(model: torch.nn.Module, cfg: TrainConfig,
     if cfg.optimizer not in ("adamw", "muon"):
         raise ValueError(f"optimizer={cfg.optimizer!r}; expected 'adamw' or 'muon'")
     use_muon = cfg.optimizer == "muon"
-    to_muon = [p for n, p in named if use_muon and p.dim() == 2 and n.startswith("blocks.")]
+    to_muon = [p for n, p in named if use_muon and p.dim() == 2 and p.numel() and n.startswith("blocks.")]
     muon_ids = {id(p) for p in to_muon}
     rest = [p for _, p in named if id(p) not in muon_ids]
     groups = [
@@ -147,11 +147,25 @@ def configure_optimizer(model: torch.nn.Module, cfg: TrainConfig,
     return MuonAdamW(groups, lr=cfg.lr, betas=betas)
 
 
-def lr_scale(step: int, *, warmup: int, total: int, floor: float) -> float:
-    """Linear warmup to 1 over `warmup` steps, then cosine decay to `floor` at `total`: the factor on every
-    peak lr."""
+SCHEDULES = ("cosine", "wsd")
+WSD_DECAY_FRACTION = 0.2  # Hägele et al. 2024: a 20% linear cooldown matches cosine at the same length
+
+
+def lr_scale(step: int, *, warmup: int, total: int, floor: float, schedule: str = "cosine") -> float:
+    """The factor on every peak lr: linear warmup to 1 over `warmup` steps, then to `floor` at `total`.
+
+    "cosine" decays along a half cosine from the end of warmup. "wsd" (warmup-stable-decay, as in MiniCPM and
+    nanochat) holds 1 until the last `WSD_DECAY_FRACTION` of the steps and decays linearly there: a run can be
+    extended (or branched into a cooldown) from any checkpoint of the stable phase.
+    """
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule={schedule!r}; expected one of {SCHEDULES}")
     if step < warmup:
         return (step + 1) / warmup
+    if schedule == "wsd":
+        decay_start = max(warmup, total - round(WSD_DECAY_FRACTION * total))
+        progress = min(1.0, max(0, step - decay_start) / max(1, total - decay_start))
+        return 1 - (1 - floor) * progress
     progress = min(1.0, (step - warmup) / max(1, total - warmup))
     return floor + 0.5 * (1 - floor) * (1 + math.cos(math.pi * progress))
 

@@ -28,6 +28,11 @@ Pitfalls the conversion handles (each one is checked by tests/test_hf.py against
   attention weights are available; `from_pretrained(folder)` picks SDPA by default, which agrees within 1e-5.
 - Vocabulary padding. Training may round `cfg.vocab_size` up past the tokenizer's vocabulary; the export keeps
   the model's size (the extra rows are never produced by the tokenizer).
+- Architecture-lab variants (tinylib.config.ModelConfig). Exact: `zero_init` (an initialisation only),
+  `embed_rank` (the factors multiply out to an ordinary tied [vocab, d_model] embedding; logits agree to
+  rounding), and `mlp="relu2"` in a GPT-style model (GPT-2's `activation_function="relu2"`). Refused, naming
+  the field: `sliding_window`, `qk_norm`, `logit_softcap` (LlamaForCausalLM and GPT2LMHeadModel have no such
+  switch), and ReLU squared in a LLaMA-style model (Llama's MLP is gated).
 - Tokenizers. tiktoken ranks become a byte-level BPE in `tokenizers` (GPT-2's byte-to-unicode alphabet, the
   same split regex, `ignore_merges` so whole-token ranks win as in tiktoken); SentencePiece models load
   through transformers' `LlamaTokenizer`. Both prepend BOS like our data framing (`[bos] + tokens`).
@@ -60,10 +65,28 @@ from tinylib.config import ModelConfig
 from tinylib.model import Transformer
 
 
+def variant_problems(cfg: ModelConfig) -> list[str]:
+    """The config fields that LlamaForCausalLM and GPT2LMHeadModel cannot express (empty: export is exact)."""
+    out = []
+    if cfg.sliding_window is not None:
+        out.append(f"sliding_window={cfg.sliding_window} (their attention always sees the whole context)")
+    if cfg.qk_norm:
+        out.append("qk_norm=True (they do not normalise queries and keys)")
+    if cfg.logit_softcap is not None:
+        out.append(f"logit_softcap={cfg.logit_softcap} (they do not cap logits)")
+    return out
+
+
 def _family(cfg: ModelConfig) -> str:
     """'llama' or 'gpt2': which transformers class can hold this config exactly."""
+    problems = variant_problems(cfg)
+    if problems:
+        raise ValueError("cannot export to transformers exactly: " + "; ".join(problems)
+                         + ". Train without these fields to export, or analyse the model with tinylib itself")
     if cfg.style != "custom":
         return {"llama": "llama", "gpt": "gpt2"}[cfg.style]
+    if (cfg.norm, cfg.mlp, cfg.pos) == ("layernorm", "relu2", "learned"):
+        return "gpt2"  # GPT-2's MLP is ungated: activation_function="relu2" is exactly ours
     raise ValueError(
         f"no transformers class matches norm={cfg.norm!r}, mlp={cfg.mlp!r}, pos={cfg.pos!r}: export supports "
         "LLaMA-style (rmsnorm, swiglu, rope -> LlamaForCausalLM) and GPT-style (layernorm, gelu, learned -> "
@@ -84,7 +107,7 @@ def hf_config(cfg: ModelConfig, *, bos_id: int | None = None, eos_id: int | None
     """The transformers config (LlamaConfig or GPT2Config) that describes `cfg` exactly."""
     if _family(cfg) == "llama":
         return LlamaConfig(
-            vocab_size=cfg.vocab_size, hidden_size=cfg.d_model, intermediate_size=cfg.d_mlp,
+            vocab_size=cfg.vocab_size, hidden_size=cfg.d_model, intermediate_size=max(cfg.d_mlp, 1),
             num_hidden_layers=cfg.n_layer, num_attention_heads=cfg.n_head, num_key_value_heads=cfg.n_kv_head,
             head_dim=cfg.d_head, hidden_act="silu", max_position_embeddings=cfg.max_seq_len,
             rms_norm_eps=cfg.norm_eps, tie_word_embeddings=cfg.tie_embeddings,
@@ -94,7 +117,8 @@ def hf_config(cfg: ModelConfig, *, bos_id: int | None = None, eos_id: int | None
             attn_implementation=attn_implementation, architectures=["LlamaForCausalLM"])
     return GPT2Config(
         vocab_size=cfg.vocab_size, n_positions=cfg.max_seq_len, n_embd=cfg.d_model, n_layer=cfg.n_layer,
-        n_head=cfg.n_head, n_inner=cfg.d_mlp, activation_function="gelu_new", layer_norm_epsilon=cfg.norm_eps,
+        n_head=cfg.n_head, n_inner=max(cfg.d_mlp, 1), layer_norm_epsilon=cfg.norm_eps,
+        activation_function="relu2" if cfg.mlp == "relu2" else "gelu_new",
         resid_pdrop=cfg.dropout, embd_pdrop=cfg.dropout, attn_pdrop=cfg.attn_dropout,
         tie_word_embeddings=cfg.tie_embeddings, bos_token_id=bos_id, eos_token_id=eos_id,
         attn_implementation=attn_implementation, architectures=["GPT2LMHeadModel"])
@@ -112,6 +136,11 @@ def hf_state_dict(model: Transformer) -> dict[str, torch.Tensor]:
     """Our weights under transformers' names and layouts (fresh tensors; the tinylib model is not shared)."""
     cfg = model.cfg
     sd = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    if cfg.d_mlp == 0:  # attention only: transformers cannot hold a zero-width MLP; one zero unit computes
+        sd = {k: torch.zeros([n or 1 for n in v.shape], dtype=v.dtype) if v.numel() == 0 else v  # the same
+              for k, v in sd.items()}
+    if model.emb_proj is not None:  # factorized: the product of the factors is an ordinary tied embedding
+        sd["tok_emb.weight"] = sd["lm_head.weight"] = model.dense_embedding().detach().clone()
     out: dict[str, torch.Tensor] = {}
     if _family(cfg) == "llama":
         out["model.embed_tokens.weight"] = sd["tok_emb.weight"]
@@ -149,7 +178,7 @@ def hf_state_dict(model: Transformer) -> dict[str, torch.Tensor]:
         out[dst + "attn.c_proj.weight"] = sd[src + "attn.o_proj.weight"].t().contiguous()
         out[dst + "attn.c_proj.bias"] = bias(src + "attn.o_proj.bias", d)
         out[dst + "mlp.c_fc.weight"] = sd[src + "mlp.up_proj.weight"].t().contiguous()
-        out[dst + "mlp.c_fc.bias"] = bias(src + "mlp.up_proj.bias", cfg.d_mlp)
+        out[dst + "mlp.c_fc.bias"] = bias(src + "mlp.up_proj.bias", max(cfg.d_mlp, 1))
         out[dst + "mlp.c_proj.weight"] = sd[src + "mlp.down_proj.weight"].t().contiguous()
         out[dst + "mlp.c_proj.bias"] = bias(src + "mlp.down_proj.bias", d)
     out["transformer.ln_f.weight"] = sd["norm_f.weight"]
@@ -218,7 +247,8 @@ def from_hf(hf_model) -> Transformer:
     elif c.model_type == "gpt2":
         cfg = ModelConfig(
             vocab_size=c.vocab_size, n_layer=c.n_layer, n_head=c.n_head, d_model=c.n_embd,
-            d_mlp=c.n_inner or 4 * c.n_embd, max_seq_len=c.n_positions, norm="layernorm", mlp="gelu",
+            d_mlp=c.n_inner or 4 * c.n_embd, max_seq_len=c.n_positions, norm="layernorm",
+            mlp="relu2" if c.activation_function == "relu2" else "gelu",
             pos="learned", bias=True, tie_embeddings=tied, norm_eps=c.layer_norm_epsilon)
         d = cfg.d_model
         ours = {"tok_emb.weight": sd["transformer.wte.weight"],

@@ -231,6 +231,8 @@ def _to_tinylib_state(sd: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str
 def _to_llama2c_state(model: Transformer) -> dict[str, torch.Tensor]:
     cfg = model.cfg
     sd = {k: v.detach().float().cpu() for k, v in model.state_dict().items()}
+    if sd.pop("emb_proj.weight", None) is not None:  # factorized: run.c reads the multiplied-out embedding
+        sd["tok_emb.weight"] = sd["lm_head.weight"] = model.dense_embedding().detach().float().cpu()
     heads = {"attn.q_proj.weight": cfg.n_head, "attn.k_proj.weight": cfg.n_kv_head}
     top, layer = {v: k for k, v in _TOP_NAMES.items()}, {v: k for k, v in _LAYER_NAMES.items()}
     out = _rename(sd, top, layer, "layers", heads, half_to_interleaved)
@@ -342,6 +344,9 @@ def exportable_problems(model: Transformer) -> list[str]:
         out.append(f"norm_eps={cfg.norm_eps} (run.c hard-codes {NORM_EPS})")
     if cfg.rope_theta != ROPE_THETA:
         out.append(f"rope_theta={cfg.rope_theta} (run.c hard-codes {ROPE_THETA:g})")
+    for field in ("sliding_window", "qk_norm", "logit_softcap"):  # architecture-lab switches run.c lacks
+        if getattr(cfg, field) not in (None, False):
+            out.append(f"{field}={getattr(cfg, field)!r} (run.c has no such switch)")
     return out
 
 

@@ -20,6 +20,10 @@ logits then shift by a per-position constant, log-probs and losses do not. tests
 logits without processing and log-softmax with it. The default is no processing, so hook values equal
 tinylib's own activations.
 
+Architecture-lab variants go through the export: `zero_init`, `embed_rank` (multiplied out) and GPT-style
+ReLU squared bridge exactly; `sliding_window`, `qk_norm` and `logit_softcap` are refused with the field named
+(the exported classes cannot express them; use tinylib's own `forward_with_patterns` and hooks instead).
+
 This module builds bridges and token batches; the analyses (attention, neurons, ablation, logit lens) live in
 their own modules and accept a tinylib model, a checkpoint path or a bridge.
 """
@@ -35,7 +39,7 @@ import torch
 from transformer_lens.model_bridge.sources import build_bridge_from_module
 
 from tinylib.checkpoint import load_tokenizer
-from tinylib.interop.hf import hf_tokenizer, resolve_model, to_hf
+from tinylib.interop.hf import hf_tokenizer, resolve_model, to_hf, variant_problems
 from tinylib.model import Transformer
 
 
@@ -55,6 +59,10 @@ def to_lens(model: Transformer | str | os.PathLike, tokenizer: Any = None, *,
     """
     _offline()
     model = resolve_model(model)
+    problems = variant_problems(model.cfg)
+    if problems:
+        raise ValueError("TransformerLens cannot express this model (the bridge wraps a transformers export) "
+                         + "; ".join(problems) + ". Use tinylib's forward_with_patterns and forward hooks")
     hf = to_hf(model, tokenizer=tokenizer, attn_implementation="eager")
     architecture = hf.config.architectures[0]
     bridge = build_bridge_from_module(
