@@ -3,15 +3,21 @@
 
 Weights are safetensors (loading never runs pickled code); `state.pt` holds the optimizer, RNG and data-stream
 state as plain tensors and containers, loaded with `torch.load(weights_only=True)`. A folder is written under
-a temporary name and renamed into place, so a crash never leaves a half-written checkpoint. A training run
-keeps `<run>/latest/` and `<run>/best/` next to `<run>/metrics.jsonl`. This module knows files; training
-decides when.
+a temporary name and renamed into place, so a crash never leaves a half-written checkpoint; `checksums.json`
+records each file's size and SHA-256, so a later bit flip or truncation is found before anything is loaded.
+A training run keeps `<run>/latest/` and `<run>/best/` next to `<run>/metrics.jsonl`, and the `keep_previous`
+latest checkpoints before them in `<run>/previous/`; resuming takes the newest intact one. Every failure a
+user can meet (a damaged, foreign or mismatched checkpoint, pickled code, a full disk) ends in a
+`CheckpointError` or `DiskFullError` that names the file, what is wrong and what to do. This module knows
+files; training decides when.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import pickle
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -20,9 +26,25 @@ from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as dist
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from tinylib.config import ModelConfig
+from tinylib.integrity import (
+    DAMAGED,
+    HISTORY,
+    CheckpointError,
+    CheckpointMismatchError,
+    alternatives,
+    damage,
+    disk_full,
+    history,
+    is_disk_full,
+    quarantine,
+    swap_in,
+    tensor_bytes,
+    write_manifest,
+)
 from tinylib.model import Transformer
 from tinylib.paths import REFERENCE_DIR
 from tinylib.tokenizer import Tokenizer, get_tokenizer
@@ -31,31 +53,37 @@ if TYPE_CHECKING:
     from tinylib.batches import RandomBatches
 
 
-def save_checkpoint(folder: str | os.PathLike, model: Transformer, meta: dict,
-                    state: dict | None = None) -> Path:
-    """Write weights (fp32, tied matrix stored once), `config.json` = meta + model config, optional state."""
+def save_checkpoint(folder: str | os.PathLike, model: Transformer, meta: dict, state: dict | None = None, *,
+                    keep_previous: int = 0) -> Path:
+    """Write weights (fp32, tied matrix stored once), `config.json` = meta + model config, optional state,
+    and `checksums.json`; keep the `keep_previous` checkpoints it replaces in <run>/previous/."""
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
+    weights = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in model.state_dict().items()}
+    if model.cfg.tie_embeddings:
+        weights.pop("lm_head.weight", None)
+    bad = [k for k, v in weights.items() if not torch.isfinite(v).all()]
+    if bad:
+        raise CheckpointError(f"refusing to write non-finite weights ({', '.join(bad[:3])}) to {folder}: the "
+                              "run diverged. The checkpoint already there is unchanged")
+    need = tensor_bytes(weights) + tensor_bytes(state) + 2**16  # + headers, config and pickle framing
+    if shutil.disk_usage(folder.parent).free < need:
+        raise disk_full(folder, need)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
     os.chmod(tmp, 0o755)  # mkdtemp makes it private; a checkpoint is an ordinary folder
     try:
-        weights = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in model.state_dict().items()}
-        if model.cfg.tie_embeddings:
-            weights.pop("lm_head.weight", None)
         save_file(weights, str(tmp / "model.safetensors"))
         config = {**meta, "model": model.cfg.to_dict()}
         (tmp / "config.json").write_text(json.dumps(config, indent=2, default=str))
         if state is not None:
             torch.save(state, tmp / "state.pt")
-        old = folder.with_name(f".{folder.name}.old")
-        if folder.exists():
-            shutil.rmtree(old, ignore_errors=True)
-            folder.rename(old)
-        tmp.rename(folder)
-        shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
+        write_manifest(tmp)
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        if is_disk_full(e):
+            raise disk_full(folder, need) from e
         raise
+    swap_in(tmp, folder, meta.get("step"), keep_previous)
     return folder
 
 
@@ -79,31 +107,71 @@ def load_meta(path: str | os.PathLike) -> dict:
     try:
         return json.loads((folder / "config.json").read_text())
     except (FileNotFoundError, json.JSONDecodeError) as e:
-        raise ValueError(f"{folder / 'config.json'} is missing or not valid JSON ({e}); the checkpoint is "
-                         "incomplete") from e
+        raise CheckpointError(f"{folder / 'config.json'} is missing or not valid JSON ({e}); the checkpoint "
+                              f"is incomplete. {alternatives(folder)}") from e
+
+
+def read_weights(folder: Path) -> dict[str, torch.Tensor]:
+    """The safetensors weights of a checkpoint folder, after checking them against checksums.json."""
+    problem = damage(folder, only=("model.safetensors",))
+    if problem is None:
+        try:
+            return load_file(str(folder / "model.safetensors"))
+        except (SafetensorError, OSError) as e:
+            problem = f"model.safetensors is not a readable safetensors file ({e})"
+    raise CheckpointError(f"checkpoint {folder} is damaged: {problem}. {alternatives(folder)}")
+
+
+def model_config(folder: Path, meta: dict) -> ModelConfig:
+    if not isinstance(meta.get("model"), dict):
+        raise CheckpointError(
+            f"{folder} is not a tinylib checkpoint: its config.json has no 'model' entry (it has "
+            f"{sorted(meta)[:8]}). A Hugging Face model folder loads with tinylib.interop.hf, a llama2.c "
+            "file with tinylib.interop.llama2c")
+    return ModelConfig.from_dict(meta["model"])
+
+
+def load_weights_into(model: Transformer, folder: Path) -> None:
+    missing, unexpected = model.load_state_dict(read_weights(folder), strict=False)
+    if model.cfg.tie_embeddings:
+        missing = [k for k in missing if k != "lm_head.weight"]
+    if missing or unexpected:
+        raise CheckpointError(f"{folder / 'model.safetensors'} does not match its config.json: missing "
+                              f"{missing}, unexpected {unexpected}. {alternatives(folder)}")
 
 
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> Transformer:
     """Build the model from config.json and load its safetensors weights (no pickled code runs)."""
     folder = resolve(path)
-    cfg = ModelConfig.from_dict(load_meta(folder)["model"])
-    model = Transformer(cfg)
-    weights = load_file(str(folder / "model.safetensors"))
-    missing, unexpected = model.load_state_dict(weights, strict=False)
-    if cfg.tie_embeddings:
-        missing = [k for k in missing if k != "lm_head.weight"]
-    if missing or unexpected:
-        raise ValueError(f"{folder} does not match its config: missing {missing}, unexpected {unexpected}")
+    model = Transformer(model_config(folder, load_meta(folder)))
+    try:
+        load_weights_into(model, folder)
+    except RuntimeError as e:  # a tensor of the wrong shape
+        raise CheckpointError(f"{folder / 'model.safetensors'} does not match its config.json: "
+                              f"{str(e).splitlines()[-1].strip()}. {alternatives(folder)}") from e
     return model.to(device).eval()
 
 
 def load_state(path: str | os.PathLike) -> dict:
     """The optimizer/RNG/data state saved for resuming (plain tensors and containers only)."""
-    file = resolve(path) / "state.pt"
+    folder = resolve(path)
+    file = folder / "state.pt"
     if not file.is_file():
         raise FileNotFoundError(f"{file} not found: this checkpoint holds weights only and cannot resume "
                                 "training")
-    return torch.load(file, map_location="cpu", weights_only=True)
+    try:
+        return torch.load(file, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        found = re.search(r"GLOBAL (\S+)", str(e))
+        what = found.group(1) if found else "an object that is not a tensor"
+        raise CheckpointError(
+            f"{file} holds pickled code ({what}), which a tinylib checkpoint never contains: it was refused "
+            "and nothing in it was run. Do not load it with weights_only=False. Delete the file and resume "
+            f"from another checkpoint, or use the weights alone (load_model). {alternatives(folder, True)}"
+        ) from None
+    except (RuntimeError, EOFError, OSError) as e:
+        raise CheckpointError(f"{file} is damaged and cannot be read ({str(e).splitlines()[0]}). "
+                              f"{alternatives(folder, True)}") from e
 
 
 def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
@@ -119,7 +187,8 @@ def list_checkpoints(root: str | os.PathLike = "checkpoints") -> list[Path]:
     root = Path(root)
     if not root.is_dir():
         return []
-    found = [p.parent for p in root.rglob("model.safetensors") if not p.parent.name.startswith(".")]
+    found = [p.parent for p in root.rglob("model.safetensors")
+             if not p.parent.name.startswith(".") and p.parent.parent.name not in (HISTORY, DAMAGED)]
     return sorted(found, key=lambda p: (p / "model.safetensors").stat().st_mtime, reverse=True)
 
 
@@ -171,7 +240,8 @@ class TrainState:
         return {"step": self.step, "tokens_seen": self.tokens_seen, "best_val_loss": self.best_val_loss,
                 "total_steps": self.total_steps}
 
-    def save(self, folder: str | os.PathLike, meta: dict, *, resumable: bool = True) -> None:
+    def save(self, folder: str | os.PathLike, meta: dict, *, resumable: bool = True,
+             keep_previous: int = 0) -> None:
         """Write a checkpoint from rank 0. Under DDP every rank must call it: data positions are gathered."""
         state = None
         if resumable:
@@ -182,20 +252,68 @@ class TrainState:
                 data = gathered
             state = {"optimizer": self.optimizer.state_dict(), "rng": rng_state(), "data": data}
         if not dist.is_initialized() or dist.get_rank() == 0:
-            save_checkpoint(folder, self.model, {**meta, **self.progress()}, state)
+            save_checkpoint(folder, self.model, {**meta, **self.progress()}, state,
+                            keep_previous=keep_previous)
 
-    def restore(self, folder: str | os.PathLike) -> None:
-        """Load weights, optimizer, this rank's data position, RNG and counters from a resumable
-        checkpoint."""
+    def restore(self, folder: str | os.PathLike, tokenizer: str | None = None) -> None:
+        """Load weights, optimizer, this rank's data position, RNG and counters from a resumable checkpoint,
+        after checking that it was saved by this model (and, when given, this tokenizer)."""
         folder = resolve(folder)
         meta = load_meta(folder)
-        self.model.load_state_dict(load_file(str(folder / "model.safetensors")),
-                                   strict=not self.model.cfg.tie_embeddings)
+        saved = model_config(folder, meta).to_dict()
+        diff = [f"{k}={saved.get(k)!r} (this run: {v!r})" for k, v in self.model.cfg.to_dict().items()
+                if saved.get(k) != v]
+        if tokenizer and meta.get("tokenizer", tokenizer) != tokenizer:
+            diff.append(f"tokenizer={meta['tokenizer']!r} (this run's data: {tokenizer!r})")
+        if diff:
+            raise CheckpointMismatchError(
+                f"cannot resume from {folder}: it was saved by a different setup: {', '.join(diff)}. "
+                "Resume with the preset, model_overrides and data it was trained with (its config.json "
+                "'train' entry), or start a new run in another --out-dir")
+        load_weights_into(self.model, folder)
         state = load_state(folder)
         self.optimizer.load_state_dict(state["optimizer"])
         rank = dist.get_rank() if dist.is_initialized() else 0
         data = state["data"]
-        self.batches.load_state_dict(data[rank] if isinstance(data, list) else data)
+        try:
+            self.batches.load_state_dict(data[rank] if isinstance(data, list) else data)
+        except ValueError as e:
+            raise CheckpointMismatchError(f"{e} (checkpoint {folder} was trained on {meta.get('data')})"
+                                          ) from e
         set_rng_state(state["rng"])
         self.step, self.tokens_seen = meta["step"], meta["tokens_seen"]
         self.best_val_loss, self.total_steps = meta["best_val_loss"], meta["total_steps"]
+
+    def resume(self, run_dir: str | os.PathLike,
+               tokenizer: str | None = None) -> tuple[Path | None, list[str]]:
+        """Restore the newest intact checkpoint of a run (latest/, then previous/ newest first).
+
+        Returns the folder (None: the run has none, start afresh) and why each newer one was passed over.
+        A damaged one is skipped and moved to <run>/damaged/ (by rank 0); one that does not fit this run
+        stops here (its older ones would not fit either).
+        """
+        latest = Path(run_dir) / "latest"
+        notes: list[str] = []
+        damaged: list[Path] = []
+        for folder in [latest, *history(latest)]:
+            if not folder.exists():
+                continue
+            try:
+                problem = damage(folder)
+                if problem or not (folder / "state.pt").is_file():
+                    problem = problem or "state.pt is missing"
+                    raise CheckpointError(problem)
+                self.restore(folder, tokenizer)
+            except CheckpointMismatchError:
+                raise
+            except CheckpointError as e:
+                notes.append(f"{folder}: {str(e).split('. Use ')[0].split('. No other')[0]}")
+                damaged.append(folder)
+                continue
+            if not dist.is_initialized() or dist.get_rank() == 0:
+                notes = [f"{n} (moved to {quarantine(d)})" for n, d in zip(notes, damaged)]
+            return folder, notes
+        if notes:
+            raise CheckpointError(f"cannot resume: no intact checkpoint in {run_dir}: " + "; ".join(notes)
+                                  + ". Start a new run without --resume, or restore the folder from a copy")
+        return None, notes

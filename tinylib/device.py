@@ -6,6 +6,7 @@ others: peak FLOP/s of a device and MFU (`tinylib.flops`), the training loop (`t
 
 from __future__ import annotations
 
+import datetime
 import os
 from contextlib import nullcontext
 
@@ -73,8 +74,10 @@ def synchronize(device: torch.device) -> None:
         torch.mps.synchronize()
 
 
-def setup_distributed(device_pref: str = "auto") -> tuple[int, int, torch.device]:
-    """(rank, world_size, device) of this process; joins the process group when started by torchrun."""
+def setup_distributed(device_pref: str = "auto",
+                      timeout_s: float | None = None) -> tuple[int, int, torch.device]:
+    """(rank, world_size, device) of this process; joins the process group when started by torchrun.
+    A collective that waits longer than `timeout_s` (a lost rank) raises instead of hanging."""
     if "RANK" not in os.environ:
         return 0, 1, pick_device(device_pref)
     rank, local_rank, world = (int(os.environ[k]) for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE"))
@@ -83,5 +86,6 @@ def setup_distributed(device_pref: str = "auto") -> tuple[int, int, torch.device
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        timeout = datetime.timedelta(seconds=timeout_s) if timeout_s else None
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo", timeout=timeout)
     return rank, world, device

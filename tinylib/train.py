@@ -4,28 +4,30 @@
     torchrun --standalone --nproc_per_node=8 -m tinylib.train --preset llama_6L_6H_288D --data ...
 
 Read it top to bottom: `train_step` is one optimizer step (forward and backward on each micro-batch, clip,
-update); the trainer, the budget's measured step and the benchmark all run this one function. `train` is the
-loop around it: `setup` builds the run, then each pass re-plans a time budget, evaluates and saves when due,
-takes a step and logs. Gradient accumulation is derived from a target number of tokens per optimizer step;
-bf16 autocast where the device supports it (fp32 master weights); optional torch.compile; DDP. Rank 0
-evaluates on fixed validation windows, prints fixed-prompt samples, logs metrics and saves `latest/` and
-`best/`; `TrainState` (tinylib.checkpoint) holds what a resumed run needs to continue exactly. What it leaves
-to others: the optimizers and schedule (`tinylib.optim`), checkpoint files, evaluation, the metrics log, FLOPs
-and MFU (`tinylib.flops`).
+update); the trainer, the budget's measured step and the benchmark all run this one function. `train` holds
+the run's folder lock and runs `run_loop` around it: `setup` builds the run, then each pass re-plans a time
+budget, evaluates and saves when due, takes a step the divergence guard accepts (or rolls back), and logs.
+Gradient accumulation is derived from a target number of tokens per optimizer step; bf16 autocast where the
+device supports it (fp32 master weights); optional torch.compile; DDP. Rank 0 evaluates on fixed validation
+windows, prints fixed-prompt samples, logs metrics and saves `latest/` and `best/`; `TrainState`
+(tinylib.checkpoint) holds what a resumed run needs to continue exactly. What it leaves to others: the
+optimizers and schedule (`tinylib.optim`), checkpoint files, evaluation, the metrics log, FLOPs and MFU
+(`tinylib.flops`), the divergence guard, stop signals and the DDP watchdog (`tinylib.guard`).
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import math
 import os
+import shlex
 import sys
 import time
 from collections.abc import Callable, Sequence
-from contextlib import nullcontext
+from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -35,18 +37,25 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm.auto import tqdm
 
 from tinylib.batches import RandomBatches
+from tinylib.build import build_model, check_fits, compile_plan
 from tinylib.checkpoint import TrainState, rng_state, set_rng_state
-from tinylib.config import TrainConfig, get_config, param_counts
+from tinylib.cli import parse_args
+from tinylib.config import TrainConfig, param_counts
 from tinylib.data import open_split, read_meta
 from tinylib.device import autocast_context, dtype_name, pick_dtype, setup_distributed
 from tinylib.evaluate import bits_per_byte, evaluate_loss
 from tinylib.flops import flops_per_token, peak_flops
+from tinylib.fp8 import to_float8_training
 from tinylib.generate import generate
+from tinylib.guard import DivergenceError, DivergenceGuard, LostRankError, StopSignals, Watchdog, lost_rank
+from tinylib.integrity import CheckpointError, DiskFullError
 from tinylib.metrics import MetricsLog
 from tinylib.model import Transformer
 from tinylib.optim import TimeBudget, configure_optimizer, lr_scale
 from tinylib.paths import CHECKPOINTS_DIR
+from tinylib.runlock import RunLockedError, run_lock
 from tinylib.tokenizer import Tokenizer, get_tokenizer
+from tinylib.tracking import tracking_hook
 
 
 @dataclass
@@ -60,17 +69,21 @@ class TrainResult:
     val_bpb: float | None
     tokens_per_s: float  # mean over the timed training steps (evaluation excluded)
     time_s: float = 0.0  # wall time of the training loop, evaluation and checkpoints included
+    stopped_by: str | None = None  # "SIGTERM"/"SIGINT": saved at a step boundary before the end
 
 
 # --- one step -----------------------------------------------------------------------------------------------
 
 def train_step(state: TrainState, micro_batches: Sequence[tuple[torch.Tensor, torch.Tensor]], *,
                lr_scale: float = 1.0, grad_clip: float | None = 1.0,
-               dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+               dtype: torch.dtype | None = None,
+               accept: Callable[[torch.Tensor, torch.Tensor | None], bool] | None = None,
+               ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """One optimizer step over `micro_batches` (their gradients accumulate): (mean loss, gradient norm).
 
     The loss is computed in chunks without ever holding the full logits (`linear_cross_entropy`). Under DDP
-    the gradients are all-reduced once, on the last micro-batch. Both results stay on the device (no sync).
+    the gradients are all-reduced once, on the last micro-batch. Both results stay on the device (no sync)
+    unless `accept(loss, grad_norm)` is given: when it says no, the step is not applied (divergence guard).
     """
     for group in state.optimizer.param_groups:
         group.setdefault("base_lr", group["lr"])  # the peak lr, which the schedule scales
@@ -85,6 +98,9 @@ def train_step(state: TrainState, micro_batches: Sequence[tuple[torch.Tensor, to
         (loss / len(micro_batches)).backward()
         loss_sum += loss.detach()
     grad_norm = torch.nn.utils.clip_grad_norm_(state.model.parameters(), grad_clip) if grad_clip else None
+    if accept is not None and not accept(loss_sum / len(micro_batches), grad_norm):
+        state.optimizer.zero_grad(set_to_none=True)
+        return loss_sum / len(micro_batches), grad_norm
     state.optimizer.step()
     state.optimizer.zero_grad(set_to_none=True)
     state.step += 1
@@ -119,6 +135,9 @@ class Run:
     timed_s: float = 0.0
     last_val: float | None = None
     train_loss: float = float("nan")
+    guard: DivergenceGuard | None = None  # it holds the run's StopSignals
+    watchdog: Watchdog | None = None  # DDP only
+    done_at: int = -1  # the step last evaluated or saved: a step that was not applied does not redo it
 
     @property
     def master(self) -> bool:
@@ -148,56 +167,30 @@ class Run:
                 "dtype": dtype_name(self.dtype)}
 
 
-def compile_plan(cfg: TrainConfig, device: torch.device) -> tuple[bool, str]:
-    """(use torch.compile, attention implementation) for training on `device`.
-
-    On CUDA: compile, and SDPA (Flash Attention). On CPU: compile too, with attention written out ("eager"):
-    inductor fuses the mask and softmax into one generated loop, which beats the CPU flash kernel at these
-    model sizes (bench/train_throughput.py). Both attention paths give the same outputs; only speed differs.
-    """
-    if cfg.compile not in ("auto", "on", "off"):
-        raise ValueError(f"compile={cfg.compile!r}; expected 'auto', 'on' or 'off'")
-    use = cfg.compile == "on" or (cfg.compile == "auto" and device.type in ("cuda", "cpu"))
-    return use, "eager" if use and device.type == "cpu" else "sdpa"
-
-
-def build_model(cfg: TrainConfig, vocab_size: int, attn_impl: str = "sdpa") -> Transformer:
-    """The preset with cfg's overrides, its vocabulary rounded up to `vocab_multiple` (faster matmuls)."""
-    vocab = math.ceil(vocab_size / cfg.vocab_multiple) * cfg.vocab_multiple
-    model_cfg = get_config(cfg.preset, vocab_size=vocab, **cfg.model_overrides)
-    if cfg.seq_len > model_cfg.max_seq_len:
-        raise ValueError(f"seq_len={cfg.seq_len} exceeds preset {cfg.preset!r}'s context of "
-                         f"{model_cfg.max_seq_len}; lower seq_len or pass "
-                         f"model_overrides={{'max_seq_len': {cfg.seq_len}}}")
-    return Transformer(model_cfg, attn_impl)
-
-
-def check_fits(model: Transformer, device: torch.device, cfg: TrainConfig) -> None:
-    """Fail early, with numbers, when weights + AdamW state clearly cannot fit on the device."""
-    if device.type != "cuda":
-        return
-    need = param_counts(model.cfg).total * 16  # fp32 weights + grads + two Adam moments
-    free, _ = torch.cuda.mem_get_info(device)
-    if need > free:
-        raise RuntimeError(f"preset {cfg.preset!r} needs ~{need / 2**30:.1f} GiB for weights, gradients and "
-                           f"AdamW state but {device} has {free / 2**30:.1f} GiB free; pick a smaller preset")
-
-
-def setup(cfg: TrainConfig, on_record: Callable[[dict], None] | None) -> tuple[Run, TrainState]:
-    """Devices, data, model, optimizer and data stream; the saved state when resuming."""
-    rank, world, device = setup_distributed(cfg.device)
+def setup(cfg: TrainConfig, on_record: Callable[[dict], None] | None,
+          stack: ExitStack) -> tuple[Run, TrainState]:
+    """Devices, data, model, optimizer and data stream; the saved state when resuming. `stack` holds the
+    run's lock on its folder (rank 0), the signal handlers and the DDP watchdog until the run ends."""
+    rank, world, device = setup_distributed(cfg.device, cfg.dist_timeout_s)
     dtype = pick_dtype(cfg.dtype, device)
     use_compile, attn_impl = compile_plan(cfg, device)
     meta = read_meta(cfg.data)
     tokenizer = get_tokenizer(meta["tokenizer"]["name"])
     train_tokens = open_split(cfg.data, "train", tokenizer)
     out_dir = Path(cfg.out_dir) if cfg.out_dir else CHECKPOINTS_DIR / f"{cfg.preset}-{Path(cfg.data).name}"
+    if rank == 0:  # before anything in out_dir is touched: one run per folder
+        stack.enter_context(run_lock(out_dir))
     run = Run(cfg, rank, world, device, dtype, out_dir, tokenizer, meta,
               val_tokens=open_split(cfg.data, "val", tokenizer), accum=cfg.grad_accum_steps(world),
               peak_flops=peak_flops(device, dtype_name(dtype)),  # before seeding: a CPU peak is measured
-              log=MetricsLog(out_dir / "metrics.jsonl") if rank == 0 else None, on_record=on_record)
+              log=MetricsLog(out_dir / "metrics.jsonl") if rank == 0 else None, on_record=on_record,
+              guard=DivergenceGuard(cfg, world, stack.enter_context(StopSignals())),
+              watchdog=stack.enter_context(Watchdog(2 * cfg.dist_timeout_s, f"rank {rank}")) if world > 1
+              else None)  # the collectives' own timeout normally ends it first, with their error
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
     model = build_model(cfg, meta["vocab_size"], attn_impl).to(device)
+    if cfg.fp8:  # torchao float8 for the block matmuls; refuses on hardware without FP8 units
+        to_float8_training(model)
     check_fits(model, device, cfg)
     batches = RandomBatches(train_tokens, cfg.batch_size, cfg.seq_len, seed=cfg.seed, rank=rank,
                             world_size=world)
@@ -205,13 +198,17 @@ def setup(cfg: TrainConfig, on_record: Callable[[dict], None] | None) -> tuple[R
                        total_steps=cfg.planned_steps(run.tokens_per_step))
     if cfg.max_time_s is not None:
         run.budget = TimeBudget(cfg.max_time_s, time.perf_counter(), cap=state.total_steps)
-    if cfg.resume and (out_dir / "latest" / "state.pt").is_file():
-        state.restore(out_dir / "latest")
+    resumed, passed_over = state.resume(out_dir, tokenizer.name) if cfg.resume else (None, [])
+    if resumed:
         run.budget = None  # a resumed run keeps the schedule it was given
+        run.done_at = state.step  # evaluated and saved before the interruption
         if run.master:
-            print(f"resumed from {out_dir / 'latest'} at step {state.step} ({state.tokens_seen:,} tokens)")
+            print("".join(f"skipped damaged checkpoint {note}\n" for note in passed_over)
+                  + f"resumed from {resumed} at step {state.step} ({state.tokens_seen:,} tokens)")
     if run.master:  # a resumed run redoes the steps logged after its save; a new run starts a new log
         run.log.truncate_after(state.step if state.step else -1)
+        if cfg.log_to:  # the same records to TensorBoard/trackio/W&B; a resumed run continues its tracker run
+            run.on_record = tracking_hook(cfg.log_to, out_dir, cfg.to_dict(), state.step, then=on_record)
     module = torch.compile(model) if use_compile else model
     if world > 1:
         module = DDP(module, device_ids=[device.index] if device.type == "cuda" else None)
@@ -268,7 +265,8 @@ def evaluate_and_save(run: Run, state: TrainState) -> None:
         bpb = run.bpb(run.last_val)
         run.emit({"step": state.step, "tokens": state.tokens_seen, "val_loss": run.last_val, "val_bpb": bpb})
         msg = f"step {state.step}: val loss {run.last_val:.4f} nats/token, {bpb:.4f} bits/byte"
-        improved = state.best_val_loss is None or run.last_val < state.best_val_loss
+        improved = math.isfinite(run.last_val) and (state.best_val_loss is None
+                                                    or run.last_val < state.best_val_loss)
         if improved:
             state.best_val_loss = run.last_val
         if cfg.sample_prompts and cfg.sample_tokens:
@@ -278,17 +276,9 @@ def evaluate_and_save(run: Run, state: TrainState) -> None:
         if improved and state.step > 0:
             state.save(run.out_dir / "best", run.checkpoint_meta(), resumable=False)
     if state.step > 0:
-        state.save(run.out_dir / "latest", run.checkpoint_meta())
+        state.save(run.out_dir / "latest", run.checkpoint_meta(), keep_previous=cfg.keep_previous)
     if run.budget:
         run.budget.eval_s = time.perf_counter() - t0
-
-
-def mean_over_ranks(run: Run, value: float) -> float:
-    if run.world == 1:
-        return value
-    t = torch.tensor([value], device=run.device)
-    dist.all_reduce(t, op=dist.ReduceOp.AVG)
-    return t.item()
 
 
 def log_step(run: Run, state: TrainState, grad_norm: torch.Tensor, lr: float, dt: float) -> None:
@@ -312,9 +302,22 @@ def train(cfg: TrainConfig, on_record: Callable[[dict], None] | None = None) -> 
     """Train a model as `cfg` says; returns the final figures. Works the same under torchrun.
 
     `on_record(record)` is called on rank 0 with every metrics record (e.g. `tinylib.notebook.live.LivePlot`).
+    SIGINT/SIGTERM save `latest/` at the next step boundary and return (`stopped_by` says which).
     """
-    run, state = setup(cfg, on_record)
-    t_start = time.perf_counter()
+    with ExitStack() as stack:
+        run, state = setup(cfg, on_record, stack)
+        try:
+            return run_loop(run, state)
+        except RuntimeError as e:  # under DDP a collective fails when another rank is gone
+            lost = lost_rank(e, run.rank, state.step, run.out_dir) if run.world > 1 else None
+            if lost is None:
+                raise
+            raise lost from e
+
+
+def run_loop(run: Run, state: TrainState) -> TrainResult:
+    """Evaluate and save when due, step, log; until the schedule ends, until_step, or a stop signal."""
+    cfg, t_start = run.cfg, time.perf_counter()
     if run.budget:
         run.budget.t_start = t_start
     while True:
@@ -325,26 +328,37 @@ def train(cfg: TrainConfig, on_record: Callable[[dict], None] | None = None) -> 
                            dynamic_ncols=True)
         last = state.total_steps is not None and state.step >= state.total_steps
         paused = cfg.until_step is not None and state.step >= cfg.until_step
-        if state.step % cfg.eval_every == 0 or last or paused:
+        stop = run.guard.stop_requested and not (last or paused)
+        due = run.done_at != state.step  # not again after a step that was not applied
+        if due and (state.step % cfg.eval_every == 0 or last or paused):
             evaluate_and_save(run, state)
-        elif cfg.save_every and state.step % cfg.save_every == 0:
-            state.save(run.out_dir / "latest", run.checkpoint_meta())
-        if last or paused:
+        elif due and ((cfg.save_every and state.step % cfg.save_every == 0) or stop):
+            state.save(run.out_dir / "latest", run.checkpoint_meta(), keep_previous=cfg.keep_previous)
+        run.done_at = state.step
+        if last or paused or stop:
             break
 
         t0 = time.perf_counter()
-        scale = lr_scale(state.step, warmup=cfg.warmup_steps, floor=cfg.min_lr_ratio,
+        scale = lr_scale(state.step, warmup=cfg.warmup_steps, floor=cfg.min_lr_ratio, schedule=cfg.schedule,
                          total=state.total_steps if state.total_steps is not None else 10**9)
         micro = [state.batches.next_batch(run.device) for _ in range(run.accum)]
-        loss, grad_norm = train_step(state, micro, lr_scale=scale, grad_clip=cfg.grad_clip, dtype=run.dtype)
+        step = state.step + 1
+        loss, grad_norm = train_step(state, micro, lr_scale=scale, grad_clip=cfg.grad_clip, dtype=run.dtype,
+                                     accept=partial(run.guard.accept, step))
+        run.train_loss = run.guard.loss  # the guard's verdict waited for the device: honest timing
+        if run.watchdog:
+            run.watchdog.beat()
+        if state.step != step:  # not applied
+            if run.guard.must_roll_back():
+                run.say(run.guard.roll_back(state, run.out_dir, run.tokenizer.name, run.log))
+                run.done_at = state.step
+            continue
         log_now = state.step % cfg.log_every == 0 or state.step == state.total_steps
-        if log_now or (state.total_steps is None and state.step <= 6):
-            run.train_loss = mean_over_ranks(run, loss.item())  # .item() waits for the device: honest timing
         dt = time.perf_counter() - t0
         if state.step > 1:  # the first step includes warm-up costs (allocation, compilation)
             run.timed_steps, run.timed_s = run.timed_steps + 1, run.timed_s + dt
         if log_now:
-            log_step(run, state, grad_norm, cfg.lr * scale, dt)
+            log_step(run, state, grad_norm, state.optimizer.param_groups[0]["lr"], dt)  # lowered by rollbacks
         if run.bar:
             run.bar.update(1)
 
@@ -356,36 +370,24 @@ def train(cfg: TrainConfig, on_record: Callable[[dict], None] | None = None) -> 
     return TrainResult(out_dir=run.out_dir, step=state.step, tokens=state.tokens_seen,
                        train_loss=run.train_loss, val_loss=run.last_val, best_val_loss=state.best_val_loss,
                        val_bpb=run.bpb(run.last_val) if run.last_val is not None else None,
-                       tokens_per_s=tokens_per_s, time_s=time.perf_counter() - t_start)
+                       tokens_per_s=tokens_per_s, time_s=time.perf_counter() - t_start,
+                       stopped_by=run.guard.signals.received if run.guard.stop_requested else None)
 
 
 # --- command line -------------------------------------------------------------------------------------------
 
-def parse_args(argv: list[str] | None = None) -> TrainConfig:
-    parser = argparse.ArgumentParser(prog="python -m tinylib.train", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", help="a JSON file of TrainConfig fields; flags given here override it")
-    for f in dataclasses.fields(TrainConfig):
-        flag = "--" + f.name.replace("_", "-")
-        if f.name == "model_overrides":
-            parser.add_argument(flag, type=json.loads, default=None, help='JSON, e.g. \'{"dropout": 0.1}\'')
-        elif f.name == "sample_prompts":
-            parser.add_argument(flag, nargs="*", default=None)
-        elif f.type in ("bool",):
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
-        else:
-            kind = {"int": int, "int | None": int, "float | None": float, "float": float}.get(f.type, str)
-            parser.add_argument(flag, type=kind, default=None)
-    args = vars(parser.parse_args(argv))
-    base = json.loads(Path(args.pop("config")).read_text()) if args.get("config") else {}
-    base.update({k: v for k, v in args.items() if v is not None})
-    return TrainConfig.from_dict(base)
-
-
 def main(argv: list[str] | None = None) -> None:
-    result = train(parse_args(argv))
+    try:
+        result = train(parse_args(argv, __doc__.split("\n\n")[0]))
+    except (RunLockedError, CheckpointError, DiskFullError, DivergenceError, LostRankError) as e:
+        sys.exit(f"error: {e}")  # a fault the user can act on: the message, no traceback, exit status 1
     if int(os.environ.get("RANK", "0")) == 0:
         figures = {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(result).items()}
         print(json.dumps(figures))
+        if result.stopped_by:
+            args = [a for a in (sys.argv[1:] if argv is None else argv) if a != "--resume"]
+            print(f"stopped by {result.stopped_by} at step {result.step}, saved in {result.out_dir}/latest; "
+                  f"resume with: python -m tinylib.train {shlex.join(args)} --resume", flush=True)
     if dist.is_initialized():
         dist.destroy_process_group()
 

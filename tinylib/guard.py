@@ -1,0 +1,175 @@
+"""Keeping a training run sound when things go wrong: divergence, stop signals, a lost DDP rank.
+
+- `DivergenceGuard` judges each optimizer step before it is applied: a non-finite loss or gradient norm, or a
+  loss above `guard_spike` x the median of the last 50 applied steps, is not applied. After `guard_bad_steps`
+  such steps in a row the run returns to its newest intact checkpoint with the learning rate lowered (each
+  time x `guard_lr_factor`, at most `guard_rollbacks` times), then stops with `DivergenceError`. Under DDP the
+  verdict comes from values all-reduced over ranks, so every rank decides the same; the same one collective
+  carries the stop request of `StopSignals`, so all ranks stop at the same step.
+- `StopSignals` turns SIGINT/SIGTERM (Ctrl-C, a preempted machine) into a request to save and stop at the next
+  step boundary; a second signal acts as it did before (stop at once).
+- `Watchdog` ends a DDP process that has finished no step for `dist_timeout_s` (a rank that died or hangs),
+  with a message, instead of leaving it waiting.
+
+What it leaves to others: the step itself and when to save (`tinylib.train`), checkpoint files
+(`tinylib.checkpoint`).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import statistics
+import sys
+import threading
+import time
+from collections import deque
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from tinylib.checkpoint import TrainState
+from tinylib.config import TrainConfig
+from tinylib.metrics import MetricsLog
+
+
+class DivergenceError(RuntimeError):
+    """Training diverged and rolling back did not help (or there was nothing to roll back to)."""
+
+
+class LostRankError(RuntimeError):
+    """Under DDP, a collective failed or timed out: another process died, was killed or hangs."""
+
+
+def lost_rank(e: BaseException, rank: int, step: int, run_dir: Path) -> LostRankError | None:
+    """A clear error for a collective that failed because a peer is gone (None for any other error)."""
+    text = str(e).strip()
+    first = text.splitlines()[0].split(". This is typically")[0][:240] if text else type(e).__name__
+    if not any(m in text for m in ("gloo", "NCCL", "onnection", "imed out", "Timeout")):
+        return None
+    return LostRankError(
+        f"rank {rank}: lost contact with another training process at step {step + 1} (it died, was killed or "
+        f"hangs): {first}. The checkpoints in {run_dir} are intact: once every process "
+        "has stopped, run the same command with --resume")
+
+
+class DivergenceGuard:
+    """Decides whether each step is applied, and when the run rolls back or stops (see the module doc)."""
+
+    def __init__(self, cfg: TrainConfig, world: int = 1, signals: StopSignals | None = None):
+        self.cfg, self.world, self.signals = cfg, world, signals or StopSignals()
+        self.recent: deque[float] = deque(maxlen=50)  # losses of the last applied steps
+        self.nan_at = set(cfg.nan_at_steps)  # fault injection: these steps' loss is NaN until a rollback
+        self.bad_in_row = 0
+        self.rollbacks = 0
+        self.reason = ""
+        self.loss = math.nan  # the last step's loss, averaged over ranks
+        self.stop_requested = False
+
+    def accept(self, step: int, loss: torch.Tensor, grad_norm: torch.Tensor | None) -> bool:
+        """Whether step `step` (loss and clipped gradient norm, on the device) is applied. Syncs once."""
+        if step in self.nan_at:
+            loss = loss * math.nan
+        gn = grad_norm if grad_norm is not None else torch.zeros_like(loss)
+        stop = torch.tensor(float(self.signals.received is not None), device=loss.device)
+        vals = torch.stack([loss.float(), gn.float(), stop])
+        if self.world > 1:
+            dist.all_reduce(vals)  # a sum: NaN anywhere is NaN everywhere, and any rank's stop stops all
+        loss_v, gn_v, stop_v = vals.tolist()
+        self.loss, self.stop_requested = loss_v / self.world, self.stop_requested or stop_v > 0
+        median = statistics.median(self.recent) if self.recent else math.inf
+        if not (math.isfinite(self.loss) and math.isfinite(gn_v)):
+            self.reason = f"loss {self.loss}, gradient norm {gn_v / self.world:.4g}"
+        elif self.cfg.guard_spike and self.loss > self.cfg.guard_spike * median:
+            self.reason = (f"loss {self.loss:.4g} > {self.cfg.guard_spike:g} x {median:.4g}, the median of "
+                           f"the last {len(self.recent)} steps")
+        else:
+            self.recent.append(self.loss)
+            self.bad_in_row = 0
+            return True
+        self.bad_in_row += 1
+        return False
+
+    def must_roll_back(self) -> bool:
+        return self.bad_in_row >= max(1, self.cfg.guard_bad_steps)
+
+    def roll_back(self, state: TrainState, run_dir: Path, tokenizer: str, log: MetricsLog | None) -> str:
+        """Go back to the newest intact checkpoint at a lower learning rate (DivergenceError if it can't)."""
+        what = (f"training diverged at step {state.step + 1}: {self.bad_in_row} steps in a row were not "
+                f"applied (last: {self.reason})")
+        lrs = ", ".join(f"{g.get('base_lr', g['lr']):.3g}" for g in state.optimizer.param_groups)
+        advice = f"Lower the learning rate (peak lr now {lrs}) or lengthen the warmup, then start again"
+        if self.rollbacks >= self.cfg.guard_rollbacks:
+            raise DivergenceError(f"{what}, after {self.rollbacks} rollback(s) with lower learning rates. "
+                                  f"{advice}; {run_dir / 'latest'} holds the last good weights.")
+        folder, _ = state.resume(run_dir, tokenizer)
+        if folder is None:
+            raise DivergenceError(f"{what}; there is no checkpoint to roll back to yet. {advice}.")
+        for group in state.optimizer.param_groups:
+            group["base_lr"] = group.get("base_lr", group["lr"]) * self.cfg.guard_lr_factor
+        self.rollbacks += 1
+        self.nan_at.clear()  # an injected fault is transient: the run after the rollback is clean
+        if log:  # the steps after the checkpoint are taken again
+            log.truncate_after(state.step)
+        self.bad_in_row = 0
+        self.recent.clear()
+        return (f"{what}; rolled back to {folder} (step {state.step}) with the learning rate x "
+                f"{self.cfg.guard_lr_factor:g} (rollback {self.rollbacks} of {self.cfg.guard_rollbacks})")
+
+
+class StopSignals:
+    """While active (main thread only), SIGINT and SIGTERM set `received` instead of stopping the process."""
+
+    def __init__(self) -> None:
+        self.received: str | None = None
+        self._old: dict = {}
+
+    def __enter__(self) -> StopSignals:
+        if threading.current_thread() is threading.main_thread():  # a signal ignored by the parent stays so
+            self._old = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)
+                         if signal.getsignal(s) is not signal.SIG_IGN}
+        return self
+
+    def _handle(self, signum: int, frame) -> None:
+        self.received = signal.Signals(signum).name
+        self.__exit__()  # a second signal acts as before
+        print(f"\n{self.received} received: saving a checkpoint at the end of this step (send it again to "
+              "stop at once, without saving)", file=sys.stderr, flush=True)
+
+    def __exit__(self, *exc) -> None:
+        for s, handler in self._old.items():
+            signal.signal(s, handler)
+        self._old = {}
+
+
+class Watchdog:
+    """A daemon thread that ends the process with a message when `beat()` is not called for timeout_s."""
+
+    def __init__(self, timeout_s: float, what: str):
+        self.timeout_s, self.what = timeout_s, what
+        self.last = time.monotonic()
+        self._done = threading.Event()
+        threading.Thread(target=self._watch, daemon=True, name="tinylib-watchdog").start()
+
+    def __enter__(self) -> Watchdog:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def beat(self) -> None:
+        self.last = time.monotonic()
+
+    def close(self) -> None:
+        self._done.set()
+
+    def _watch(self) -> None:
+        while not self._done.wait(min(5.0, self.timeout_s / 4)):
+            idle = time.monotonic() - self.last
+            if idle > self.timeout_s:
+                print(f"{self.what}: no training step finished for {idle:.0f} s (dist_timeout_s="
+                      f"{self.timeout_s:g}): another process died or hangs; ending this one.",
+                      file=sys.stderr, flush=True)
+                os._exit(3)
