@@ -7,7 +7,12 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lab lint venv clean-venv tokenizers
+.PHONY: demo test lab lint venv clean-venv tokenizers list run-next run-specific run-all results
+
+# Experiments (tinylib.experiments): EXPERIMENTS picks the list, LOG_TO a tracker (tensorboard, trackio, wandb)
+EXPERIMENTS ?= experiments/cpu_study.yaml
+LOG_TO ?=
+RUN_FLAGS = $(if $(LOG_TO),--log-to $(LOG_TO))
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -32,6 +37,22 @@ lint: $(STAMP)
 
 tokenizers: $(STAMP)
 	$(BIN)/python scripts/train_tokenizers.py
+
+list: $(STAMP)
+	$(BIN)/python -m tinylib.experiments list $(EXPERIMENTS)
+
+run-next: $(STAMP)
+	$(BIN)/python -m tinylib.experiments run-next $(EXPERIMENTS) $(RUN_FLAGS)
+
+run-specific: $(STAMP)
+	@test -n "$(NAME)" || { echo "usage: make run-specific NAME=<experiment> (make list shows the names)"; exit 2; }
+	$(BIN)/python -m tinylib.experiments run $(EXPERIMENTS) $(NAME) $(RUN_FLAGS)
+
+run-all: $(STAMP)
+	$(BIN)/python -m tinylib.experiments run-all $(EXPERIMENTS) $(RUN_FLAGS)
+
+results: $(STAMP)
+	$(BIN)/python -m tinylib.experiments results $(EXPERIMENTS)
 
 clean-venv:
 	rm -rf $(VENV)

@@ -1,0 +1,208 @@
+"""Experiments: the YAML list is checked before anything trains; run-all, SIGKILL and run-next resume to the
+same weights as an uninterrupted run, with the right status at each point; TensorBoard logs read back."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from tinylib.config import TrainConfig, get_config
+from tinylib.data import prepare_dataset
+from tinylib.experiments import (
+    check_runnable,
+    load_experiments,
+    run_experiment,
+    run_next,
+    status,
+    train_config,
+)
+from tinylib.flops import flops_per_token
+from tinylib.metrics import read_metrics
+from tinylib.results import read_results, value_at, write_results
+from tinylib.runlock import RunLockedError
+from tinylib.train import train
+
+# one torch thread here and OMP_NUM_THREADS=1 in the subprocesses: tiny models run fastest so, even on a busy
+# CPU, and every process then runs the same kernels (the weights are compared bit for bit)
+pytestmark = pytest.mark.usefixtures("one_thread")
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = {"n_layer": 2, "d_model": 64, "n_head": 4, "d_mlp": 128, "max_seq_len": 64}
+TRAIN = {"batch_size": 4, "seq_len": 32, "warmup_steps": 2, "eval_every": 4, "eval_batches": 2,
+         "eval_batch_size": 4, "sample_prompts": [], "log_every": 1, "dtype": "fp32",
+         "compile": "off"}  # resume under compile is not bitwise on CPUs
+
+
+@pytest.fixture(scope="module")
+def data_dir(tinystories_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("data") / "ts512"
+    prepare_dataset(tinystories_dir, "tinystories-512", out, max_stories=200, num_proc=1, progress=False)
+    return out
+
+
+def write_list(path: Path, data_dir: Path, experiments: list[dict], **top) -> Path:
+    defaults = {"data": str(data_dir), "overrides": SMALL, "train": TRAIN}
+    doc = {"out_dir": str(path.parent / "runs"), "sample_prompt": "Once upon a time", "defaults": defaults,
+           "experiments": experiments, **top}
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+def cli(*args: str, wait: bool = True):
+    cmd = [sys.executable, "-m", "tinylib.experiments", *args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    if not wait:
+        return subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True)
+    return subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+
+def states(exps) -> dict[str, str]:
+    return {e.name: str(status(e)) for e in exps.experiments}
+
+
+def saved_step(run_dir: Path) -> int:
+    try:
+        return json.loads((run_dir / "latest" / "config.json").read_text())["step"]
+    except (FileNotFoundError, json.JSONDecodeError, KeyError):
+        return -1
+
+
+def test_run_all_killed_then_run_next_resumes_to_the_uninterrupted_weights(data_dir, tmp_path):
+    twin = {"preset": "llama_tiny", "optimizer": "muon", "budget": {"steps": 30},
+            "train": {"save_every": 2, "muon_lr": 0.02}}
+    path = write_list(tmp_path / "study.yaml", data_dir, [
+        {"name": "gpt", "preset": "gpt_tiny", "budget": {"steps": 6}},
+        {"name": "llama", **twin},
+        {"name": "llama_again", **twin},  # the same run, never interrupted
+    ])
+    exps = load_experiments(path)
+    assert set(states(exps).values()) == {"not started"}
+
+    proc = cli("run-all", str(path), "--no-progress", wait=False)
+    llama = exps["llama"]
+    deadline = time.monotonic() + 120
+    while saved_step(llama.run_dir) < 4 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    try:
+        seen = states(exps)
+        # the lock keeps a second process (here: this one) from running the same experiment
+        with pytest.raises(RunLockedError, match=f"pid {proc.pid}"):
+            run_experiment(llama)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        out = proc.communicate()[0]
+    assert seen["gpt"] == "done (6 steps)" and seen["llama"].startswith("running"), (seen, out)
+    assert seen["llama_again"] == "not started"
+    killed_at = saved_step(llama.run_dir)
+    assert 4 <= killed_at < 30, out
+    after_kill = states(exps)
+    assert after_kill == {"gpt": "done (6 steps)", "llama": f"interrupted at step {killed_at} of 30",
+                          "llama_again": "not started"}
+
+    first = cli("run-next", str(path), "--no-progress")  # the OS dropped the dead process's lock
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert f"experiment llama: interrupted at step {killed_at} of 30" in first.stdout
+    assert f"resumed from {llama.run_dir / 'latest'} at step {killed_at}" in first.stdout
+    assert states(exps) == {"gpt": "done (6 steps)", "llama": "done (30 steps)", "llama_again": "not started"}
+    second = cli("run-next", str(path), "--no-progress")
+    assert second.returncode == 0 and "resumed" not in second.stdout, second.stdout + second.stderr
+    assert set(states(exps).values()) == {"done (6 steps)", "done (30 steps)"}
+    assert run_next(exps) is None  # nothing left to run
+    changed = load_experiments(write_list(path, data_dir, [{"name": "llama", **twin, "seed": 7}]))
+    with pytest.raises(ValueError, match=r"'llama' changed since its run started \(\['seed'\]\)"):
+        run_experiment(changed["llama"])
+
+    resumed = load_file(str(llama.run_dir / "latest" / "model.safetensors"))
+    straight = load_file(str(exps["llama_again"].run_dir / "latest" / "model.safetensors"))
+    assert resumed.keys() == straight.keys()
+    for k in resumed:
+        assert torch.equal(resumed[k], straight[k]), k
+    # the resumed run's logs read like one run: every step once, one clock line per metrics record
+    steps = [r["step"] for r in read_metrics(llama.run_dir) if "train_loss" in r]
+    assert steps == list(range(1, 31))
+    assert len(read_metrics(llama.run_dir / "clock.jsonl")) == len(read_metrics(llama.run_dir))
+
+    # the results: a table row per run, FLOPs = tokens x FLOPs per token, read back from the written folder
+    write_results({e.name: e.run_dir for e in exps.experiments}, tmp_path / "results", prompt="Once upon")
+    rows, curves = read_results(tmp_path / "results")
+    by_name = {r["name"]: r for r in rows}
+    model = get_config("llama_tiny", vocab_size=512, **SMALL)
+    assert by_name["llama"]["tokens"] == 30 * 4 * 32
+    assert by_name["llama"]["flops"] == pytest.approx(30 * 4 * 32 * flops_per_token(model, 32))
+    assert by_name["llama"]["val_loss"] == by_name["llama_again"]["val_loss"]
+    assert by_name["gpt"]["style"] == "gpt" and all(r["done"] and r["sample"] for r in rows)
+    final = curves["llama"][-1]
+    assert value_at(curves["llama"], final["flops"]) == final["val_loss"]
+    assert math.isnan(value_at(curves["llama"], 2 * final["flops"]))
+    assert {"loss_vs_tokens.png", "loss_vs_flops.png", "loss_vs_wall_s.png"} <= {
+        p.name for p in (tmp_path / "results").iterdir()}
+
+
+def test_bad_lists_are_refused_before_anything_trains(data_dir, tmp_path):
+    def refused(experiments, match, **top):
+        with pytest.raises(ValueError, match=match):
+            load_experiments(write_list(tmp_path / "bad.yaml", data_dir, experiments, **top))
+
+    ok = {"name": "a", "budget": {"steps": 2}}
+    refused([{**ok, "optimiser": "muon"}], r"experiment 'a': unknown field\(s\) \['optimiser'\]")
+    refused([{**ok, "train": {"lr_max": 1}}], r"experiment 'a': unknown train field\(s\) \['lr_max'\]")
+    refused([{**ok, "train": {"max_steps": 9}}], r"experiment 'a': unknown train field\(s\) \['max_steps'\]")
+    refused([{**ok, "overrides": {"n_layers": 2}}], r"experiment 'a': unknown ModelConfig override")
+    refused([ok, {**ok, "preset": "gpt_tiny"}], r"duplicate experiment names \['a'\]")
+    refused([{**ok, "preset": "llama_7B"}], r"experiment 'a': unknown preset 'llama_7B'")
+    refused([{**ok, "budget": {"steps": 2, "tokens": 5}}], r"experiment 'a': budget .* must name one of")
+    refused([{"name": "a"}], r"experiment 'a': budget \{\} must name one of")
+    refused([{**ok, "train": {"log_to": "mlflow"}}], r"experiment 'a': log_to='mlflow'")
+    refused([ok], r"unknown top-level field\(s\) \['outdir'\]", outdir="x")
+
+    # YAML 1.1 reads 2e-3 as a string; the list reads it as the number meant
+    (tmp_path / "num.yaml").write_text(f"defaults: {{data: {data_dir}, budget: {{flops: 2.0e9}}}}\n"
+                                       "experiments:\n  - {name: a, train: {lr: 2e-3, seq_len: 32}}\n")
+    cfg = train_config(load_experiments(tmp_path / "num.yaml")["a"])
+    assert cfg.lr == 0.002 and cfg.max_tokens == int(2.0e9 // flops_per_token(get_config("tiny", 512), 32))
+
+    # a missing data folder is reported for every experiment that needs it, and nothing is created
+    path = write_list(tmp_path / "nodata.yaml", data_dir, [ok, {**ok, "name": "b", "data": "data/nowhere"}])
+    with pytest.raises(ValueError, match=r"experiment 'b': .*data/nowhere"):
+        check_runnable(load_experiments(path).experiments)
+    proc = cli("run-all", str(path))
+    assert proc.returncode == 2 and "experiment 'b'" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def test_tensorboard_logs_the_metrics_and_a_resumed_run_continues_them(data_dir, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # dev extra
+
+    out = tmp_path / "tb_run"
+    cfg = TrainConfig(data=str(data_dir), preset="llama_tiny", model_overrides=dict(SMALL), out_dir=str(out),
+                      max_steps=6, lr=3e-3, log_to="tensorboard", resume=True, **{**TRAIN, "eval_every": 3})
+
+    def crash_at_5(record):  # an exception after step 5 was logged: the last checkpoint is step 3's
+        if record["step"] == 5 and "train_loss" in record:
+            raise RuntimeError("crash")
+
+    with pytest.raises(RuntimeError, match="crash"):
+        train(cfg, on_record=crash_at_5)
+    tracker = json.loads((out / "tracker.json").read_text())
+    assert tracker == {"kind": "tensorboard", "run_id": str(out / "tensorboard")}
+    train(cfg)  # resumes at step 3, into the same TensorBoard run
+    assert json.loads((out / "tracker.json").read_text()) == tracker
+
+    events = EventAccumulator(str(out / "tensorboard"))
+    events.Reload()
+    logged = [(e.step, e.value) for e in events.Scalars("train_loss")]
+    expected = {r["step"]: r["train_loss"] for r in read_metrics(out) if "train_loss" in r}
+    assert [s for s, _ in logged] == [1, 2, 3, 4, 5, 6]  # steps 4 and 5 once: the crashed run's copies purged
+    assert dict(logged) == pytest.approx(expected, rel=1e-6)  # TensorBoard stores float32
+    assert [e.step for e in events.Scalars("val_loss")][-1] == 6

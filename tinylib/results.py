@@ -1,0 +1,211 @@
+"""Results of a set of runs: one row per run (the table, in Markdown and CSV) and loss curves against tokens,
+FLOPs or wall time (the plots), for any run folders written by `tinylib.train`.
+
+A row: parameters, tokens, FLOPs (tokens x training FLOPs per token, `tinylib.flops`), wall time, tokens/s and
+MFU (medians of the logged steps after the first), final validation loss and bits per byte, a sample story.
+A curve: the run's metrics records, each with `flops` and (when `tinylib.experiments` ran it) `wall_s` added.
+`write_results` saves the table, the plots and the curves into a folder that `read_results` reads back
+without the run folders (how notebook 10 shows the shipped CPU study). What it leaves to others: running
+(`tinylib.experiments`), the metrics log (`tinylib.metrics`).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import statistics
+import time
+from pathlib import Path
+
+from tinylib.checkpoint import load_meta
+from tinylib.config import ModelConfig, param_counts
+from tinylib.flops import flops_per_token
+from tinylib.metrics import MetricsLog, read_metrics
+from tinylib.paths import write_atomic
+
+COLUMNS = ("name", "preset", "style", "optimizer", "params", "steps", "tokens", "flops", "wall_s",
+           "tokens_per_s", "mfu", "val_loss", "val_bpb", "done", "sample")
+X_LABELS = {"tokens": "tokens", "flops": "training FLOPs", "wall_s": "wall time (s)"}
+
+
+def _run_meta(run_dir: Path) -> dict:
+    for sub in ("latest", "best"):
+        if (run_dir / sub / "config.json").is_file():
+            return load_meta(run_dir / sub)
+    raise FileNotFoundError(f"{run_dir} has no checkpoint yet (latest/ or best/): nothing to report")
+
+
+class Clock:
+    """Wall time of a run as if it had never stopped: a resumed run continues from the time at its save.
+
+    One line `{"step", "wall_s"}` per metrics record in `<run>/clock.jsonl`, truncated like metrics.jsonl."""
+
+    def __init__(self, run_dir: Path, start_step: int):
+        self.log = MetricsLog(run_dir / "clock.jsonl")
+        past = read_metrics(self.log.path) if self.log.path.is_file() and start_step else []
+        self.offset = max((r["wall_s"] for r in past if r["step"] <= start_step), default=0.0)
+        self.log.truncate_after(start_step if start_step else -1)
+        self.t0 = time.perf_counter()
+
+    def __call__(self, record: dict) -> None:
+        self.log.write({"step": record["step"], "wall_s": self.offset + time.perf_counter() - self.t0})
+
+
+def last_values(run_dir: str | os.PathLike) -> dict:
+    """The last logged validation loss and bits per byte, and tokens seen, of a started run ({} if none)."""
+    try:
+        records = read_metrics(run_dir)
+    except FileNotFoundError:
+        return {}
+    val = [r for r in records if r.get("val_loss") is not None]
+    out = {"tokens": max((r.get("tokens", 0) for r in records), default=0)}
+    if val:
+        out.update(val_loss=val[-1]["val_loss"], val_bpb=val[-1]["val_bpb"])
+    return out
+
+
+def run_curve(run_dir: str | os.PathLike) -> list[dict]:
+    """The run's metrics records with `flops` (tokens x FLOPs per token) and, if recorded, `wall_s`."""
+    run_dir = Path(run_dir)
+    meta = _run_meta(run_dir)
+    fpt = flops_per_token(ModelConfig.from_dict(meta["model"]), meta["train"]["seq_len"])
+    clock = run_dir / "clock.jsonl"
+    walls = [r["wall_s"] for r in read_metrics(clock)] if clock.is_file() else []
+    records = read_metrics(run_dir)
+    out = []
+    for i, r in enumerate(records):
+        r = {**r, "flops": r.get("tokens", 0) * fpt}
+        if len(walls) == len(records):  # one clock line per record, else the wall times are not this run's
+            r["wall_s"] = walls[i]
+        out.append(r)
+    return out
+
+
+def summarize(name: str, run_dir: str | os.PathLike) -> dict:
+    """One row of the table for a run folder (finished or not: `done` says which)."""
+    run_dir = Path(run_dir)
+    meta = _run_meta(run_dir)
+    model = ModelConfig.from_dict(meta["model"])
+    curve = run_curve(run_dir)
+    timed = [r for r in curve if r.get("tokens_per_s") and r["step"] > 1] or \
+        [r for r in curve if r.get("tokens_per_s")]
+    val = [r for r in curve if r.get("val_loss") is not None]
+    result = json.loads((run_dir / "result.json").read_text()) if (run_dir / "result.json").is_file() else {}
+    tokens = meta["tokens_seen"]
+
+    def median(key: str) -> float:
+        values = [r[key] for r in timed if r.get(key) is not None]
+        return statistics.median(values) if values else math.nan
+
+    last = val[-1] if val else {"val_loss": math.nan, "val_bpb": math.nan}
+    wall = result.get("wall_s", max((r.get("wall_s", math.nan) for r in curve), default=math.nan))
+    return {"name": name, "preset": meta["train"]["preset"], "style": model.style,
+            "optimizer": meta["train"]["optimizer"], "params": param_counts(model).total,
+            "steps": meta["step"], "tokens": tokens,
+            "flops": tokens * flops_per_token(model, meta["train"]["seq_len"]), "wall_s": wall,
+            "tokens_per_s": median("tokens_per_s"), "mfu": median("mfu"), "val_loss": last["val_loss"],
+            "val_bpb": last["val_bpb"], "done": bool(result), "sample": result.get("sample", "")}
+
+
+def collect(runs: dict[str, str | os.PathLike]) -> tuple[list[dict], dict[str, list[dict]]]:
+    """(rows, curves) of the runs {name: run folder} that have a checkpoint; the others are left out."""
+    present = {name: Path(d) for name, d in runs.items() if any((Path(d) / s / "config.json").is_file()
+                                                                 for s in ("latest", "best"))}
+    return [summarize(n, d) for n, d in present.items()], {n: run_curve(d) for n, d in present.items()}
+
+
+def results_markdown(rows: list[dict], prompt: str = "") -> str:
+    """The table (Markdown), then each run's sample story."""
+    head = ("| run | preset | style | optimizer | params | tokens | FLOPs | wall time | tokens/s | MFU "
+            "| val loss | val bpb |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in rows:
+        mark = "" if r["done"] else " (unfinished)"
+        lines.append(f"| {r['name']}{mark} | {r['preset']} | {r['style']} | {r['optimizer']} | "
+                     f"{r['params'] / 1e6:.2f}M | {r['tokens'] / 1e6:.2f}M | {r['flops']:.3g} | "
+                     f"{r['wall_s']:.0f} s | {r['tokens_per_s']:,.0f} | {r['mfu']:.1%} | "
+                     f"{r['val_loss']:.3f} | {r['val_bpb']:.3f} |")
+    samples = [f"- **{r['name']}**: {r['sample']!r}" for r in rows if r["sample"]]
+    if samples:
+        lines += ["", f"Samples (prompt {prompt!r}, temperature 0.8, top-k 50, seed 0):" if prompt else
+                  "Samples:", ""] + samples
+    return "\n".join(lines)
+
+
+def results_csv(rows: list[dict]) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+def value_at(curve: list[dict], x: float, *, key: str = "flops", metric: str = "val_loss") -> float:
+    """`metric` at `x` (tokens, FLOPs or wall_s), linearly interpolated between the two records around it;
+    NaN outside the curve."""
+    pts = sorted((r[key], r[metric]) for r in curve if r.get(metric) is not None and key in r)
+    for (x0, y0), (x1, y1) in zip(pts, pts[1:]):
+        if x0 <= x <= x1:
+            return y0 if x1 == x0 else y0 + (y1 - y0) * (x - x0) / (x1 - x0)
+    return pts[-1][1] if pts and pts[-1][0] == x else math.nan
+
+
+def plot_curves(curves: dict[str, list[dict]], x: str = "flops", metric: str = "val_loss", ax=None,
+                names: list[str] | None = None):
+    """`metric` against x = "tokens", "flops" or "wall_s" for each run (or `names` only), on one Axes."""
+    import matplotlib.pyplot as plt  # only when plotting: tables and tests run without matplotlib
+
+    if x not in X_LABELS:
+        raise ValueError(f"x={x!r}; expected one of {list(X_LABELS)}")
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6.5, 4))
+    for name in names or list(curves):
+        pts = [(r[x], r[metric]) for r in curves[name]
+               if r.get(metric) is not None and x in r and r["step"] > 0]
+        if pts:
+            xs, ys = zip(*pts)
+            ax.plot(xs, ys, marker="o" if metric.startswith("val") else None, ms=3, label=name)
+    ax.set_xlabel(X_LABELS[x])
+    ax.set_ylabel(metric.replace("_", " ") + (" (nats/token)" if metric.endswith("loss") else ""))
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return ax
+
+
+def write_results(runs: dict[str, str | os.PathLike], out: str | os.PathLike, *, prompt: str = "") -> str:
+    """Write results.md, results.csv, curves/<name>.jsonl and loss_vs_{tokens,flops,wall_s}.png into `out`;
+    returns the Markdown."""
+    from matplotlib.figure import Figure  # only when plotting; a bare Figure needs no GUI backend
+
+    out = Path(out)
+    rows, curves = collect(runs)
+    if not rows:
+        raise FileNotFoundError(f"none of {sorted(runs)} has a checkpoint yet: run them first")
+    markdown = results_markdown(rows, prompt)
+    write_atomic(out / "results.md", (markdown + "\n").encode())
+    write_atomic(out / "results.csv", results_csv(rows).encode())
+    for name, curve in curves.items():
+        write_atomic(out / "curves" / f"{name}.jsonl", "".join(json.dumps(r) + "\n" for r in curve).encode())
+    for x in X_LABELS:
+        fig = Figure(figsize=(6.5, 4), layout="tight")
+        plot_curves(curves, x=x, ax=fig.subplots()).set_title(f"validation loss vs {X_LABELS[x]}")
+        fig.savefig(out / f"loss_vs_{x}.png", dpi=110)
+    return markdown
+
+
+def read_results(folder: str | os.PathLike) -> tuple[list[dict], dict[str, list[dict]]]:
+    """(rows, curves) from a folder `write_results` wrote: the table and curves without the run folders."""
+    folder = Path(folder)
+    if not (folder / "results.csv").is_file():
+        raise FileNotFoundError(f"no results.csv in {folder}: write it with "
+                                "`python -m tinylib.experiments results <experiments file>`")
+    numeric = {"params", "steps", "tokens", "flops", "wall_s", "tokens_per_s", "mfu", "val_loss", "val_bpb"}
+    rows = []
+    for r in csv.DictReader(io.StringIO((folder / "results.csv").read_text())):
+        rows.append({k: float(v) if k in numeric else v == "True" if k == "done" else v
+                     for k, v in r.items()})
+    curves = {r["name"]: read_metrics(folder / "curves" / f"{r['name']}.jsonl") for r in rows}
+    return rows, curves

@@ -1,0 +1,67 @@
+"""What state a run folder is in: not started, running, interrupted at step N, or done.
+
+Read from the folder alone, so any process can ask (`make list` while another process trains): running means
+another process holds one of the folder's locks (`tinylib.runlock`: the trainer's `.lock`, the experiment
+runner's `experiment.lock`; the OS drops them when their process dies, even on SIGKILL); otherwise the
+`latest/` checkpoint's step against its schedule's length says interrupted or done. The probe only reads: it
+never creates the folder or rewrites a lock file. What it leaves to others: taking the locks (`runlock`),
+running (`tinylib.experiments`).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from tinylib.checkpoint import load_meta
+
+LOCKS = (".lock", "experiment.lock")  # the trainer's and the experiment runner's
+
+
+@dataclass
+class Status:
+    state: str  # "not started", "running", "interrupted" or "done"
+    step: int | None = None  # of the latest checkpoint
+    total_steps: int | None = None
+
+    def __str__(self) -> str:
+        of = f" of {self.total_steps}" if self.total_steps else ""
+        if self.state == "interrupted":
+            return f"interrupted at step {self.step or 0}{of}"
+        if self.state == "running":
+            return f"running (saved step {self.step}{of})" if self.step else "running"
+        return f"done ({self.step} steps)" if self.state == "done" else self.state
+
+
+def is_locked(path: str | os.PathLike) -> bool:
+    """Whether another open of `path` holds its flock (probed with a shared lock; nothing is written)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+
+
+def run_status(run_dir: str | os.PathLike, *, holding: bool = False) -> Status:
+    """The state of the run in `run_dir`. `holding`: the caller holds the folder's lock, so no other process
+    runs it and only the checkpoint decides."""
+    run_dir = Path(run_dir)
+    latest = run_dir / "latest"
+    meta = load_meta(latest) if (latest / "config.json").is_file() else {}
+    step, total = meta.get("step"), meta.get("total_steps")
+    if not holding and any(is_locked(run_dir / name) for name in LOCKS):
+        return Status("running", step, total)
+    if meta and total is not None and step >= total:
+        return Status("done", step, total)
+    if meta or (run_dir / "metrics.jsonl").is_file():
+        return Status("interrupted", step or 0, total)
+    return Status("not started")
