@@ -1,5 +1,7 @@
 """The notebooks in a real browser: JupyterLab on 127.0.0.1 with a token, headless Debian chromium through
-Playwright. notebooks/04_generation.ipynb: Run All Cells, Generate, and story text must appear.
+Playwright. notebooks/04_generation.ipynb: Run All Cells, Generate, and story text must appear; then turn
+steering on (a steered story appears beside it, same seed) and drag the strength slider: the steered text
+must change while the unsteered one stays.
 notebooks/00_start_here.ipynb: Run All Cells, and its environment check must pass on the page.
 
 Needs the `chromium` Debian package (/usr/bin/chromium) and the `playwright` Python package (no browser
@@ -155,6 +157,33 @@ def _page(playwright, tmp_path: Path, log: Path):
         browser.close()
 
 
+def _wait_for_new_text(page, selector: str, old: str, timeout: float = 30) -> str:
+    """The text of the last output under `selector` once it is a finished story different from `old`."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        status = page.locator(f"{selector} .widget-html").last.inner_text()
+        text = page.locator(f"{selector} .jp-OutputArea-output").last.inner_text() \
+            if page.locator(f"{selector} .jp-OutputArea-output").count() else ""
+        if "tokens/s" in status and text and text != old:
+            return text
+        time.sleep(0.2)
+    raise TimeoutError(f"no new story under {selector} within {timeout} s (still {old[:80]!r})")
+
+
+def _drag_slider(page, description: str, dx: float) -> str:
+    """Drag the handle of the slider labelled `description` by dx pixels, as a user does; its new readout."""
+    slider = page.locator(".widget-slider", has_text=description)
+    handle = slider.locator(".noUi-handle")
+    handle.scroll_into_view_if_needed()
+    box = handle.bounding_box()
+    x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    page.mouse.move(x, y)
+    page.mouse.down()
+    page.mouse.move(x + dx, y, steps=8)
+    page.mouse.up()
+    return slider.locator(".widget-readout").inner_text().replace("\u2212", "-")  # the readout's minus sign
+
+
 def test_story_generator_in_jupyterlab(lab, tmp_path):
     sync_playwright = _requirements()
     base, token, log = lab
@@ -167,17 +196,29 @@ def test_story_generator_in_jupyterlab(lab, tmp_path):
         generate.click()
         status = page.locator(".widget-html", has_text="tokens/s")
         status.wait_for(state="visible", timeout=30_000)
-        story = page.locator(".widget-output .jp-OutputArea-output").last.inner_text()
-        status.scroll_into_view_if_needed()
+        story = page.locator(".tinylib-story .jp-OutputArea-output").last.inner_text()
         no_news = page.locator(".jp-toast-button", has_text="No")  # JupyterLab's "news?" toast
         if no_news.count():
             no_news.first.click()
+        # Steering on: the steered story of the same prompt and seed appears beside the plain one.
+        page.locator(".widget-dropdown", has_text="steering").locator("select").select_option(
+            label="happy - sad (built-in)")
+        steered = _wait_for_new_text(page, ".tinylib-steered-story", "")
+        before = page.locator(".tinylib-steered-story .widget-html").first.inner_text()
+        readout = _drag_slider(page, "strength", -25)  # towards sad
+        moved = _wait_for_new_text(page, ".tinylib-steered-story", steered)
+        after = page.locator(".tinylib-steered-story .widget-html").first.inner_text()
+        unsteered = page.locator(".tinylib-story .jp-OutputArea-output").last.inner_text()
+        page.locator(".tinylib-steered-story").scroll_into_view_if_needed()
         page.screenshot(path=str(shot))
     assert story.startswith("Once upon a time"), story
     assert len(story.split()) > len("Once upon a time".split()) + 3, f"no story text appeared: {story!r}"
+    assert "steered: happy - sad x +2 after block" in before, before
+    assert readout != "+2.0" and f"x {float(readout):+g} after block" in after, (readout, after)
+    assert steered.startswith("Once upon a time") and moved != steered and unsteered == story
     ARTIFACT.parent.mkdir(parents=True, exist_ok=True)
     shutil.copy(shot, ARTIFACT)
-    print(f"screenshot: {ARTIFACT} (also {shot})")
+    print(f"screenshot: {ARTIFACT} (also {shot}); strength +2.0 -> {readout}:\n{steered}\n---\n{moved}")
 
 
 def test_start_here_in_jupyterlab(lab, tmp_path):

@@ -10,6 +10,8 @@ from tinylib.checkpoint import find_reference_checkpoint, save_checkpoint
 from tinylib.config import get_config
 from tinylib.engine import SamplingConfig
 from tinylib.generate import generate
+from tinylib.instruct import request_prompt
+from tinylib.interp.steering import happy_sad_vector, steer
 from tinylib.model import Transformer
 from tinylib.notebook.models import open_model
 from tinylib.notebook.widgets import SamplingControls, StoryGenerator, story_generator
@@ -161,3 +163,76 @@ def test_open_model_stories260k(llama2c_dir, monkeypatch):
     assert "stories260K" in found.source and found.name == "stories260K"
     r = generate(found.model, found.tokenizer, "Once upon a time", max_new_tokens=30, temperature=0)
     assert r.text.count(" ") >= 4  # real words
+
+
+def steered_reference(model, tok, prompt, strength, layer, **kw):
+    with steer(model, happy_sad_vector(model, tok, layer), strength):
+        return generate(model, tok, prompt, **kw)
+
+
+def test_steering_shows_both_stories_with_one_seed(tok, tmp_path):
+    model = small_model()
+    w = StoryGenerator(model, tok, tmp_path)
+    assert w.steered_view.box.layout.display == "none" and w.layer.max == 1  # off; fitted to 2 blocks
+    w.direction.value, w.layer.value, w.strength.value = "happy - sad", 1, 0.0
+    assert w.steered_view.box.layout.display == "" and "without steering" in w.view.title.value
+    w.temperature.value, w.max_new_tokens.value, w.seed.value = 0.8, 20, "5"
+    run(w)
+    plain = generate(model, tok, w.prompt.value, max_new_tokens=20, temperature=0.8, top_p=0.9, seed=5)
+    assert w.result.tokens == plain.tokens and w.steered_result.tokens == plain.tokens  # strength 0
+    assert w.steered_text == w.text and "x +0 after block 1" in w.steered_view.title.value
+    w.strength.value = 6.0  # moving the slider rewrites the steered story, same prompt and seed
+    assert w.wait(30)
+    want = steered_reference(model, tok, w.prompt.value, 6.0, 1, max_new_tokens=20, temperature=0.8,
+                             top_p=0.9, seed=5)
+    assert w.steered_result.tokens == want.tokens != plain.tokens and w.result.tokens == plain.tokens
+    assert w.steered_result.seed == w.result.seed == 5 and "x +6 after block 1" in w.steered_view.title.value
+    w.direction.value = ""
+    assert w.steered_view.box.layout.display == "none" and w.view.title.value == ""
+
+
+def test_quick_slider_moves_end_on_the_last_value(tok, tmp_path):
+    model = small_model()
+    w = StoryGenerator(model, tok, tmp_path)
+    w.direction.value, w.layer.value, w.temperature.value, w.max_new_tokens.value = "happy - sad", 0, 0.0, 60
+    run(w)  # seed drawn at random: the steered story must reuse it
+    for strength in (1.0, -3.0, 5.0):  # the first starts a run, the next two queue behind it; the last wins
+        w.strength.value = strength
+    assert w.wait(30) and not w.runner.running and not w.generate_button.disabled
+    want = steered_reference(model, tok, w.prompt.value, 5.0, 0, max_new_tokens=60, temperature=0)
+    assert w.steered_result.tokens == want.tokens and w.steered_result.seed == w.result.seed
+
+
+def test_layer_slider_fits_the_checkpoint(tok, tmp_path):
+    save_checkpoint(tmp_path / "run" / "best", small_model(), {"tokenizer": "tinystories-512"})
+    w = StoryGenerator(checkpoints_dir=tmp_path)
+    w.checkpoint.value = dict(w.checkpoint.options)["run/best"]
+    w.direction.value, w.layer.value, w.max_new_tokens.value = "happy - sad", 3, 5  # unknown model: 4 layers
+    run(w)
+    assert w.layer.max == 1 and w.layer.value == 1  # fitted once loaded; the steered story reran at layer 1
+    assert w.steered_result is not None and "after block 1" in w.steered_view.title.value
+
+
+def test_story_on_request(tok, tmp_path):
+    model = small_model()
+    save_checkpoint(tmp_path / "sft" / "best", model, {"tokenizer": "tinystories-512", "stage": "instruct"})
+    save_checkpoint(tmp_path / "plain" / "best", model, {"tokenizer": "tinystories-512"})
+    w = StoryGenerator(checkpoints_dir=tmp_path)
+    labels = dict(w.checkpoint.options)
+    w.checkpoint.value = labels["sft/best"]
+    assert w.mode.value == "request" and w.prompt.layout.display == "none"  # an instruct checkpoint
+    w.temperature.value, w.max_new_tokens.value = 0.0, 15
+    run(w)
+    assert "request is empty" in w.status.value and "b00020" in w.status.value
+    w.words.value, w.features.value = "dog, ball ,", "dialogue, Rhymes"
+    run(w)
+    assert "Unknown feature &#x27;Rhymes&#x27;" in w.status.value and "Twist" in w.status.value
+    w.features.value = "dialogue"
+    run(w)
+    prompt = request_prompt(["dog", "ball"], ["Dialogue"])
+    assert prompt.startswith("Words: dog, ball\n") and w.text.startswith(prompt)
+    assert w.result.tokens == generate(model, tok, prompt, max_new_tokens=15, temperature=0).tokens
+    w.checkpoint.value = labels["plain/best"]
+    assert w.mode.value == "prompt" and w.prompt.layout.display == ""
+    w.mode.value = "request"
+    assert "not instruction-tuned" in w.request.note.value and w.request.box.layout.display == ""
