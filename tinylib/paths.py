@@ -16,6 +16,7 @@ DATA_DIR = ROOT / "data"
 TOKENIZER_DIR = DATA_DIR / "tokenizers"  # the shipped BPEs (tinystories-512/4096/8192)
 CHECKPOINTS_DIR = ROOT / "checkpoints"
 REFERENCE_DIR = CHECKPOINTS_DIR / "reference"  # the small model the project ships
+INDUCTION_DIR = CHECKPOINTS_DIR / "induction"  # the shipped 2-layer model with induction heads (notebook 08)
 
 
 def shared_dir() -> Path:

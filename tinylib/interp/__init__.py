@@ -1,4 +1,6 @@
 """Interpretability: our models under TransformerLens hook names (`lens`), and the analyses built on them:
 attention patterns and head scores (`attention`), MLP neurons (`neurons`), ablations (`ablation`), logit lens
-and direct logit attribution (`logit_lens`). Analyses return tensors and dataclasses; their plot functions
-take those. The core never imports this package."""
+and direct logit attribution (`logit_lens`), activation patching (`patching`), steering (`steering`), circuits
+read off the weights (`circuits`), and a recipe that trains a model in which induction heads form
+(`induction`). Analyses return tensors and dataclasses; their plot functions take those. The core never
+imports this package."""

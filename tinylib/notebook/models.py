@@ -1,6 +1,7 @@
 """Which model a notebook generates from or studies: chosen by name, with one fallback order written once.
 
-`open_model(choice)` takes "reference" (the small model the project ships), "stories260K" (llama2.c's real
+`open_model(choice)` takes "reference" (the small model the project ships), "induction" (the shipped 2-layer
+model with induction heads, notebook 08), "stories260K" (llama2.c's real
 TinyStories model in ../shared), "latest" (the newest checkpoint a training run wrote), "untrained" (random
 weights, for checking mechanics), or a checkpoint path. When the choice is not available it walks `fallback`
 in order and says in `source` what it picked, so a notebook never switches models silently.
@@ -28,10 +29,10 @@ from tinylib.generate import generate
 from tinylib.interop.llama2c import load_llama2c
 from tinylib.interop.sentencepiece import SentencePieceTokenizer
 from tinylib.model import Transformer
-from tinylib.paths import CHECKPOINTS_DIR, DATA_DIR, shared_llama2c, shared_tinystories
+from tinylib.paths import CHECKPOINTS_DIR, DATA_DIR, INDUCTION_DIR, shared_llama2c, shared_tinystories
 from tinylib.tokenizer import get_tokenizer
 
-CHOICES = ("reference", "stories260K", "latest", "untrained")
+CHOICES = ("reference", "induction", "stories260K", "latest", "untrained")
 
 
 @dataclass
@@ -45,9 +46,8 @@ class StoryModel:
 
 
 def _latest(checkpoints_dir: Path) -> Path | None:
-    reference = checkpoint.find_reference_checkpoint()
-    found = [p for p in checkpoint.list_checkpoints(checkpoints_dir)
-             if reference is None or p.resolve() != reference.resolve()]
+    shipped = {p.resolve() for p in (checkpoint.find_reference_checkpoint(), INDUCTION_DIR) if p is not None}
+    found = [p for p in checkpoint.list_checkpoints(checkpoints_dir) if p.resolve() not in shipped]
     return found[0] if found else None
 
 
@@ -59,6 +59,12 @@ def _try_open(choice: str, checkpoints_dir: Path, device: str) -> StoryModel | N
             return None
         return StoryModel(checkpoint.load_model(path, device=device), checkpoint.load_tokenizer(path),
                           f"reference checkpoint {path}", "reference")
+    if choice == "induction":
+        if not (INDUCTION_DIR / "model.safetensors").is_file():
+            return None
+        return StoryModel(checkpoint.load_model(INDUCTION_DIR, device=device),
+                          checkpoint.load_tokenizer(INDUCTION_DIR), f"induction checkpoint {INDUCTION_DIR}",
+                          "induction")
     if choice == "stories260K":
         folder = shared_llama2c()
         if not ((folder / "stories260K.bin").is_file() and (folder / "tok512.model").is_file()):
