@@ -31,7 +31,8 @@ def test_there_are_enough_exercises_in_every_notebook():
     per_notebook = Counter(ex.notebook for ex in REGISTRY.values())
     assert sum(per_notebook.values()) >= 25
     for nb in ("01_data_and_tokenizers", "02_flop_token_budget", "03_training", "04_generation",
-               "05_attention_patterns", "06_neurons", "07_ablations"):
+               "05_attention_patterns", "06_neurons", "07_ablations", "10_experiments",
+               "11_architecture_lab"):
         assert per_notebook[nb] >= 3, (nb, per_notebook[nb])
 
 

@@ -1,0 +1,138 @@
+"""Exercises of notebook 10 (experiments, GPT vs LLaMA at equal FLOPs): the tokens a FLOP budget buys, a
+loss curve read between its evaluations, and the loss gap of two runs at equal compute.
+
+References are the library's own: `tinylib.budget.token_target` (what `tinylib.experiments.train_config` gives
+a run with a FLOP budget) and `tinylib.results.value_at` (the interpolation the notebook's comparison uses).
+Each wrong answer is a mistake people make: 6 N for the training FLOPs per token (the attention term
+forgotten), a budget rounded to the nearest token (a run that overspends it); the last evaluation instead of
+an interpolation, training losses mixed into the validation curve; two runs compared at equal tokens or equal
+steps, or each at the same fraction of its own budget, instead of at the same FLOPs.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from tinylib.budget import token_target
+from tinylib.config import ModelConfig, get_config
+from tinylib.exercises.checks import Exercise, check, register, solution
+from tinylib.flops import flop_params, flops_per_token
+from tinylib.results import value_at
+
+__all__ = ["check", "solution"]  # what the notebook imports from here; the exercises register themselves
+
+NB = "10_experiments"
+
+
+# --- the tokens a FLOP budget buys -------------------------------------------------------------------------
+
+def budget_tokens(cfg: ModelConfig, flop_budget: float, seq_len: int) -> int:
+    """Tokens a run of `cfg` trains on for `flop_budget` training FLOPs at context `seq_len`: the budget over
+    the training FLOPs per token (6 N + 12 L T d, `tinylib.flops.flops_per_token`), rounded down."""
+    return token_target(cfg, flop_budget=flop_budget, seq_len=seq_len)
+
+
+def _tokens_6n(cfg: ModelConfig, flop_budget: float, seq_len: int) -> int:
+    return int(flop_budget // (6 * flop_params(cfg)))  # the attention term forgotten
+
+
+def _tokens_rounded(cfg: ModelConfig, flop_budget: float, seq_len: int) -> int:
+    return round(flop_budget / flops_per_token(cfg, seq_len))  # may spend more than the budget
+
+
+def _budget_cases(gen: torch.Generator):
+    configs = (("gpt_tiny", {}), ("llama_tiny", {}), ("llama_tiny", {"n_kv_head": 2}),
+               ("gpt_6L_6H_288D", {}), ("llama_6L_6H_288D", {"sliding_window": 64}),
+               ("llama_8L_8H_768D", {"tie_embeddings": False}), ("llama_tiny", {"mlp": "relu2"}),
+               ("gpt_tiny", {"embed_rank": 32}))
+    for preset, overrides in configs:
+        cfg = get_config(preset, vocab_size=int(torch.randint(256, 8193, (1,), generator=gen)), **overrides)
+        flops = float(10 ** (11 + 4 * torch.rand(1, generator=gen).item()))
+        yield (cfg, flops, int(torch.randint(32, cfg.max_seq_len + 1, (1,), generator=gen))), {}
+
+
+register(Exercise(
+    "budget_tokens", "The tokens a FLOP budget buys", NB, difficulty=1, importance=5, minutes=5,
+    reference=budget_tokens, cases=_budget_cases, wrong=(_tokens_6n, _tokens_rounded), atol=0, rtol=0))
+
+
+# --- a loss curve between its evaluations ------------------------------------------------------------------
+
+def loss_at(curve: list[dict], flops: float) -> float:
+    """The validation loss of a run at `flops` training FLOPs: linear between the two evaluations (records
+    with a `val_loss`) around it. `flops` lies between the first and the last evaluation."""
+    return value_at(curve, flops)
+
+
+def _loss_at_last_eval(curve: list[dict], flops: float) -> float:
+    return [r["val_loss"] for r in curve if "val_loss" in r and r["flops"] <= flops][-1]  # no interpolation
+
+
+def _loss_with_train_records(curve: list[dict], flops: float) -> float:
+    mixed = [{**r, "val_loss": r.get("val_loss", r.get("train_loss"))} for r in curve]  # train loss mixed in
+    return value_at(mixed, flops)
+
+
+def _curve(gen: torch.Generator, fpt: float, steps: int, floor: float) -> list[dict]:
+    """A run's metrics records as `tinylib.results.run_curve` gives them: training records every 5 steps,
+    evaluations every 20 and at the end, each with tokens and FLOPs."""
+    step_tokens, records = 2048, []
+    for step in range(0, steps + 1):
+        tokens = step * step_tokens
+        at = {"step": step, "tokens": tokens, "flops": float(tokens * fpt)}
+        loss = floor + 4.5 / (1 + tokens / 40_000) ** 0.6
+        if step % 5 == 0 and step:
+            records.append({**at, "train_loss": loss + 0.1 * torch.randn(1, generator=gen).item()})
+        if step % 20 == 0 or step == steps:
+            records.append({**at, "val_loss": loss + 0.02 * torch.randn(1, generator=gen).item()})
+    return records
+
+
+def _point_cases(gen: torch.Generator):
+    for fpt, steps in ((9.5e6, 206), (11.0e6, 177), (4.2e7, 50), (1.3e6, 1000)):
+        curve = _curve(gen, fpt, steps, 3.5 + torch.rand(1, generator=gen).item())
+        end = curve[-1]["flops"]
+        for x in (end, 20 * 2048 * fpt, *(end * torch.rand(2, generator=gen)).tolist()):
+            yield (curve, float(x)), {}
+
+
+register(Exercise(
+    "loss_at", "A loss curve between its evaluations", NB, difficulty=2, importance=3, minutes=10,
+    reference=loss_at, cases=_point_cases, wrong=(_loss_at_last_eval, _loss_with_train_records)))
+
+
+# --- two runs at equal compute -----------------------------------------------------------------------------
+
+def gap_at_equal_flops(gpt: list[dict], llama: list[dict], frac: float) -> float:
+    """LLaMA's minus GPT's validation loss at `frac` of the FLOPs both runs spent (the smaller of their last
+    records' `flops`), each curve linearly interpolated between its evaluations (records with `val_loss`)."""
+    x = frac * min(gpt[-1]["flops"], llama[-1]["flops"])
+    return value_at(llama, x) - value_at(gpt, x)
+
+
+def _gap_at_equal_tokens(gpt: list[dict], llama: list[dict], frac: float) -> float:
+    x = frac * min(gpt[-1]["tokens"], llama[-1]["tokens"])
+    return value_at(llama, x, key="tokens") - value_at(gpt, x, key="tokens")
+
+
+def _gap_at_equal_steps(gpt: list[dict], llama: list[dict], frac: float) -> float:
+    x = frac * min(gpt[-1]["step"], llama[-1]["step"])
+    return value_at(llama, x, key="step") - value_at(gpt, x, key="step")
+
+
+def _gap_at_own_budget(gpt: list[dict], llama: list[dict], frac: float) -> float:
+    return value_at(llama, frac * llama[-1]["flops"]) - value_at(gpt, frac * gpt[-1]["flops"])
+
+
+def _curve_cases(gen: torch.Generator):
+    for budget, frac in ((4e12, 1.0), (4e12, 0.5), (2e12, 0.25), (1e12, 0.8), (3e12, 0.37)):
+        gpt_fpt, llama_fpt = 9.5e6 * (1 + 0.1 * torch.rand(1, generator=gen).item()), 11.0e6
+        gpt = _curve(gen, gpt_fpt, int(budget // gpt_fpt) // 2048, 3.9)
+        llama = _curve(gen, llama_fpt, int(budget // llama_fpt) // 2048, 3.8)
+        yield (gpt, llama, frac), {}
+
+
+register(Exercise(
+    "gap_at_equal_flops", "Two runs compared at equal compute", NB, difficulty=2, importance=5, minutes=10,
+    reference=gap_at_equal_flops, cases=_curve_cases,
+    wrong=(_gap_at_equal_tokens, _gap_at_equal_steps, _gap_at_own_budget)))
