@@ -59,6 +59,40 @@ CASES = {
         "mean ablation gentler; no single head essential ✓",
         "stories260K: no induction heads; the second copy no easier, the heads matter more there ✓",
         "contributions sum to the logit ✓", "your head attribution == direct_logit_attribution's ✓")),
+    "08_induction_heads_form": (("tinystories_dir",), (
+        "scores computed on every checkpoint ✓", "phase-change figure drawn ✓",
+        "plain: no induction head ✓", "your in_context_score == icl_score on the model ✓",
+        "a previous-token head in layer 0, an induction head in layer 1 ✓",
+        "the previous-token head L0H1 is the costliest in layer 0 ✓",
+        "your k_composition == composition_scores on the model ✓",
+        "previous-token head into induction head ✓",
+        "your ov_copying == copying_accuracy(full_ov_circuit(...)) ✓",
+        "the induction head writes the token it attends to; the direct-path circuit alone does not show it ✓",
+        "patching recovers 1 at the clean final stream and 0 where nothing reaches the answer ✓",
+        "steering with strength 0 equals plain generation token for token ✓")),
+    "09_fine_tuning": (("tinystories_dir",), (
+        "DERIVED set", "the prompt a request sends is the prompt training used ✓",
+        "bad examples are reported with their line ✓", "your targets == the fine-tuning loop's ✓",
+        "your masked loss == the model's loss ✓",
+        "packing fills windows at least as well as padding; the stream wastes nothing ✓",
+        "the checkpoint says stage instruct and names its parent ✓",
+        "your word inclusion == the evaluation's ✓")),
+    "10_experiments": ((), (  # smoke mode reads the shipped experiments/results/cpu_study/
+        "every run gets the same FLOPs, within one optimizer step ✓", "the table has every run ✓",
+        "GPT vs LLaMA compared at equal FLOPs ✓",
+        "your budget_tokens == token_target, what the runner gives each run ✓",
+        "your loss_at == value_at on every run's curve ✓",
+        "your gap_at_equal_flops == the comparison above at the end of the budget ✓")),
+    "11_architecture_lab": ((), (
+        "banded mask == full attention when the window covers the sequence ✓",
+        "factorized embeddings with r = d and identity factors == plain embeddings ✓",
+        "QK-norm: scaling W_q and W_k leaves the outputs unchanged ✓",
+        "ReLU-squared MLP == down(relu(up x)^2) ✓",
+        "soft-cap bounds the logits ✓", "every block starts as the identity ✓", "then linear to the floor ✓",
+        "fp8 checked on this machine ✓", "results section ran ✓",
+        "your sliding_window_mask is where the W=8 model's attention patterns are nonzero ✓",
+        "your soft_cap turns the uncapped model's logits into the capped model's ✓",
+        "your wsd_lr reproduces the plotted schedule step by step ✓")),
 }
 
 

@@ -12,6 +12,10 @@ from tinylib.exercises import (  # noqa: F401  (importing a module registers its
     nb05_attention,
     nb06_neurons,
     nb07_ablations,
+    nb08_induction,
+    nb09_finetune,
+    nb10_experiments,
+    nb11_architecture,
 )
 from tinylib.exercises.checks import REGISTRY
 
