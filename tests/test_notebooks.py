@@ -69,6 +69,7 @@ CASES = {
         "your ov_copying == copying_accuracy(full_ov_circuit(...)) ✓",
         "the induction head writes the token it attends to; the direct-path circuit alone does not show it ✓",
         "patching recovers 1 at the clean final stream and 0 where nothing reaches the answer ✓",
+        "the answer sits at the names until the last block, where one head moves it to the last position ✓",
         "steering with strength 0 equals plain generation token for token ✓")),
     "09_fine_tuning": (("tinystories_dir",), (
         "DERIVED set", "the prompt a request sends is the prompt training used ✓",
