@@ -36,13 +36,21 @@ from tinylib.train import train
 pytestmark = pytest.mark.usefixtures("one_thread")
 STEPS = 24
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
-DATA_4096 = Path(__file__).resolve().parents[1] / "data" / "tinystories-4096"  # our 4096-id BPE's tokens
 
 
 @pytest.fixture(scope="module")
 def data_dir(tinystories_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("data") / "ts512"
     prepare_dataset(tinystories_dir, "tinystories-512", out, max_stories=300, num_proc=1, progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def data_4096(tinystories_dir, tmp_path_factory):
+    """The same stories under another tokenizer (our 4096-id BPE): a checkpoint of the 512 run must not
+    resume on them."""
+    out = tmp_path_factory.mktemp("data") / "ts4096"
+    prepare_dataset(tinystories_dir, "tinystories-4096", out, max_stories=300, num_proc=1, progress=False)
     return out
 
 
@@ -193,7 +201,8 @@ def test_a_damaged_latest_falls_back_to_the_previous_checkpoint(data_dir, tmp_pa
     assert_same(weights(out / "latest"), reference)
 
 
-def test_foreign_and_mismatched_checkpoints_and_pickled_code_get_clear_messages(data_dir, tmp_path):
+def test_foreign_and_mismatched_checkpoints_and_pickled_code_get_clear_messages(data_dir, data_4096,
+                                                                                tmp_path):
     out = tmp_path / "run"
     train(config(data_dir, out, max_steps=2, eval_every=100))
     # a Hugging Face folder is not ours
@@ -210,7 +219,7 @@ def test_foreign_and_mismatched_checkpoints_and_pickled_code_get_clear_messages(
         train(config(data_dir, out, resume=True, model_overrides=narrow))
     with pytest.raises(CheckpointMismatchError, match=r"vocab_size=512 \(this run: 4096\).*tokenizer='"
                                                       r"tinystories-512' \(this run's data: 'tinystories-40"):
-        train(config(DATA_4096, out, resume=True))
+        train(config(data_4096, out, resume=True))
     # a state.pt carrying a pickled os.system call: refused, nothing runs
     marker = tmp_path / "pwned"
 
