@@ -24,7 +24,7 @@ from tinylib.budget import (
 )
 from tinylib.config import TrainConfig, get_config, param_counts
 from tinylib.flops import flops_per_token, peak_flops
-from tinylib.notebook.budget import budget_widget, plot_chinchilla, plot_time_cost
+from tinylib.widgets.budget import budget_widget, plot_chinchilla, plot_time_cost
 
 # conftest's one thread: on a shared 2-core machine two spinning threads per process make these small ops ~10x
 # slower. Nothing here asserts a speed, so this changes run time only.
@@ -126,7 +126,7 @@ def test_measure_train_step_reports_consistent_figures():
     assert m.mfu == pytest.approx(m.tokens_per_s * flops_per_token(cfg, 32) / peak_flops("cpu", "fp32"))
 
 
-# --- the notebook panel: sliders and plots (tinylib.notebook.budget) ----------------------------------------
+# --- the notebook panel: sliders and plots (tinylib.widgets.budget) ----------------------------------------
 
 def test_budget_widget_follows_its_controls():
     box = budget_widget(preset="llama_6L_6H_288D", vocab_size=4096, micro_batch=8, seq_len=256, n_gpus=1)

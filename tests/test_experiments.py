@@ -19,7 +19,8 @@ from safetensors.torch import load_file
 
 from tinylib.config import TrainConfig, get_config
 from tinylib.data import prepare_dataset
-from tinylib.experiments import (
+from tinylib.experiments.results import read_results, value_at, write_results
+from tinylib.experiments.runner import (
     check_runnable,
     load_experiments,
     run_experiment,
@@ -27,10 +28,9 @@ from tinylib.experiments import (
     status,
     train_config,
 )
+from tinylib.faults import RunLockedError
 from tinylib.flops import flops_per_token
 from tinylib.metrics import read_metrics
-from tinylib.results import read_results, value_at, write_results
-from tinylib.runlock import RunLockedError
 from tinylib.train import train
 
 # one torch thread here and OMP_NUM_THREADS=1 in the subprocesses: tiny models run fastest so, even on a busy

@@ -25,12 +25,11 @@ import pytest
 import torch
 
 from tests.test_train import small_config, weights
-from tinylib.checkpoint import load_model, load_state
+from tinylib.checkpoint import CheckpointError, CheckpointMismatchError, load_model, load_state, step_of
 from tinylib.data import prepare_dataset
-from tinylib.integrity import CheckpointError, CheckpointMismatchError, step_of
+from tinylib.faults import RunLockedError
 from tinylib.metrics import read_metrics
 from tinylib.optim import lr_scale
-from tinylib.runlock import RunLockedError
 from tinylib.train import train
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -13,11 +13,11 @@ import torch
 import torch.nn.functional as F
 from fakehub import serve
 
-from tinylib import instruct
 from tinylib.checkpoint import TrainState, load_meta, load_model
 from tinylib.config import TrainConfig, get_config
-from tinylib.finetune import FinetuneConfig, finetune, finetune_step, response_loss, train_loop
-from tinylib.instruct import (
+from tinylib.finetune import instruct
+from tinylib.finetune.batches import Encoded, WindowBatches, encode_examples, make_windows
+from tinylib.finetune.instruct import (
     HF_REPO,
     INSTRUCT_FILES,
     Example,
@@ -28,7 +28,7 @@ from tinylib.instruct import (
     read_instruct,
     request_prompt,
 )
-from tinylib.instruct_batches import Encoded, WindowBatches, encode_examples, make_windows
+from tinylib.finetune.stage import FinetuneConfig, finetune, finetune_step, response_loss, train_loop
 from tinylib.model import Transformer
 from tinylib.optim import configure_optimizer
 from tinylib.tokenizer import get_tokenizer

@@ -28,7 +28,7 @@ from tinylib.interp.attention import (
     scores_from_patterns,
     top_heads,
 )
-from tinylib.interp.lens import to_lens
+from tinylib.interp.bridge import to_lens
 from tinylib.interp.logit_lens import direct_logit_attribution, logit_lens
 from tinylib.interp.neurons import (
     neuron_activations,

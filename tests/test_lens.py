@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from tinylib.config import get_config
-from tinylib.interp.lens import str_tokens, to_lens
+from tinylib.interp.bridge import str_tokens, to_lens
 from tinylib.model import Transformer
 
 

@@ -462,8 +462,8 @@ def test_imported_model_exports_to_transformers(m260k, tok512, tmp_path, tinysto
 
 
 def test_imported_model_goes_through_transformer_lens(m260k, tok512):
-    lens = pytest.importorskip("tinylib.interp.lens",
-                               reason="tinylib.interp.lens (to_lens) not in this checkout")
+    lens = pytest.importorskip("tinylib.interp.bridge",
+                               reason="tinylib.interp.bridge (to_lens) not in this checkout")
     bridge = lens.to_lens(m260k, tok512)
     idx = torch.tensor([tok512.encode("Once upon a time, there was a cat named Tom.", bos=True)])
     with torch.no_grad():

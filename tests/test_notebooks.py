@@ -14,7 +14,7 @@ from nbclient import NotebookClient
 
 from tinylib.data import prepare_dataset
 from tinylib.exercises.catalog import REGISTRY
-from tinylib.notebook.models import open_model, validation_stories
+from tinylib.widgets.models import open_model, validation_stories
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"

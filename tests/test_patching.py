@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from tinylib.checkpoint import find_reference_checkpoint, load_model, load_tokenizer
-from tinylib.interp.lens import to_lens
+from tinylib.interp.bridge import to_lens
 from tinylib.interp.patching import (
     NAMES_TASK,
     NamesTask,

@@ -9,7 +9,7 @@ import torch
 
 from tinylib.checkpoint import find_reference_checkpoint, load_model, load_tokenizer
 from tinylib.generate import generate
-from tinylib.interp.lens import to_lens
+from tinylib.interp.bridge import to_lens
 from tinylib.interp.steering import HAPPY, SAD, happy_sad_vector, steer, steering_vector
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny-model decoding is fastest on one thread

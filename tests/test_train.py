@@ -13,19 +13,19 @@ import torch
 from safetensors.torch import load_file
 
 from tinylib.checkpoint import (
+    CheckpointError,
     find_reference_checkpoint,
     list_checkpoints,
     load_model,
     load_state,
     save_checkpoint,
 )
-from tinylib.config import TrainConfig, get_config
+from tinylib.config import TrainConfig, config_from_args, get_config
 from tinylib.data import prepare_dataset
-from tinylib.integrity import CheckpointError
 from tinylib.metrics import plot_runs, read_metrics
 from tinylib.model import Transformer
-from tinylib.optim import TimeBudget, configure_optimizer, lr_scale
-from tinylib.train import parse_args, train
+from tinylib.optim import TimePlan, configure_optimizer, lr_scale
+from tinylib.train import train
 
 SMALL = {"n_layer": 2, "d_model": 64, "n_head": 4, "d_mlp": 128, "max_seq_len": 64}
 
@@ -181,7 +181,7 @@ def test_checkpoints_round_trip_write_atomically_and_refuse_pickled_code(tmp_pat
 def test_cli_reads_a_config_file_and_flags_override_it(tmp_path):
     file = tmp_path / "cfg.json"
     file.write_text(json.dumps({"preset": "gpt_tiny", "batch_size": 3, "model_overrides": {"dropout": 0.1}}))
-    cfg = parse_args(["--config", str(file), "--batch-size", "5", "--no-progress"])
+    cfg = config_from_args(["--config", str(file), "--batch-size", "5", "--no-progress"])
     assert (cfg.preset, cfg.batch_size, cfg.model_overrides, cfg.progress) == (
         "gpt_tiny", 5, {"dropout": 0.1}, False)
     with pytest.raises(ValueError, match="unknown TrainConfig fields"):
@@ -200,14 +200,14 @@ def test_metrics_plot_draws_each_run(data_dir, tmp_path):
 
 
 def test_time_budget_plans_in_closed_form():
-    b = TimeBudget(seconds=100.0, t_start=0.0)
+    b = TimePlan(seconds=100.0, t_start=0.0)
     # the first plan adds 5% for evaluation; later ones use the wall time since the first plan
     assert b.plan(step=6, timed_steps=5, timed_s=5.0, now=10.0) == (6 + int(90 / 1.05), 1.05)
     assert b.plan(step=16, timed_steps=15, timed_s=15.0, now=30.0) == (16 + 35, 2.0)
     b.eval_s = 10.0  # the final evaluation is held back
     assert b.plan(step=16, timed_steps=15, timed_s=15.0, now=30.0)[0] == 16 + 30
     assert b.plan(step=40, timed_steps=39, timed_s=39.0, now=90.0)[0] == 40  # spent: stop here
-    capped = TimeBudget(seconds=100.0, t_start=0.0, cap=20)
+    capped = TimePlan(seconds=100.0, t_start=0.0, cap=20)
     assert capped.plan(step=6, timed_steps=5, timed_s=5.0, now=10.0)[0] == 20
 
 

@@ -17,7 +17,7 @@ from tinylib.flops import count_flops, flops_per_token
 from tinylib.fp8 import fp8_problems, to_float8_training
 from tinylib.interop.hf import from_hf, to_hf
 from tinylib.interop.llama2c import export_llama2c, load_llama2c
-from tinylib.interp.lens import to_lens
+from tinylib.interp.bridge import to_lens
 from tinylib.model import Transformer, attention_mask
 from tinylib.optim import WSD_DECAY_FRACTION, lr_scale
 

@@ -9,13 +9,13 @@ import torch
 from tinylib.checkpoint import find_reference_checkpoint, save_checkpoint
 from tinylib.config import get_config
 from tinylib.engine import SamplingConfig
+from tinylib.finetune.instruct import request_prompt
 from tinylib.generate import generate
-from tinylib.instruct import request_prompt
 from tinylib.interp.steering import happy_sad_vector, steer
 from tinylib.model import Transformer
-from tinylib.notebook.models import open_model
-from tinylib.notebook.widgets import SamplingControls, StoryGenerator, story_generator
 from tinylib.tokenizer import get_tokenizer
+from tinylib.widgets.models import open_model
+from tinylib.widgets.story import SamplingControls, StoryGenerator, story_generator
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny-model decoding is fastest on one thread
 

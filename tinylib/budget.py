@@ -7,7 +7,7 @@ beside the prediction.
 
 What it leaves to others: FLOPs per token, device peaks and MFU (`tinylib.flops`), parameter counts
 (`tinylib.config`), parsing stories (`tinylib.stories`), the training loop (`tinylib.train`), metrics files
-(`tinylib.metrics`), plots and the slider panel (`tinylib.notebook.budget`).
+(`tinylib.metrics`), plots and the slider panel (`tinylib.widgets.budget`).
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """Configuration: the model (`ModelConfig`, the named presets, closed-form parameter counts) and a run
-(`TrainConfig`).
+(`TrainConfig`, and `config_from_args`: one command-line flag per field, over an optional JSON file).
 
 One `ModelConfig` describes both families: GPT-style (LayerNorm, GELU MLP, learned positions, biases) and
 LLaMA-style (RMSNorm, SwiGLU MLP, rotary embeddings, grouped-query attention, no biases). Presets are built
@@ -10,12 +10,19 @@ The architecture-lab switches (each one field, off by default, in the same model
 (each query sees its last W positions), `embed_rank` (vocab x r then r x d embeddings, the tied output through
 the same factors), `qk_norm` (RMSNorm on each head's queries and keys), `mlp="relu2"` (ReLU squared),
 `logit_softcap` (cap * tanh(logits / cap)) and `zero_init` (output projections start at zero).
+
+What it leaves to others: building the model from a config (`tinylib.model.build_model`), what the training
+fields do (`tinylib.train`, `tinylib.optim`, `tinylib.faults`).
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import json
+import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 
@@ -202,7 +209,7 @@ class TrainConfig:
     # together with either it caps them (planned after 5 timed steps, re-planned as the run goes)
     max_steps: int | None = None
     max_tokens: int | None = None
-    max_time_s: float | None = None  # steps planned from the measured speed, re-planned (optim.TimeBudget)
+    max_time_s: float | None = None  # steps planned from the measured speed, re-planned (optim.TimePlan)
     until_step: int | None = None  # stop (and save) here without changing the schedule: split a run in parts
     # optimizer and schedule
     optimizer: str = "adamw"  # or "muon": Muon for the matrices inside the blocks, AdamW for the rest
@@ -233,8 +240,8 @@ class TrainConfig:
     save_every: int | None = None  # latest/ at this interval (and at every eval and at the end)
     resume: bool = False  # continue from <out_dir>/latest when it exists
     progress: bool = True
-    log_to: str | None = None  # also log to "tensorboard", "trackio" or "wandb" (tinylib.tracking)
-    # surviving faults (tinylib.guard): checkpoint history, the divergence guard, a lost DDP rank
+    log_to: str | None = None  # also log to "tensorboard", "trackio" or "wandb" (tinylib.metrics)
+    # surviving faults (tinylib.faults): checkpoint history, the divergence guard, a lost DDP rank
     keep_previous: int = 1  # earlier latest/ checkpoints kept in previous/: fallbacks when latest/ is damaged
     guard_spike: float | None = 4.0  # a loss above this x the median of the last 50 is not applied
     guard_bad_steps: int = 3  # this many unapplied (non-finite or spiking) steps in a row: roll back ...
@@ -246,6 +253,17 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
         return config_from_dict(cls, d)
+
+    def model_config(self, vocab_size: int) -> ModelConfig:
+        """The preset with this run's overrides, its vocabulary rounded up to `vocab_multiple` (faster
+        matmuls; the extra ids are never targets)."""
+        vocab = math.ceil(vocab_size / self.vocab_multiple) * self.vocab_multiple
+        cfg = get_config(self.preset, vocab_size=vocab, **self.model_overrides)
+        if self.seq_len > cfg.max_seq_len:
+            raise ValueError(f"seq_len={self.seq_len} exceeds preset {self.preset!r}'s context of "
+                             f"{cfg.max_seq_len}; lower seq_len or pass "
+                             f"model_overrides={{'max_seq_len': {self.seq_len}}}")
+        return cfg
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -274,3 +292,37 @@ class TrainConfig:
         if self.max_time_s is None:
             raise ValueError("say how long to train: set max_steps, max_tokens or max_time_s")
         return None
+
+
+# --- the command line ---------------------------------------------------------------------------------------
+
+def config_parser(cls: type[TrainConfig] = TrainConfig, prog: str = "python -m tinylib.train",
+                  description: str | None = None) -> argparse.ArgumentParser:
+    """`--config file.json` and one flag per field of `cls` (TrainConfig, or fine-tuning's subclass)."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("--config", help=f"a JSON file of {cls.__name__} fields; flags here override it")
+    for f in dataclasses.fields(cls):
+        flag = "--" + f.name.replace("_", "-")
+        if f.name == "model_overrides":
+            parser.add_argument(flag, type=json.loads, default=None, help='JSON, e.g. \'{"dropout": 0.1}\'')
+        elif f.type.startswith("list["):
+            parser.add_argument(flag, nargs="*", default=None, type=int if f.type == "list[int]" else str)
+        elif f.type == "bool":
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
+        else:
+            kind = {"int": int, "int | None": int, "float | None": float, "float": float}.get(f.type, str)
+            parser.add_argument(flag, type=kind, default=None)
+    return parser
+
+
+def config_from_args(argv: list[str] | argparse.Namespace | None = None, cls: type[TrainConfig] = TrainConfig,
+                     description: str | None = None) -> TrainConfig:
+    """A `cls` from `--config file.json` and one flag per field (flags win over the file). `argv` may also be
+    what `config_parser(cls)` parsed, when the caller added flags of its own to that parser."""
+    if not isinstance(argv, argparse.Namespace):
+        argv = config_parser(cls, description=description).parse_args(argv)
+    fields = {f.name for f in dataclasses.fields(cls)}
+    args = {k: v for k, v in vars(argv).items() if k in fields or k == "config"}
+    base = json.loads(Path(args.pop("config")).read_text()) if args.get("config") else {}
+    base.update({k: v for k, v in args.items() if v is not None})
+    return cls.from_dict(base)

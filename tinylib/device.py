@@ -1,4 +1,6 @@
-"""Which device and number format a process runs in: device, dtype, autocast, and the torchrun process group.
+"""Which device and number format a process runs in, and what runs well there: device, dtype, autocast, the
+torchrun process group; whether to compile and which attention kernel to use (`compile_plan`), and an early
+check that a model and its optimizer state fit (`check_fits`).
 
 One table of dtype names (`DTYPES`) serves the trainer, the budget and the benchmarks. What it leaves to
 others: peak FLOP/s of a device and MFU (`tinylib.flops`), the training loop (`tinylib.train`).
@@ -12,6 +14,8 @@ from contextlib import nullcontext
 
 import torch
 import torch.distributed as dist
+
+from tinylib.config import TrainConfig, param_counts
 
 # The short names used in configs, checkpoints and tables, and the torch dtypes they stand for.
 DTYPES: dict[str, torch.dtype] = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -89,3 +93,27 @@ def setup_distributed(device_pref: str = "auto",
         timeout = datetime.timedelta(seconds=timeout_s) if timeout_s else None
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo", timeout=timeout)
     return rank, world, device
+
+
+def compile_plan(cfg: TrainConfig, device: torch.device) -> tuple[bool, str]:
+    """(use torch.compile, attention implementation) for training on `device`.
+
+    On CUDA: compile, and SDPA (Flash Attention). On CPU: compile too, with attention written out ("eager"):
+    inductor fuses the mask and softmax into one generated loop, which beats the CPU flash kernel at these
+    model sizes (bench/train_throughput.py). Both attention paths give the same outputs; only speed differs.
+    """
+    if cfg.compile not in ("auto", "on", "off"):
+        raise ValueError(f"compile={cfg.compile!r}; expected 'auto', 'on' or 'off'")
+    use = cfg.compile == "on" or (cfg.compile == "auto" and device.type in ("cuda", "cpu"))
+    return use, "eager" if use and device.type == "cpu" else "sdpa"
+
+
+def check_fits(model: torch.nn.Module, device: torch.device, cfg: TrainConfig) -> None:
+    """Fail early, with numbers, when weights + AdamW state clearly cannot fit on the device."""
+    if device.type != "cuda":
+        return
+    need = param_counts(model.cfg).total * 16  # fp32 weights + grads + two Adam moments
+    free, _ = torch.cuda.mem_get_info(device)
+    if need > free:
+        raise RuntimeError(f"preset {cfg.preset!r} needs ~{need / 2**30:.1f} GiB for weights, gradients and "
+                           f"AdamW state but {device} has {free / 2**30:.1f} GiB free; pick a smaller preset")

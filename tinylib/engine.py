@@ -17,7 +17,7 @@ Design choices, each documented where it lives:
   exactly the same window at every step, so both paths give the same tokens.
 
 What it leaves to others: text, tokenizers, stop strings and timing (`tinylib.generate`), the cache itself
-(`tinylib.model.KVCache`), the UI (`tinylib.notebook.widgets`).
+(`tinylib.kvcache.KVCache`), the UI (`tinylib.widgets.story`).
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """Loss evaluation: mean cross-entropy over a token file, and bits per byte.
 
 Nats per token depend on the tokenizer; bits per byte (nats/token x tokens/byte / ln 2) compare across
-tokenizers, as nanochat reports. This module knows models and token arrays, not files or text.
+tokenizers, as nanochat reports. This module knows models and token arrays; it leaves files and text to
+`tinylib.data`, and when to evaluate to `tinylib.train`.
 """
 
 from __future__ import annotations

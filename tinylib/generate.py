@@ -10,7 +10,7 @@ and pass exactly one frozen `SamplingConfig` down to the engine. On top of the e
 `distinct_n` and `continuation_logprob` measure what was generated, to compare sampling settings.
 
 What it leaves to others: picking ids and the decode loop (`tinylib.engine`), tokenizers
-(`tinylib.tokenizer`), loading checkpoints (`tinylib.checkpoint`) and the UI (`tinylib.notebook.widgets`).
+(`tinylib.tokenizer`), loading checkpoints (`tinylib.checkpoint`) and the UI (`tinylib.widgets.story`).
 """
 
 from __future__ import annotations

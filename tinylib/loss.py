@@ -3,7 +3,8 @@
 `linear_cross_entropy` is what training calls instead of materialising the [N, vocab] logits: on CPUs, where
 the vocabulary dominates a small model's step, this removes several full passes over the logits.
 `softcap` is the one squashing function both this loss and the model's logits use (Gemma 2's
-cap * tanh(logits / cap)), so the two can never disagree. The model itself lives in `tinylib.model`.
+cap * tanh(logits / cap)), so the two can never disagree. What it leaves to others: the model itself
+(`tinylib.model`).
 """
 
 from __future__ import annotations

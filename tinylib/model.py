@@ -9,14 +9,18 @@ Conv1D, a transpose).
 `forward` always returns (logits, loss). Attention is computed one of two ways, chosen at run time and never
 saved: `attn_impl="sdpa"` calls `scaled_dot_product_attention` (Flash Attention on CUDA), `"eager"` writes out
 softmax(q k^T / sqrt(d)) (what torch.compile fuses best on CPUs, and what `forward_with_patterns` uses to hand
-the patterns to teaching and interpretability code). Both give the same outputs. A `KVCache` makes generation
-cost O(new tokens); the cache knows nothing about text. The loss (chunked, optionally soft-capped) is in
-`tinylib.loss`.
+the patterns to teaching and interpretability code). Both give the same outputs. A `KVCache`
+(`tinylib.kvcache`) makes generation cost O(new tokens); the model writes into it, the engine owns it.
+The loss (chunked, optionally soft-capped) is in `tinylib.loss`.
 
 The architecture-lab switches live in this same code path (see `tinylib.config.ModelConfig`): a sliding window
 is a banded mask (and a cache of W slots), factorized embeddings are `tok_emb` [vocab, r] then `emb_proj`
 [r -> d] with the LM head reading back through both, `qk_norm` adds `q_norm`/`k_norm`, `mlp="relu2"` squares a
 ReLU, `logit_softcap` squashes the logits, `zero_init` starts the residual projections at zero.
+
+`build_model` builds the model a training run trains. What it leaves to others: the config and presets
+(`tinylib.config`), the loss (`tinylib.loss`), the cache's slots (`tinylib.kvcache`), sampling
+(`tinylib.engine`), checkpoint files (`tinylib.checkpoint`).
 """
 
 from __future__ import annotations
@@ -27,7 +31,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from tinylib.config import ModelConfig
+from tinylib.config import ModelConfig, TrainConfig
+from tinylib.kvcache import KVCache
 from tinylib.loss import linear_cross_entropy, softcap
 
 
@@ -64,63 +69,6 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     x1, x2 = x.chunk(2, dim=-1)
     rotated = torch.cat([-x2, x1], dim=-1)
     return x * cos.to(x.dtype) + rotated * sin.to(x.dtype)  # in x's precision, as transformers' Llama does
-
-
-class KVCache:
-    """Preallocated keys and values for every layer: [B, n_kv_head, slots, d_head] each.
-
-    `pos` is how many positions are filled. The model writes new keys/values at `pos` and advances it once per
-    forward; writing past `max_len` raises (the generation engine decides whether to stop or slide). Normally
-    slots = max_len and position p lives in slot p. With a sliding window W < max_len only the last W
-    positions are kept, in a ring (position p in slot p % W): attention does not care in which order the keys
-    come, only which ones a query may see, and `key_positions` says which position each key holds.
-    """
-
-    def __init__(self, cfg: ModelConfig, batch_size: int, max_len: int | None = None,
-                 device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32):
-        self.max_len = max_len or cfg.max_seq_len
-        if self.max_len > cfg.max_seq_len:
-            raise ValueError(f"KV cache length {self.max_len} exceeds the model's context {cfg.max_seq_len}")
-        self.ring = cfg.sliding_window is not None and cfg.sliding_window < self.max_len
-        self.slots = cfg.sliding_window if self.ring else self.max_len
-        shape = (batch_size, cfg.n_kv_head, self.slots, cfg.d_head)
-        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layer)]
-        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layer)]
-        self.device = torch.device(device)
-        self.pos = 0
-
-    def key_positions(self, T: int) -> torch.Tensor:
-        """The position of each key `update` returns for T new tokens (-1: a ring slot not yet written)."""
-        new = torch.arange(self.pos, self.pos + T, device=self.device)
-        if not self.ring:
-            return torch.arange(self.pos + T, device=self.device)
-        if self.pos == 0:
-            return new
-        last = self.pos - 1  # slot s holds the latest position p <= last with p % slots == s
-        held = last - (last - torch.arange(self.slots, device=self.device)) % self.slots
-        return torch.cat([held, new])
-
-    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store k, v [B, n_kv_head, T, d_head] at the current position; return the keys/values attention
-        reads (all positions so far, or with a ring: its slots followed by the T new ones)."""
-        T = k.shape[2]
-        end = self.pos + T
-        if end > self.max_len:
-            raise ValueError(f"KV cache full: {end} positions requested, room for {self.max_len}")
-        if not self.ring:
-            self.k[layer][:, :, self.pos:end] = k
-            self.v[layer][:, :, self.pos:end] = v
-            return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
-        keys = k if self.pos == 0 else torch.cat([self.k[layer], k], dim=2)
-        values = v if self.pos == 0 else torch.cat([self.v[layer], v], dim=2)
-        m = min(T, self.slots)  # only the last `slots` new positions can still be seen later
-        where = torch.arange(end - m, end, device=k.device) % self.slots
-        self.k[layer][:, :, where] = k[:, :, T - m:]
-        self.v[layer][:, :, where] = v[:, :, T - m:]
-        return keys, values
-
-    def reset(self) -> None:
-        self.pos = 0
 
 
 def attention_mask(q_pos: torch.Tensor, k_pos: torch.Tensor, window: int | None) -> torch.Tensor:
@@ -389,3 +337,8 @@ class Transformer(nn.Module):
             if not self.cfg.tie_embeddings:
                 n -= self.lm_head.weight.numel()
         return n
+
+
+def build_model(cfg: TrainConfig, vocab_size: int, attn_impl: str = "sdpa") -> Transformer:
+    """The model a training run `cfg` trains (`TrainConfig.model_config`), freshly initialised."""
+    return Transformer(cfg.model_config(vocab_size), attn_impl)

@@ -2,7 +2,7 @@
 
 `configure_optimizer(model, cfg)` builds what a run trains with: AdamW with weight decay on matrices only, or
 with `cfg.optimizer == "muon"` Muon for the matrices inside the blocks and AdamW for the rest. `lr_scale` is
-the schedule, one factor on every group's peak lr, and `TimeBudget` plans how many steps it spans when a run
+the schedule, one factor on every group's peak lr, and `TimePlan` plans how many steps it spans when a run
 is given a time instead of a step count. What it leaves to others: the step itself (`tinylib.train`).
 
 Muon: momentum SGD whose update for each weight matrix is orthogonalised (Jordan et al., 2024).
@@ -171,7 +171,7 @@ def lr_scale(step: int, *, warmup: int, total: int, floor: float, schedule: str 
 
 
 @dataclass
-class TimeBudget:
+class TimePlan:
     """How many steps fit in `seconds`, re-estimated as the run goes.
 
     The first plan comes from the timed steps alone (plus 5% for evaluation); later plans from the mean wall

@@ -12,7 +12,7 @@ device supports it (fp32 master weights); optional torch.compile; DDP. Rank 0 ev
 windows, prints fixed-prompt samples, logs metrics and saves `latest/` and `best/`; `TrainState`
 (tinylib.checkpoint) holds what a resumed run needs to continue exactly. What it leaves to others: the
 optimizers and schedule (`tinylib.optim`), checkpoint files, evaluation, the metrics log, FLOPs and MFU
-(`tinylib.flops`), the divergence guard, stop signals and the DDP watchdog (`tinylib.guard`).
+(`tinylib.flops`), the divergence guard, stop signals and the DDP watchdog (`tinylib.faults`).
 """
 
 from __future__ import annotations
@@ -37,25 +37,36 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm.auto import tqdm
 
 from tinylib.batches import RandomBatches
-from tinylib.build import build_model, check_fits, compile_plan
-from tinylib.checkpoint import TrainState, rng_state, set_rng_state
-from tinylib.cli import parse_args
-from tinylib.config import TrainConfig, param_counts
+from tinylib.checkpoint import CheckpointError, DiskFullError, TrainState, rng_state, set_rng_state
+from tinylib.config import TrainConfig, config_from_args, param_counts
 from tinylib.data import open_split, read_meta
-from tinylib.device import autocast_context, dtype_name, pick_dtype, setup_distributed
+from tinylib.device import (
+    autocast_context,
+    check_fits,
+    compile_plan,
+    dtype_name,
+    pick_dtype,
+    setup_distributed,
+)
 from tinylib.evaluate import bits_per_byte, evaluate_loss
+from tinylib.faults import (
+    DivergenceError,
+    DivergenceGuard,
+    LostRankError,
+    RunLockedError,
+    StopSignals,
+    Watchdog,
+    lost_rank,
+    run_lock,
+)
 from tinylib.flops import flops_per_token, peak_flops
 from tinylib.fp8 import to_float8_training
 from tinylib.generate import generate
-from tinylib.guard import DivergenceError, DivergenceGuard, LostRankError, StopSignals, Watchdog, lost_rank
-from tinylib.integrity import CheckpointError, DiskFullError
-from tinylib.metrics import MetricsLog
-from tinylib.model import Transformer
-from tinylib.optim import TimeBudget, configure_optimizer, lr_scale
+from tinylib.metrics import MetricsLog, tracking_hook
+from tinylib.model import Transformer, build_model
+from tinylib.optim import TimePlan, configure_optimizer, lr_scale
 from tinylib.paths import CHECKPOINTS_DIR
-from tinylib.runlock import RunLockedError, run_lock
 from tinylib.tokenizer import Tokenizer, get_tokenizer
-from tinylib.tracking import tracking_hook
 
 
 @dataclass
@@ -129,7 +140,7 @@ class Run:
     peak_flops: float
     log: MetricsLog | None  # rank 0 only
     on_record: Callable[[dict], None] | None
-    budget: TimeBudget | None = None
+    budget: TimePlan | None = None
     bar: tqdm | None = None
     timed_steps: int = 0
     timed_s: float = 0.0
@@ -197,7 +208,7 @@ def setup(cfg: TrainConfig, on_record: Callable[[dict], None] | None,
     state = TrainState(model, configure_optimizer(model, cfg, device), batches,
                        total_steps=cfg.planned_steps(run.tokens_per_step))
     if cfg.max_time_s is not None:
-        run.budget = TimeBudget(cfg.max_time_s, time.perf_counter(), cap=state.total_steps)
+        run.budget = TimePlan(cfg.max_time_s, time.perf_counter(), cap=state.total_steps)
     resumed, passed_over = state.resume(out_dir, tokenizer.name) if cfg.resume else (None, [])
     if resumed:
         run.budget = None  # a resumed run keeps the schedule it was given
@@ -301,7 +312,7 @@ def log_step(run: Run, state: TrainState, grad_norm: torch.Tensor, lr: float, dt
 def train(cfg: TrainConfig, on_record: Callable[[dict], None] | None = None) -> TrainResult:
     """Train a model as `cfg` says; returns the final figures. Works the same under torchrun.
 
-    `on_record(record)` is called on rank 0 with every metrics record (e.g. `tinylib.notebook.live.LivePlot`).
+    `on_record(record)` is called on rank 0 with every metrics record (e.g. `tinylib.widgets.live.LivePlot`).
     SIGINT/SIGTERM save `latest/` at the next step boundary and return (`stopped_by` says which).
     """
     with ExitStack() as stack:
@@ -378,7 +389,7 @@ def run_loop(run: Run, state: TrainState) -> TrainResult:
 
 def main(argv: list[str] | None = None) -> None:
     try:
-        result = train(parse_args(argv, __doc__.split("\n\n")[0]))
+        result = train(config_from_args(argv, description=__doc__.split("\n\n")[0]))
     except (RunLockedError, CheckpointError, DiskFullError, DivergenceError, LostRankError) as e:
         sys.exit(f"error: {e}")  # a fault the user can act on: the message, no traceback, exit status 1
     if int(os.environ.get("RANK", "0")) == 0:

@@ -12,7 +12,7 @@ import torch
 from tinylib.config import ModelConfig, get_config
 from tinylib.engine import SamplingConfig, apply_sampling_rules
 from tinylib.exercises.checks import Exercise, check, register, solution
-from tinylib.model import KVCache
+from tinylib.kvcache import KVCache
 
 __all__ = ["check", "solution"]  # what the notebook imports from here; the exercises register themselves
 

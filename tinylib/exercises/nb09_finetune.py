@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 
 from tinylib.exercises.checks import Exercise, check, register, solution
-from tinylib.instruct import word_inclusion
-from tinylib.instruct_batches import Encoded, make_windows
+from tinylib.finetune.batches import Encoded, make_windows
+from tinylib.finetune.instruct import word_inclusion
 
 __all__ = ["check", "solution"]  # what the notebook imports from here; the exercises register themselves
 

@@ -16,8 +16,8 @@ import torch
 from tinylib.budget import token_target
 from tinylib.config import ModelConfig, get_config
 from tinylib.exercises.checks import Exercise, check, register, solution
+from tinylib.experiments.results import value_at
 from tinylib.flops import flop_params, flops_per_token
-from tinylib.results import value_at
 
 __all__ = ["check", "solution"]  # what the notebook imports from here; the exercises register themselves
 

@@ -5,7 +5,7 @@
 `save_hf(model, folder, tokenizer)` writes `config.json` + `model.safetensors` (+ `tokenizer.json`) so that
 `AutoModelForCausalLM.from_pretrained(folder)` works offline. `hf_tokenizer(tok)` turns our tokenizers into a
 `PreTrainedTokenizerFast`; TransformerLens needs one for `to_tokens`/`to_str_tokens` (see
-`tinylib.interp.lens`). `from_hf` goes back. Training, checkpoints and analysis live elsewhere; this module
+`tinylib.interp.bridge`). `from_hf` goes back. Training, checkpoints and analysis live elsewhere; this module
 only translates.
 
 Pitfalls the conversion handles (each one is checked by tests/test_hf.py against tinylib's own logits):

@@ -25,7 +25,7 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 
-from tinylib.interp.lens import as_bridge
+from tinylib.interp.bridge import as_bridge
 
 Kind = Literal["zero", "mean"]
 Hook = tuple[str, Callable]

@@ -10,7 +10,7 @@
 Duplicate and induction scores are cleanest on repeated random tokens (`repeated_tokens`), where only an
 in-context copy can predict the second half. Plots take the returned data: `plot_pattern`, `plot_head_scores`.
 
-Every function accepts a bridge (`tinylib.interp.lens.to_lens`), a tinylib model or a checkpoint path. The
+Every function accepts a bridge (`tinylib.interp.bridge.to_lens`), a tinylib model or a checkpoint path. The
 eager tinylib path (`model.forward_with_patterns(idx)`) gives the same patterns; the tests use it as the
 cross-check.
 """
@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from tinylib.interp.lens import as_bridge
+from tinylib.interp.bridge import as_bridge
 
 
 @torch.no_grad()

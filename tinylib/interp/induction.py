@@ -41,11 +41,11 @@ from tinylib.config import TrainConfig
 from tinylib.data import open_split, read_meta
 from tinylib.device import pick_dtype
 from tinylib.interp.attention import ordinary_ids, repeated_tokens, scores_from_patterns
-from tinylib.model import Transformer
+from tinylib.model import Transformer, build_model
 from tinylib.optim import configure_optimizer, lr_scale
 from tinylib.paths import CHECKPOINTS_DIR, write_atomic
 from tinylib.tokenizer import get_tokenizer
-from tinylib.train import build_model, train_step
+from tinylib.train import train_step
 
 SCORES_FILE = "scores.json"
 

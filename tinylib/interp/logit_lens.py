@@ -13,7 +13,7 @@ that moves information which a later MLP turns into the answer) show up on the l
 direct effects.
 
 Reads activations from the bridge's cache and weights from the tinylib model behind it (see
-`tinylib.interp.lens`), so the bridge must be unprocessed (no compatibility-mode folding).
+`tinylib.interp.bridge`), so the bridge must be unprocessed (no compatibility-mode folding).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from tinylib.interp.lens import as_bridge, str_tokens, tinylib_model
+from tinylib.interp.bridge import as_bridge, str_tokens, tinylib_model
 
 
 def _check_unprocessed(bridge) -> None:

@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from tinylib.interp.lens import as_bridge, str_tokens
+from tinylib.interp.bridge import as_bridge, str_tokens
 
 
 @torch.no_grad()

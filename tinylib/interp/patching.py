@@ -16,7 +16,7 @@ names task; ARENA 1.4 for the normalisation).
 - Both return a `PatchingResult` (the grid, the clean and corrupted logit differences, labels);
   `plot_residual_patching` and `plot_head_patching` draw it.
 
-Hooks run on the TransformerLens bridge (`tinylib.interp.lens.as_bridge`), as in `tinylib.interp.ablation`.
+Hooks run on the TransformerLens bridge (`tinylib.interp.bridge.as_bridge`), as in `tinylib.interp.ablation`.
 Each grid row is one batched forward pass: copy i of the corrupted prompt has position (or head) i patched.
 What it leaves to others: building the bridge (`lens`), ablations (`ablation`), steering (`steering`).
 """
@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from tinylib.interp.lens import as_bridge, encode, str_tokens
+from tinylib.interp.bridge import as_bridge, encode, str_tokens
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ second (strength < 0). Strength 1 adds exactly the average difference between th
 
 This works on a tinylib `Transformer` directly (generation needs the KV cache, which the TransformerLens
 bridge does not drive). What it leaves to others: sampling (`tinylib.engine`), text (`tinylib.generate`), the
-widget's controls (`tinylib.notebook.widgets`).
+widget's controls (`tinylib.widgets.story`).
 """
 
 from __future__ import annotations

@@ -99,7 +99,7 @@ def tinylib_model(bridge: Any) -> Transformer:
     model = getattr(bridge, "tinylib_model", None)
     if model is None:
         raise ValueError(
-            "this bridge was not built by tinylib.interp.lens.to_lens; build it with to_lens(model)"
+            "this bridge was not built by tinylib.interp.bridge.to_lens; build it with to_lens(model)"
         )
     return model
 

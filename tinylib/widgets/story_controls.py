@@ -5,12 +5,12 @@
   `tinylib.interp.steering.steer` block the steered story is generated in; the direction is recomputed for
   each model and layer (a dozen forward passes of short openings) and kept for the next click.
 - `RequestControls`: a mode switch ("continue a prompt" or "story on request") and the words and features
-  fields. `prompt()` builds the request with `tinylib.instruct.request_prompt`, the same text an
+  fields. `prompt()` builds the request with `tinylib.finetune.instruct.request_prompt`, the same text an
   instruction-tuned checkpoint was fine-tuned on, so it ends where that model's story begins.
 
 Bad input raises ValueError with the fix; the widget shows it as a message. What it leaves to others: the
-layout, the buttons and the background thread (`tinylib.notebook.widgets`), the directions and the hook
-(`tinylib.interp.steering`), the prompt format (`tinylib.instruct`).
+layout, the buttons and the background thread (`tinylib.widgets.story`), the directions and the hook
+(`tinylib.interp.steering`), the prompt format (`tinylib.finetune.instruct`).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from typing import Any
 
 import ipywidgets as widgets
 
-from tinylib.instruct import FEATURES, request_prompt
+from tinylib.finetune.instruct import FEATURES, request_prompt
 from tinylib.interp.steering import HAPPY, SAD, SteeringVector, steer, steering_vector
 
 BUILT_IN = "happy - sad"

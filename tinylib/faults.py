@@ -1,4 +1,5 @@
-"""Keeping a training run sound when things go wrong: divergence, stop signals, a lost DDP rank.
+"""Everything a run does when things go wrong, in one place a first reading can skip: divergence, stop
+signals, a lost DDP rank, and a second run in the same folder.
 
 - `DivergenceGuard` judges each optimizer step before it is applied: a non-finite loss or gradient norm, or a
   loss above `guard_spike` x the median of the last 50 applied steps, is not applied. After `guard_bad_steps`
@@ -9,22 +10,33 @@
 - `StopSignals` turns SIGINT/SIGTERM (Ctrl-C, a preempted machine) into a request to save and stop at the next
   step boundary; a second signal acts as it did before (stop at once).
 - `Watchdog` ends a DDP process that has finished no step for `dist_timeout_s` (a rank that died or hangs),
-  with a message, instead of leaving it waiting.
+  with a message, instead of leaving it waiting; `lost_rank` turns a failed collective into a clear error.
+- `run_lock`: one run per folder, an exclusive non-blocking `fcntl.flock` on a small file inside it. Two
+  trainers writing the same `--out-dir` would interleave their metrics and overwrite each other's checkpoints.
+  The lock file records its holder (pid, host, start time) so the second run can say whom it collided with.
+  The OS drops a flock when its process dies (even on SIGKILL), so a stale file never blocks a later run.
+  Different names are different locks: the trainer holds `TRAINER_LOCK`, the experiment runner
+  `EXPERIMENT_LOCK`, both in one process; `is_locked` probes one without taking it (`LOCKS` names them all).
 
 What it leaves to others: the step itself and when to save (`tinylib.train`), checkpoint files
-(`tinylib.checkpoint`).
+(`tinylib.checkpoint`), the lr factor the guard lowers (`tinylib.optim`).
 """
 
 from __future__ import annotations
 
+import fcntl
+import json
 import math
 import os
 import signal
+import socket
 import statistics
 import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -173,3 +185,76 @@ class Watchdog:
                       f"{self.timeout_s:g}): another process died or hangs; ending this one.",
                       file=sys.stderr, flush=True)
                 os._exit(3)
+
+
+# --- one run per folder ------------------------------------------------------------------------------------
+
+TRAINER_LOCK = ".lock"  # held by tinylib.train for the whole run
+EXPERIMENT_LOCK = "experiment.lock"  # held by the experiment runner around a run (tinylib.experiments)
+LOCKS = (TRAINER_LOCK, EXPERIMENT_LOCK)  # what a status probe checks: any held one means "running"
+
+
+class RunLockedError(RuntimeError):
+    """Another process holds the folder's lock; the message names the folder, its pid, host and start time."""
+
+
+def read_holder(path: str | os.PathLike) -> dict:
+    """What the lock file says about its (last) holder; {} when it is missing or unreadable."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _locked_message(folder: Path, path: Path) -> str:
+    holder = read_holder(path)
+    started = holder.get("started")
+    when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(started)) if started else "an unknown time"
+    return (
+        f"{folder} is in use by another run (pid {holder.get('pid', '?')} on host {holder.get('host', '?')}, "
+        f"started {when}; lock file {path}). Wait for it to finish, stop it, or choose another folder."
+    )
+
+
+@contextmanager
+def run_lock(folder: str | os.PathLike, name: str = TRAINER_LOCK) -> Iterator[Path]:
+    """Hold an exclusive lock on folder/name (fcntl.flock; the OS releases it when the process dies) ...
+
+    ... for the duration of the block. Raises RunLockedError at once (non-blocking) when another process, or
+    another open of the same file, holds it. Yields the lock file's path, into which the holder's pid, host
+    and start time are written for the next one's message.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RunLockedError(_locked_message(folder, path)) from None
+        info = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(info).encode(), 0)
+        try:
+            yield path
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+def is_locked(path: str | os.PathLike) -> bool:
+    """Whether another open of `path` holds its flock (probed with a shared lock; nothing is written)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)

@@ -11,7 +11,7 @@ What this module does:
   crosses example boundaries inside a window, as it does in pretraining.
 - `WindowBatches`: the windows in a new random order every epoch, resumable (a `TrainState`'s data stream).
 
-What it leaves to others: the text and the prompt format (tinylib.instruct), the loop (tinylib.finetune).
+What it leaves to others: the text and the prompt format (`instruct.py` here), the stage (`stage.py`).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from tinylib.instruct import Example
+from tinylib.finetune.instruct import Example
 from tinylib.tokenizer import Tokenizer
 
 

@@ -4,7 +4,7 @@
     python -m tinylib.experiments run-next experiments/cpu_study.yaml    # the first unfinished one (resumes)
     python -m tinylib.experiments run experiments/cpu_study.yaml llama_tiny_adamw
     python -m tinylib.experiments run-all experiments/cpu_study.yaml [--log-to tensorboard]
-    python -m tinylib.experiments results experiments/cpu_study.yaml     # table and plots (tinylib.results)
+    python -m tinylib.experiments results experiments/cpu_study.yaml     # table and plots (results.py)
 
 The file (experiments/README.md has the full reference):
 
@@ -32,8 +32,8 @@ flock the OS drops when that process dies, even on SIGKILL); interrupted at step
 stops short of the schedule); done. Running an interrupted experiment resumes it exactly. The runner adds
 `experiment.json` (the spec it started from: a changed spec is refused), `clock.jsonl` (wall time per metrics
 record, as if the run had never stopped) and, when done, `result.json` (figures and a sample story). What it
-leaves to others: training (`tinylib.train`), reading a folder's state (`tinylib.runstatus`), the table and
-plots (`tinylib.results`), external trackers (`tinylib.tracking`).
+leaves to others: training (`tinylib.train`), reading a folder's state (`status.py` here), the table and plots
+(`results.py` here), external trackers (`tinylib.metrics`).
 """
 
 from __future__ import annotations
@@ -55,14 +55,13 @@ from tinylib.budget import token_target
 from tinylib.checkpoint import load_meta, load_model, load_tokenizer
 from tinylib.config import PRESETS, ModelConfig, TrainConfig, get_config
 from tinylib.data import read_meta
+from tinylib.experiments.results import Clock, last_values, write_results
+from tinylib.experiments.status import Status, run_status
+from tinylib.faults import EXPERIMENT_LOCK, RunLockedError, run_lock
+from tinylib.metrics import TRACKERS
 from tinylib.paths import ROOT, write_atomic
-from tinylib.results import Clock, last_values, write_results
-from tinylib.runlock import RunLockedError, run_lock
-from tinylib.runstatus import Status, run_status
-from tinylib.tracking import TRACKERS
 from tinylib.train import sample_completions, train
 
-LOCK = "experiment.lock"
 TOP_FIELDS = ("out_dir", "sample_prompt", "description", "defaults", "experiments")
 BUDGETS = ("flops", "tokens", "tokens_per_param", "steps", "time_s")
 # TrainConfig fields an experiment sets through its own fields (or the runner sets), not through `train`
@@ -230,7 +229,7 @@ def check_runnable(experiments: list[Experiment]) -> None:
 # --- status -------------------------------------------------------------------------------------------------
 
 def status(exp: Experiment, *, holding: bool = False) -> Status:
-    """The experiment's state from its folder (`tinylib.runstatus`)."""
+    """The experiment's state from its folder (`tinylib.experiments.status`)."""
     return run_status(exp.run_dir, holding=holding)
 
 
@@ -256,7 +255,7 @@ def run_experiment(exp: Experiment, *, log_to: str | None = None, sample_prompt:
 
     Raises `RunLockedError` when another process runs it, ValueError when its spec changed since it started.
     """
-    with run_lock(exp.run_dir, LOCK):
+    with run_lock(exp.run_dir, EXPERIMENT_LOCK):
         spec_file = exp.run_dir / "experiment.json"
         if spec_file.is_file():
             old = json.loads(spec_file.read_text())
@@ -350,7 +349,3 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, KeyError, FileNotFoundError, RunLockedError, ExperimentStopped) as e:
         print(f"error: {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr)
         return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

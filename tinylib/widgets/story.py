@@ -5,9 +5,9 @@
 Generate and Stop buttons, the story streaming into an Output, and a line with tokens/s. Its parts:
 - `SamplingControls`: the prompt, the sliders and the seed; `.sampling()` reads them as a `SamplingConfig`;
 - `ModelPicker`: the dropdown and its Refresh button; loads a checkpoint the first time it is chosen;
-- `StoryView` and `StoryRunner` (`tinylib.notebook.story_runner`): a story with its status line, and the
+- `StoryView` and `StoryRunner` (`tinylib.widgets.story_runner`): a story with its status line, and the
   background thread that streams stories into views, so Stop works while the kernel stays free;
-- `SteeringControls` and `RequestControls` (`tinylib.notebook.story_controls`): a steering direction, layer
+- `SteeringControls` and `RequestControls` (`tinylib.widgets.story_controls`): a steering direction, layer
   and strength, and the "story on request" mode (words, features) for instruction-tuned checkpoints.
 `StoryGenerator` lays them out and wires the buttons. With steering on, Generate writes two stories with the
 same seed side by side, without and with steering; moving a steering control afterwards rewrites the steered
@@ -15,10 +15,11 @@ one (same prompt, settings and seed), so the effect of the strength is seen dire
 checkpoint, empty prompt, prompt too long, a bad seed, a layer the model lacks) become a readable message in
 the widget, never a traceback.
 
-Which model a notebook passes in is chosen explicitly with `tinylib.notebook.models.open_model`.
+Which model a notebook passes in is chosen explicitly with `tinylib.widgets.models.open_model`.
 
 What it leaves to others: sampling (`tinylib.engine`), decoding text (`tinylib.generate`), checkpoint files
-(`tinylib.checkpoint`), steering (`tinylib.interp.steering`), the request format (`tinylib.instruct`).
+(`tinylib.checkpoint`), steering (`tinylib.interp.steering`), the request format
+(`tinylib.finetune.instruct`).
 """
 
 from __future__ import annotations
@@ -31,10 +32,10 @@ import ipywidgets as widgets
 
 from tinylib import checkpoint
 from tinylib.engine import SamplingConfig, row_seeds
+from tinylib.finetune.instruct import is_instruct_checkpoint
 from tinylib.generate import GenerationResult
-from tinylib.instruct import is_instruct_checkpoint
-from tinylib.notebook.story_controls import RequestControls, SteeringControls
-from tinylib.notebook.story_runner import StoryRunner, StoryView, UserError
+from tinylib.widgets.story_controls import RequestControls, SteeringControls
+from tinylib.widgets.story_runner import StoryRunner, StoryView, UserError
 
 PASSED = "__passed__"  # dropdown key of a model object given to the widget
 _HIDDEN, _SHOWN = "none", ""

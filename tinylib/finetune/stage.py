@@ -4,17 +4,17 @@ with the loss on response tokens only, and measure whether the model now writes 
     python -m tinylib.finetune --parent checkpoints/reference --max-time-s 600 --max-steps 100000
 
 What this module does:
-- The loop: `train_step` of tinylib.train on each batch of windows (tinylib.instruct_batches: targets inside
+- The loop: `train_step` of tinylib.train on each batch of windows (tinylib.finetune.batches: targets inside
   the prompt are -1, so the loss is the cross-entropy over the story alone); a batch with no scored token is
   skipped and counted. The warmup + cosine schedule and the optimizer of tinylib.optim; `TrainState`
   checkpoints whose config.json says `"stage": "instruct"` and names the parent checkpoint.
 - Evaluation on fixed held-out prompts: the word-inclusion rate of generated stories and the loss on
   responses, before and after; `compare_packing` runs both window layouts for the same number of steps.
-- Data: the official TinyStories-Instruct files when present, else the derived set (tinylib.instruct), and
-  the label of what was used goes into the checkpoint.
+- Data: the official TinyStories-Instruct files when present, else the derived set (`instruct.py` here),
+  and the label of what was used goes into the checkpoint.
 
-What it leaves to others: the text and the prompt format (tinylib.instruct), windows
-(tinylib.instruct_batches), the step and checkpoint files (tinylib.train, tinylib.checkpoint), sampling
+What it leaves to others: the text and the prompt format (tinylib.finetune.instruct), windows
+(tinylib.finetune.batches), the step and checkpoint files (tinylib.train, tinylib.checkpoint), sampling
 (tinylib.generate).
 """
 
@@ -30,14 +30,14 @@ from pathlib import Path
 
 import torch
 
-from tinylib import instruct
 from tinylib.checkpoint import TrainState, load_meta, load_model, load_tokenizer, resolve
 from tinylib.config import TrainConfig
 from tinylib.device import autocast_context, dtype_name, pick_device, pick_dtype
+from tinylib.finetune import instruct
+from tinylib.finetune.batches import LAYOUTS, WindowBatches, Windows, encode_examples, make_windows
+from tinylib.finetune.instruct import Example, Parsed
 from tinylib.generate import generate
-from tinylib.instruct import Example, Parsed
-from tinylib.instruct_batches import LAYOUTS, WindowBatches, Windows, encode_examples, make_windows
-from tinylib.optim import TimeBudget, configure_optimizer, lr_scale
+from tinylib.optim import TimePlan, configure_optimizer, lr_scale
 from tinylib.paths import CHECKPOINTS_DIR, shared_tinystories
 from tinylib.tokenizer import Tokenizer
 from tinylib.train import train_step
@@ -209,7 +209,7 @@ def train_loop(state: TrainState, cfg: FinetuneConfig, device: torch.device, dty
     """Steps until cfg.max_steps, or until cfg.max_time_s is spent (then the schedule is re-planned to end
     there, as tinylib.train does); a batch without a scored token is skipped and counted."""
     stats, t_start = LoopStats(), time.perf_counter()
-    budget = TimeBudget(cfg.max_time_s, t_start, cap=cfg.max_steps) if cfg.max_time_s else None
+    budget = TimePlan(cfg.max_time_s, t_start, cap=cfg.max_steps) if cfg.max_time_s else None
     timed_steps, planned_at = 0, -1
     while state.step < state.total_steps:
         due = budget and timed_steps >= 5 and (budget.mark is None or state.step % cfg.log_every == 0)
@@ -352,7 +352,3 @@ def main(argv: list[str] | None = None) -> None:
               f"\n  after:  {a['story'][:300]!r}")
     if compare:
         print(json.dumps(compare_packing(cfg, compare)))
-
-
-if __name__ == "__main__":
-    main()

@@ -7,7 +7,7 @@ optionally inside a context (the steered story runs inside `tinylib.interp.steer
 one seed, so side by side they differ only by what the context changed. A run submitted while another is
 going starts right after it (the latest wins), so moving a slider twice quickly still ends on the last value.
 
-What it leaves to others: the controls and the layout (`tinylib.notebook.widgets`), generation itself
+What it leaves to others: the controls and the layout (`tinylib.widgets.story`), generation itself
 (`tinylib.generate`).
 """
 

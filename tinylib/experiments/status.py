@@ -1,7 +1,7 @@
 """What state a run folder is in: not started, running, interrupted at step N, or done.
 
 Read from the folder alone, so any process can ask (`make list` while another process trains): running means
-another process holds one of the folder's locks (`tinylib.runlock`: the trainer's `.lock`, the experiment
+another process holds one of the folder's locks (`tinylib.faults`: the trainer's `.lock`, the experiment
 runner's `experiment.lock`; the OS drops them when their process dies, even on SIGKILL); otherwise the
 `latest/` checkpoint's step against its schedule's length says interrupted or done. The probe only reads: it
 never creates the folder or rewrites a lock file. What it leaves to others: taking the locks (`runlock`),
@@ -10,14 +10,12 @@ running (`tinylib.experiments`).
 
 from __future__ import annotations
 
-import fcntl
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from tinylib.checkpoint import load_meta
-
-LOCKS = (".lock", "experiment.lock")  # the trainer's and the experiment runner's
+from tinylib.faults import LOCKS, is_locked
 
 
 @dataclass
@@ -33,22 +31,6 @@ class Status:
         if self.state == "running":
             return f"running (saved step {self.step}{of})" if self.step else "running"
         return f"done ({self.step} steps)" if self.state == "done" else self.state
-
-
-def is_locked(path: str | os.PathLike) -> bool:
-    """Whether another open of `path` holds its flock (probed with a shared lock; nothing is written)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return False
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
 
 
 def run_status(run_dir: str | os.PathLike, *, holding: bool = False) -> Status:
