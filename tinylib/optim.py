@@ -1,9 +1,11 @@
 """The optimizers and the learning-rate schedule: AdamW, Muon, and warmup + cosine (or warmup-stable-decay).
 
 `configure_optimizer(model, cfg)` builds what a run trains with: AdamW with weight decay on matrices only, or
-with `cfg.optimizer == "muon"` Muon for the matrices inside the blocks and AdamW for the rest. `lr_scale` is
-the schedule, one factor on every group's peak lr, and `TimePlan` plans how many steps it spans when a run
-is given a time instead of a step count. What it leaves to others: the step itself (`tinylib.train`).
+with `cfg.optimizer == "muon"` Muon for the matrices inside the blocks and AdamW for the rest. Every group
+records its peak lr; `lr_scale` is the schedule, one factor on every peak, `set_lr_factor` the one place the
+lr is written (the divergence guard lowers the peaks with `lower_peak_lr`), and `TimePlan` plans how many
+steps the schedule spans when a run is given a time instead of a step count. What it leaves to others: the
+step itself (`tinylib.train`).
 
 Muon: momentum SGD whose update for each weight matrix is orthogonalised (Jordan et al., 2024).
 
@@ -11,7 +13,9 @@ Adam scales every coordinate on its own; Muon instead replaces a matrix's moment
 nearest semi-orthogonal matrix, so every direction the layer can move in moves by the same amount. Rare but
 useful directions are no longer drowned by the few largest ones, and the model learns more per token: the
 modded-nanogpt speedruns and nanochat train their hidden matrices this way. U V^T is computed without an SVD
-by a few Newton-Schulz iterations in bf16 (matmuls only, so cheap next to a training step).
+by a few Newton-Schulz iterations (matmuls only, so cheap next to a training step): in bf16 on GPUs, as the
+speedruns do, and in fp32 on CPUs, where these small matrices orthogonalise faster in fp32 even with bf16
+units, and ten times faster without them (bf16 is emulated there; bench/step_profile.py measures it).
 
 Muon is only for the 2-D weights inside the blocks. Embeddings, the LM head and norm gains stay on AdamW: an
 embedding row is a lookup, not a linear map, and a gain vector has no matrix to orthogonalise. `MuonAdamW`
@@ -31,15 +35,16 @@ from tinylib.config import TrainConfig
 NS_COEFFS = (3.4445, -4.7750, 2.0315)  # quintic chosen to push singular values in (0, 1] towards ~1 fast
 
 
-def orthogonalize(g: torch.Tensor, steps: int = 5) -> torch.Tensor:
-    """Approximately U V^T for each matrix in `g` ([..., m, n]), by Newton-Schulz iteration in bf16.
+def orthogonalize(g: torch.Tensor, steps: int = 5, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Approximately U V^T for each matrix in `g` ([..., m, n]), by Newton-Schulz iteration in `dtype`
+    (default: bf16 on GPUs, fp32 elsewhere).
 
     The iteration maps each singular value s to a s + b s^3 + c s^5; after normalising so that s <= 1, five
     steps bring every singular value into roughly [0.7, 1.2]: not exact, and it need not be (training only
     needs the directions equalised).
     """
     a, b, c = NS_COEFFS
-    x = g.bfloat16()
+    x = g.to(dtype or (torch.bfloat16 if g.is_cuda else torch.float32))
     wide = x.size(-2) <= x.size(-1)
     if not wide:  # iterate on the smaller Gram matrix
         x = x.mT
@@ -145,6 +150,28 @@ def configure_optimizer(model: torch.nn.Module, cfg: TrainConfig,
     groups.append({"params": to_muon, "muon": True, "lr": cfg.muon_lr, "base_lr": cfg.muon_lr,
                    "momentum": cfg.muon_momentum, "weight_decay": cfg.muon_weight_decay})
     return MuonAdamW(groups, lr=cfg.lr, betas=betas)
+
+
+def set_lr_factor(optimizer: torch.optim.Optimizer, factor: float) -> None:
+    """Every group's lr = its peak lr ("base_lr") x factor: the one place a run's lr is written (the loop
+    calls it before each step with the schedule's `lr_scale`)."""
+    for group in optimizer.param_groups:
+        group["lr"] = group["base_lr"] * factor
+
+
+def lower_peak_lr(optimizer: torch.optim.Optimizer, factor: float) -> None:
+    """Multiply every group's peak lr by factor (the divergence guard, after a rollback)."""
+    for group in optimizer.param_groups:
+        group["base_lr"] *= factor
+
+
+def current_lr(optimizer: torch.optim.Optimizer) -> float:
+    """The first group's lr as last set (what the metrics log records)."""
+    return optimizer.param_groups[0]["lr"]
+
+
+def peak_lrs(optimizer: torch.optim.Optimizer) -> list[float]:
+    return [group["base_lr"] for group in optimizer.param_groups]
 
 
 SCHEDULES = ("cosine", "wsd")
