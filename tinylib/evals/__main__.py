@@ -1,0 +1,55 @@
+"""Score models on the benchmark: `python -m tinylib.evals --model reference --model bigram --out evals/`.
+
+Prints one summary line per model and a comparison table; writes <model>.json, <model>.md and comparison.md
+under --out. A progress bar counts items per model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from tinylib.evals.families import build_benchmark
+from tinylib.evals.items import ItemFileError, read_items
+from tinylib.evals.models import NAMES, VocabMismatchError, available
+from tinylib.evals.report import comparison_markdown, evaluate, write_reports
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m tinylib.evals", description=__doc__.splitlines()[0])
+    p.add_argument("--model", action="append", default=[],
+                   help=f"a name ({', '.join(NAMES)}) or a checkpoint/run folder or llama2.c .bin; "
+                        "repeat for several; 'all' scores every model available here")
+    p.add_argument("--items", default=None, help="score the items of this JSON Lines file instead")
+    p.add_argument("--seed", type=int, default=0, help="seed of the generated items (default 0)")
+    p.add_argument("--samples", type=int, default=0,
+                   help="also sample this many stories per network for generation statistics (default 0)")
+    p.add_argument("--out", default=None, help="folder for the JSON and Markdown reports")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    args = p.parse_args(argv)
+    models = [m for name in (args.model or ["all"]) for m in (available() if name == "all" else [name])]
+    try:
+        if args.items:
+            from tinylib.evals.families import Benchmark
+            bench = Benchmark(read_items(args.items))
+        else:
+            bench = build_benchmark(args.seed)
+        counts = ", ".join(f"{f} {n}" for f, n in bench.families().items())
+        print(f"{len(bench.items)} items ({counts})", file=sys.stderr)
+        reports = [evaluate(m, benchmark=bench, samples=args.samples, progress=not args.no_progress)
+                   for m in models]
+    except (ItemFileError, VocabMismatchError, ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for r in reports:
+        print(r.summary_line())
+    print()
+    print(comparison_markdown(reports))
+    if args.out:
+        for path in write_reports(reports, args.out):
+            print(f"wrote {path}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
