@@ -14,7 +14,6 @@ from tinylib.budget import (
     TOKENS_PER_BYTE,
     compare_run,
     measure_tokens_per_byte,
-    measure_train_step,
     plan,
     plans_table,
     steps_for_tokens,
@@ -117,13 +116,6 @@ def test_plan_is_consistent():
     assert table.count("gpt2_124M") == 2
     with pytest.raises(ValueError, match="mfu"):
         plan("tiny", mfu=35)
-
-
-def test_measure_train_step_reports_consistent_figures():
-    cfg = get_config("tiny", vocab_size=512)
-    m = measure_train_step(cfg, batch_size=2, seq_len=32, dtype="fp32", steps=1, warmup=0)
-    assert m.tokens_per_s == pytest.approx(2 * 32 / m.step_time_s)
-    assert m.mfu == pytest.approx(m.tokens_per_s * flops_per_token(cfg, 32) / peak_flops("cpu", "fp32"))
 
 
 # --- the notebook panel: sliders and plots (tinylib.widgets.budget) ----------------------------------------

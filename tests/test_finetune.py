@@ -15,6 +15,7 @@ from fakehub import serve
 
 from tinylib.checkpoint import TrainState, load_meta, load_model
 from tinylib.config import TrainConfig, get_config
+from tinylib.faults import DivergenceGuard
 from tinylib.finetune import instruct
 from tinylib.finetune.batches import Encoded, WindowBatches, encode_examples, make_windows
 from tinylib.finetune.instruct import (
@@ -28,10 +29,11 @@ from tinylib.finetune.instruct import (
     read_instruct,
     request_prompt,
 )
-from tinylib.finetune.stage import FinetuneConfig, finetune, finetune_step, response_loss, train_loop
+from tinylib.finetune.stage import FinetuneConfig, finetune, response_loss, scored
 from tinylib.model import Transformer
 from tinylib.optim import configure_optimizer
 from tinylib.tokenizer import get_tokenizer
+from tinylib.train import Run, next_micro_batches, run_loop
 
 SEQ = 64
 TEXT = """Features: Dialogue
@@ -161,24 +163,25 @@ def test_a_prompt_only_batch_is_skipped_and_counted(tok):
                      d_mlp=64, max_seq_len=SEQ)
     net = Transformer(cfg)
     state = TrainState(net, configure_optimizer(net, TrainConfig(), torch.device("cpu")))
-    before = {k: v.clone() for k, v in net.state_dict().items()}
     ids = tok.encode("Words: cat\nStory:\n", bos=True)
     prompt_only = Encoded(ids, n_prompt=len(ids), where="t.txt:1")  # what encode_examples never makes
     x, y = make_windows([prompt_only], SEQ, layout="padded", pad_id=tok.eos_id).xy(slice(None))
     assert bool((y == -1).all())
-    assert finetune_step(state, [(x, y)]) is None
-    assert state.step == 0 and all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+    assert scored([(x, y)]) == []
 
-    # In the loop: windows that are all prompt are drawn, counted, and cost no step.
+    # In the trainer's loop: windows that are all prompt are drawn, counted, and cost no step.
     real = encode_examples(examples(3), tok, SEQ)
     windows = make_windows([prompt_only, prompt_only, *real], SEQ, layout="padded", pad_id=tok.eos_id)
     state.batches = WindowBatches(windows, batch_size=1, seed=0)
     state.total_steps = 6
-    stats = train_loop(state, FinetuneConfig(max_steps=6, log_every=1, progress=False), torch.device("cpu"),
-                       None)
+    ft = FinetuneConfig(max_steps=6, log_every=1, progress=False)
+    run = Run(ft, 0, 1, torch.device("cpu"), torch.float32, None, tok, accum=1, guard=DivergenceGuard(ft),
+              evaluate=lambda run, state: {"val_loss": 0.0},
+              draw=lambda run, state: scored(next_micro_batches(run, state)))
+    run_loop(run, state)
     drawn = [int(state.batches.rows(s)[0]) for s in range(state.batches.step)]
-    assert state.step == 6 and stats.skipped == sum(r < 2 for r in drawn) > 0
-    assert len(drawn) == 6 + stats.skipped
+    assert state.step == 6 and run.skipped == sum(r < 2 for r in drawn) > 0
+    assert len(drawn) == 6 + run.skipped
 
 
 @pytest.mark.parametrize("layout", ["packed", "stream"])

@@ -257,7 +257,7 @@ def test_llama2c_export_is_exact_or_refused_naming_the_field(name, tmp_path):
     torch.testing.assert_close(back(idx)[0], model(idx)[0], atol=1e-4, rtol=1e-4)
 
 
-def test_lens_bridge_is_exact_for_factorized_embeddings_and_refuses_a_window():
+def test_bridge_is_exact_for_factorized_embeddings_and_refuses_a_window():
     model = chaotic(embed_rank=16)
     idx = torch.randint(0, V, (1, 20))
     with torch.no_grad():

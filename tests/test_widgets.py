@@ -180,7 +180,7 @@ def test_steering_shows_both_stories_with_one_seed(tok, tmp_path):
     run(w)
     plain = generate(model, tok, w.prompt.value, max_new_tokens=20, temperature=0.8, top_p=0.9, seed=5)
     assert w.result.tokens == plain.tokens and w.steered_result.tokens == plain.tokens  # strength 0
-    assert w.steered_text == w.text and "x +0 after block 1" in w.steered_view.title.value
+    assert w.steered_view.text == w.text and "x +0 after block 1" in w.steered_view.title.value
     w.strength.value = 6.0  # moving the slider rewrites the steered story, same prompt and seed
     assert w.wait(30)
     want = steered_reference(model, tok, w.prompt.value, 6.0, 1, max_new_tokens=20, temperature=0.8,

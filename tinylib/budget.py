@@ -2,8 +2,8 @@
 
 What this module does, in this order: token targets (Chinchilla's tokens per parameter, a FLOP budget or a
 fixed count) and the epochs they imply on TinyStories; tokens per optimizer step and steps; `plan`: FLOPs,
-hours and cost on N devices at an assumed MFU; `measure_train_step` and `compare_run`: measured speed and MFU
-beside the prediction.
+hours and cost on N devices at an assumed MFU; `compare_run`: a run's measured speed and MFU beside the
+prediction.
 
 What it leaves to others: FLOPs per token, device peaks and MFU (`tinylib.flops`), parameter counts
 (`tinylib.config`), parsing stories (`tinylib.stories`), the training loop (`tinylib.train`), metrics files
@@ -16,22 +16,17 @@ import json
 import math
 import os
 import statistics
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from tinylib.checkpoint import TrainState
-from tinylib.config import ModelConfig, TrainConfig, get_config, param_counts
-from tinylib.device import DTYPES, dtype_name, pick_device
+from tinylib.config import ModelConfig, get_config, param_counts
+from tinylib.device import dtype_name, pick_device
 from tinylib.flops import device_name, flop_params, flops_per_token, lookup_peak, peak_flops
 from tinylib.metrics import read_metrics
-from tinylib.model import Transformer
-from tinylib.optim import configure_optimizer
 from tinylib.stories import parse_stories
 from tinylib.tokenizer import get_tokenizer
-from tinylib.train import train_step
 
 
 def chinchilla_tokens(n_params: float, tokens_per_param: float = 20.0) -> int:
@@ -248,51 +243,6 @@ def plans_table(plans: list[Plan]) -> str:
                      f"{p.total_flops:>9.2e} {str(p.n_gpus) + ' x ' + p.device:>16} {p.mfu:>4.0%} "
                      f"{_fmt_hours(p.hours):>11} {'$' + format(p.cost, ',.2f'):>10}")
     return "\n".join(lines)
-
-
-@dataclass(frozen=True)
-class StepMeasurement:
-    """Timed training steps (forward, backward, AdamW) of a freshly built model on this machine."""
-
-    batch_size: int
-    seq_len: int
-    device: str
-    dtype: str
-    step_time_s: float  # median over the timed steps
-    tokens_per_s: float
-    flops_per_token: float
-    peak_flops: float
-    mfu: float
-
-
-def measure_train_step(cfg: ModelConfig, batch_size: int = 8, seq_len: int | None = None,
-                       device: str | torch.device = "cpu", dtype: str = "bf16", *, steps: int = 3,
-                       warmup: int = 1, seed: int = 0) -> StepMeasurement:
-    """Time `steps` of the trainer's own `train_step` on random tokens (after `warmup` untimed ones): the MFU.
-
-    A probe for planning: no data loading, no evaluation, no compile; fp32 weights with autocast, AdamW and
-    clipping as the trainer runs them. Random tokens cost the same FLOPs as real ones.
-    """
-    name = dtype_name(dtype)
-    seq_len = seq_len or cfg.max_seq_len
-    dev = torch.device(device)
-    gen = torch.Generator().manual_seed(seed)
-    model = Transformer(cfg).to(dev)
-    state = TrainState(model, configure_optimizer(model, TrainConfig(lr=1e-4), dev))
-    idx = torch.randint(0, cfg.vocab_size, (batch_size, seq_len + 1), generator=gen).to(dev)
-    times = []
-    for i in range(warmup + steps):
-        t0 = time.perf_counter()
-        train_step(state, [(idx[:, :-1], idx[:, 1:])], dtype=DTYPES[name])[0].item()  # .item(): wait for it
-        if i >= warmup:
-            times.append(time.perf_counter() - t0)
-    dt = statistics.median(times)
-    tps = batch_size * seq_len / dt
-    fpt = flops_per_token(cfg, seq_len)
-    peak = peak_flops(dev, name)
-    return StepMeasurement(batch_size=batch_size, seq_len=seq_len, device=device_name(dev), dtype=name,
-                           step_time_s=dt, tokens_per_s=tps, flops_per_token=fpt, peak_flops=peak,
-                           mfu=tps * fpt / peak)
 
 
 # The MFU a prediction assumes when none is given, by (device type, dtype). GPUs: careful GPT-2 124M training

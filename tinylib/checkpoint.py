@@ -8,8 +8,11 @@ records each file's size and SHA-256, so a later bit flip or truncation is found
 A training run keeps `<run>/latest/` and `<run>/best/` next to `<run>/metrics.jsonl`, and the `keep_previous`
 latest checkpoints before them in `<run>/previous/`; resuming takes the newest intact one. Every failure a
 user can meet (a damaged, foreign or mismatched checkpoint, pickled code, a full disk) ends in a
-`CheckpointError` or `DiskFullError` that names the file, what is wrong and what to do. This module knows
-files; training decides when.
+`CheckpointError` or `DiskFullError` that names the file, what is wrong and what to do.
+
+Three parts, in this order: files that stay trustworthy on disk (checksums, the kept history, quarantine of a
+damaged one, a full disk), writing and reading a checkpoint, and `TrainState` with `resume`. What it leaves
+to others: when to save and what to do with a refused checkpoint (`tinylib.train`, `tinylib.faults`).
 """
 
 from __future__ import annotations

@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tinylib.paths import DATA_DIR
+from tinylib.paths import DATA_DIR, atomic_writer, write_atomic
 from tinylib.stories import EOT, check_text_file, check_version, file_sha256, find_tinystories, iter_stories
 from tinylib.tokenizer import Tokenizer, get_tokenizer
 
@@ -153,11 +153,30 @@ def prepare_dataset(
     feeds "train" and the valid file "val"; with no valid file, `val_fraction` of the stories is held out
     deterministically. `max_stories` caps the stories read from each source file (quick runs, tests).
     `num_proc` worker processes (default: all cores) tokenize ~1 MB chunks with tiktoken's batch encoder.
+    The steps: which file feeds which split (`source_plan`), tokenizing into the two token files
+    (`tokenize_sources`), then meta.json (`dataset_meta`).
     """
-    # tqdm.auto probes for Jupyter widgets: imported here, not by every spawned worker importing this module
-    from tqdm.auto import tqdm
-
     tok = tokenizer if isinstance(tokenizer, Tokenizer) else get_tokenizer(tokenizer)
+    plan = source_plan(source, version, val_fraction, max_stories)
+    num_proc = default_num_proc() if num_proc is None else max(1, int(num_proc))
+    out_dir = Path(out_dir)
+    final = {"train": out_dir / "train.bin", "val": out_dir / "val.bin"}
+    with atomic_writer(final["train"]) as train, atomic_writer(final["val"]) as val:
+        stats, sources = tokenize_sources(plan, tok, {"train": train, "val": val}, val_fraction=val_fraction,
+                                          max_stories=max_stories, num_proc=num_proc, progress=progress)
+        meta = dataset_meta(tok, stats, sources, version=version, max_stories=max_stories,
+                            val_fraction=val_fraction if plan[0][1] == "holdout" else None)
+        # Remove the old meta before the token files are renamed into place: a crash between the renames
+        # leaves token files without meta (a clear error in open_split), never new tokens with an old meta.
+        (out_dir / "meta.json").unlink(missing_ok=True)
+    write_atomic(out_dir / "meta.json", (json.dumps(meta, indent=2) + "\n").encode())
+    return meta
+
+
+def source_plan(source: str | os.PathLike | None, version: str, val_fraction: float,
+                max_stories: int | None) -> list[tuple[Path, str]]:
+    """(file, role) in reading order: role "train" or "val" when the source has both files, else "holdout"
+    (the train file's stories split by `val_fraction`). Checks the request and the files first."""
     version = check_version(version)
     if not 0 < val_fraction < 1:
         raise ValueError(f"val_fraction={val_fraction} must be between 0 and 1 (e.g. 0.01)")
@@ -167,84 +186,67 @@ def prepare_dataset(
     for p in files.values():
         check_text_file(p)
     if "valid" in files:
-        plan = [(files["train"], "train"), (files["valid"], "val")]
-    else:
-        plan = [(files["train"], "holdout")]
-    num_proc = default_num_proc() if num_proc is None else max(1, int(num_proc))
-    dtype = token_dtype(tok.vocab_size)
+        return [(files["train"], "train"), (files["valid"], "val")]
+    return [(files["train"], "holdout")]
 
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    final = {"train": out_dir / "train.bin", "val": out_dir / "val.bin"}
-    tmp = {k: out_dir / f".{v.name}.{os.getpid()}.tmp" for k, v in final.items()}
-    stats = {k: {"tokens": 0, "stories": 0, "text_bytes": 0} for k in final}
+
+def tokenize_sources(plan: Sequence[tuple[Path, str]], tok: Tokenizer, out: dict, *, val_fraction: float,
+                     max_stories: int | None, num_proc: int, progress: bool) -> tuple[dict, list[dict]]:
+    """Tokenize each planned file into the open token files `out` ("train", "val"): per-split counts
+    (tokens, stories, text bytes) and a record of each source file. Refuses a file without stories and an
+    empty split."""
+    # tqdm.auto probes for Jupyter widgets: imported here, not by every spawned worker importing this module
+    from tqdm.auto import tqdm
+
+    stats = {k: {"tokens": 0, "stories": 0, "text_bytes": 0} for k in out}
     sources = []
-    handles = {}
-    try:
-        handles = {k: open(p, "wb") for k, p in tmp.items()}
-        for path, role in plan:
-            counts = {"train": 0, "val": 0}
-            stories = itertools.islice(iter_stories(path), max_stories)
-            tagged = _holdout(stories, val_fraction) if role == "holdout" else ((role, s) for s in stories)
-            bar = tqdm(
-                total=None if max_stories else path.stat().st_size, unit="B", unit_scale=True,
-                desc=f"tokenize {path.name}", disable=not progress,
-            )
-            for split, arr, n_stories, n_bytes in _encoded_in_order(_chunked(tagged), tok, num_proc):
-                handles[split].write(arr.tobytes())
-                stats[split]["tokens"] += int(arr.size)
-                stats[split]["stories"] += n_stories
-                stats[split]["text_bytes"] += n_bytes
-                counts[split] += n_stories
-                bar.update(n_bytes)
-            if bar.total:
-                # separators and blank lines are counted in the file, not in the stories
-                bar.update(bar.total - bar.n)
-            bar.close()
-            if sum(counts.values()) == 0:
-                raise ValueError(f"no stories found in {path}: expected text separated by {EOT}")
-            sources.append({
-                "file": path.name, "path": str(path.resolve()), "role": role, "bytes": path.stat().st_size,
-                "sha256": file_sha256(path), "stories_used": counts,
-            })
-        for h in handles.values():
-            h.close()
-        for split, s in stats.items():
-            if s["stories"] == 0:
-                hint = (f"raise val_fraction (now {val_fraction}) or max_stories" if split == "val"
-                        else "give more stories")
-                raise ValueError(f"the {split} split would be empty: {hint}")
-        meta = {
-            "format_version": META_FORMAT_VERSION,
-            "tokenizer": {"name": tok.name, "hash": tok.hash, "vocab_size": tok.vocab_size,
-                          "bos_id": tok.bos_id, "eos_id": tok.eos_id},
-            "vocab_size": tok.vocab_size,
-            "dtype": dtype.name,
-            "framing": "each story is [bos_id] + encode(story); stories concatenated in source order",
-            "splits": {
-                k: {"file": final[k].name, **stats[k], "file_bytes": stats[k]["tokens"] * dtype.itemsize}
-                for k in final
-            },
-            "text_bytes_note": "UTF-8 bytes of the normalized story texts (no separators): for bits per byte",
-            "version": version,
-            "val_fraction": val_fraction if plan[0][1] == "holdout" else None,
-            "max_stories": max_stories,
-            "sources": sources,
-        }
-        # Remove the old meta first: a crash between the renames leaves token files without meta (a clear
-        # error in open_split), never new tokens described by an old meta.
-        (out_dir / "meta.json").unlink(missing_ok=True)
-        for k in final:
-            os.replace(tmp[k], final[k])
-        meta_tmp = out_dir / f".meta.json.{os.getpid()}.tmp"
-        meta_tmp.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-        os.replace(meta_tmp, out_dir / "meta.json")
-        return meta
-    finally:
-        for h in handles.values():
-            h.close()
-        for p in [*tmp.values(), out_dir / f".meta.json.{os.getpid()}.tmp"]:
-            p.unlink(missing_ok=True)
+    for path, role in plan:
+        counts = {"train": 0, "val": 0}
+        stories = itertools.islice(iter_stories(path), max_stories)
+        tagged = _holdout(stories, val_fraction) if role == "holdout" else ((role, s) for s in stories)
+        bar = tqdm(total=None if max_stories else path.stat().st_size, unit="B", unit_scale=True,
+                   desc=f"tokenize {path.name}", disable=not progress)
+        for split, arr, n_stories, n_bytes in _encoded_in_order(_chunked(tagged), tok, num_proc):
+            out[split].write(arr.tobytes())
+            stats[split]["tokens"] += int(arr.size)
+            stats[split]["stories"] += n_stories
+            stats[split]["text_bytes"] += n_bytes
+            counts[split] += n_stories
+            bar.update(n_bytes)
+        if bar.total:  # separators and blank lines are counted in the file, not in the stories
+            bar.update(bar.total - bar.n)
+        bar.close()
+        if sum(counts.values()) == 0:
+            raise ValueError(f"no stories found in {path}: expected text separated by {EOT}")
+        sources.append({"file": path.name, "path": str(path.resolve()), "role": role,
+                        "bytes": path.stat().st_size, "sha256": file_sha256(path), "stories_used": counts})
+    for split, s in stats.items():
+        if s["stories"] == 0:
+            hint = (f"raise val_fraction (now {val_fraction}) or max_stories" if split == "val"
+                    else "give more stories")
+            raise ValueError(f"the {split} split would be empty: {hint}")
+    return stats, sources
+
+
+def dataset_meta(tok: Tokenizer, stats: dict, sources: list[dict], *, version: str,
+                 val_fraction: float | None, max_stories: int | None) -> dict:
+    """What meta.json records: the tokenizer, the framing, each split's counts, where the text came from."""
+    dtype = token_dtype(tok.vocab_size)
+    return {
+        "format_version": META_FORMAT_VERSION,
+        "tokenizer": {"name": tok.name, "hash": tok.hash, "vocab_size": tok.vocab_size,
+                      "bos_id": tok.bos_id, "eos_id": tok.eos_id},
+        "vocab_size": tok.vocab_size,
+        "dtype": dtype.name,
+        "framing": "each story is [bos_id] + encode(story); stories concatenated in source order",
+        "splits": {k: {"file": f"{k}.bin", **stats[k], "file_bytes": stats[k]["tokens"] * dtype.itemsize}
+                   for k in ("train", "val")},
+        "text_bytes_note": "UTF-8 bytes of the normalized story texts (no separators): for bits per byte",
+        "version": check_version(version),
+        "val_fraction": val_fraction,
+        "max_stories": max_stories,
+        "sources": sources,
+    }
 
 
 def ensure_dataset(source: str | os.PathLike | None, tokenizer: str | os.PathLike | Tokenizer,

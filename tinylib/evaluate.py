@@ -1,4 +1,5 @@
-"""Loss evaluation: mean cross-entropy over a token file, and bits per byte.
+"""Loss evaluation: mean cross-entropy over a token file (or any batches whose unscored targets are -1), and
+bits per byte.
 
 Nats per token depend on the tokenizer; bits per byte (nats/token x tokens/byte / ln 2) compare across
 tokenizers, as nanochat reports. This module knows models and token arrays; it leaves files and text to
@@ -8,6 +9,7 @@ tokenizers, as nanochat reports. This module knows models and token arrays; it l
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 
 import numpy as np
 import torch
@@ -30,24 +32,36 @@ def evaluate_loss(model: torch.nn.Module, tokens: np.ndarray, *, seq_len: int, b
     `max_batches`, the batches are spread evenly over the whole file (a file's start is rarely
     representative).
     """
+    loss, count = mean_loss(model, _windows(tokens, seq_len, batch_size, max_batches, stride), device=device,
+                            dtype=dtype)
+    if count == 0:
+        raise ValueError(f"no evaluation windows: {len(tokens)} tokens is fewer than seq_len + 1 = "
+                         f"{seq_len + 1}")
+    return loss
+
+
+@torch.no_grad()
+def mean_loss(model: torch.nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], *,
+              device: torch.device | str | None = None,
+              dtype: torch.dtype | None = None) -> tuple[float, int]:
+    """(mean nats per scored target, how many were scored) over `batches` of (inputs, targets), in eval mode;
+    targets of -1 are not scored (a batch with none is passed over). (nan, 0) when nothing is scored."""
     device = device or next(model.parameters()).device
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
     try:
-        for x, y in _windows(tokens, seq_len, batch_size, max_batches, stride):
-            x, y = x.to(device), y.to(device)
-            with autocast_context(device, dtype):
-                _, loss = model(x, y, return_logits=False)
+        for x, y in batches:
             n = int((y != -1).sum())
+            if n == 0:
+                continue
+            with autocast_context(device, dtype):
+                _, loss = model(x.to(device), y.to(device), return_logits=False)
             total += loss.item() * n
             count += n
     finally:
         model.train(was_training)
-    if count == 0:
-        raise ValueError(f"no evaluation windows: {len(tokens)} tokens is fewer than seq_len + 1 = "
-                         f"{seq_len + 1}")
-    return total / count
+    return (total / count if count else math.nan), count
 
 
 def _windows(tokens: np.ndarray, seq_len: int, batch_size: int, max_batches: int | None, stride: int | None):

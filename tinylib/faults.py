@@ -45,6 +45,7 @@ import torch.distributed as dist
 from tinylib.checkpoint import TrainState
 from tinylib.config import TrainConfig
 from tinylib.metrics import MetricsLog
+from tinylib.optim import lower_peak_lr, peak_lrs
 
 
 class DivergenceError(RuntimeError):
@@ -111,7 +112,7 @@ class DivergenceGuard:
         """Go back to the newest intact checkpoint at a lower learning rate (DivergenceError if it can't)."""
         what = (f"training diverged at step {state.step + 1}: {self.bad_in_row} steps in a row were not "
                 f"applied (last: {self.reason})")
-        lrs = ", ".join(f"{g.get('base_lr', g['lr']):.3g}" for g in state.optimizer.param_groups)
+        lrs = ", ".join(f"{lr:.3g}" for lr in peak_lrs(state.optimizer))
         advice = f"Lower the learning rate (peak lr now {lrs}) or lengthen the warmup, then start again"
         if self.rollbacks >= self.cfg.guard_rollbacks:
             raise DivergenceError(f"{what}, after {self.rollbacks} rollback(s) with lower learning rates. "
@@ -119,8 +120,7 @@ class DivergenceGuard:
         folder, _ = state.resume(run_dir, tokenizer)
         if folder is None:
             raise DivergenceError(f"{what}; there is no checkpoint to roll back to yet. {advice}.")
-        for group in state.optimizer.param_groups:
-            group["base_lr"] = group.get("base_lr", group["lr"]) * self.cfg.guard_lr_factor
+        lower_peak_lr(state.optimizer, self.cfg.guard_lr_factor)
         self.rollbacks += 1
         self.nan_at.clear()  # an injected fault is transient: the run after the rollback is clean
         if log:  # the steps after the checkpoint are taken again

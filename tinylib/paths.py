@@ -1,15 +1,18 @@
 """Where things live: the repository root, its data and checkpoint folders, and `../shared` beside it.
 
-Every other module asks here instead of counting `parents[...]` itself, and writes small files through
-`write_atomic`, so that a crash never leaves half a file under its final name. `shared_dir()` reads
-$TINYLIB_SHARED at call time, so tests and notebooks can point it elsewhere (or at nothing, to see the offline
-fallbacks).
+Every other module asks here instead of counting `parents[...]` itself, and writes files through
+`write_atomic` (or, streamed, `atomic_writer`), so that a crash never leaves half a file under its final
+name. `shared_dir()` reads $TINYLIB_SHARED at call time, so tests and notebooks can point it elsewhere (or at
+nothing, to see the offline fallbacks). What it leaves to others: what goes into the files.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA_DIR = ROOT / "data"
@@ -32,14 +35,23 @@ def shared_llama2c() -> Path:
     return shared_dir() / "models" / "llama2c"
 
 
-def write_atomic(path: str | os.PathLike, data: bytes) -> Path:
-    """Write `data` to a temporary name beside `path`, then rename it into place: whole or not at all."""
+@contextmanager
+def atomic_writer(path: str | os.PathLike) -> Iterator[BinaryIO]:
+    """A binary file to stream `path` into: written under a temporary name beside it and renamed into place
+    when the block ends without an error (removed when it raises). For files too big to hold in memory."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        tmp.write_bytes(data)
+        with open(tmp, "wb") as f:
+            yield f
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-    return path
+
+
+def write_atomic(path: str | os.PathLike, data: bytes) -> Path:
+    """Write `data` to a temporary name beside `path`, then rename it into place: whole or not at all."""
+    with atomic_writer(path) as f:
+        f.write(data)
+    return Path(path)

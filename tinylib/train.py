@@ -4,15 +4,17 @@
     torchrun --standalone --nproc_per_node=8 -m tinylib.train --preset llama_6L_6H_288D --data ...
 
 Read it top to bottom: `train_step` is one optimizer step (forward and backward on each micro-batch, clip,
-update); the trainer, the budget's measured step and the benchmark all run this one function. `train` holds
-the run's folder lock and runs `run_loop` around it: `setup` builds the run, then each pass re-plans a time
-budget, evaluates and saves when due, takes a step the divergence guard accepts (or rolls back), and logs.
-Gradient accumulation is derived from a target number of tokens per optimizer step; bf16 autocast where the
-device supports it (fp32 master weights); optional torch.compile; DDP. Rank 0 evaluates on fixed validation
-windows, prints fixed-prompt samples, logs metrics and saves `latest/` and `best/`; `TrainState`
-(tinylib.checkpoint) holds what a resumed run needs to continue exactly. What it leaves to others: the
-optimizers and schedule (`tinylib.optim`), checkpoint files, evaluation, the metrics log, FLOPs and MFU
-(`tinylib.flops`), the divergence guard, stop signals and the DDP watchdog (`tinylib.faults`).
+update); the trainer, fine-tuning, the induction recipe and the benchmark all run this one function. `Run`
+is what a run knows besides its `TrainState`; `setup` builds it for pretraining (fine-tuning builds its own
+with a different batch source and evaluation: `tinylib.finetune.stage`). `run_loop` reads as "what is due
+now" (`what_is_due`: evaluate, save, or stop), then `take_step` (the lr for this step, a step the divergence
+guard accepts, or a rollback), then logging. Gradient accumulation is derived from a target number of tokens
+per optimizer step; bf16 autocast where the device supports it (fp32 master weights); optional
+torch.compile; DDP. Rank 0 evaluates on fixed validation windows, prints fixed-prompt samples, logs metrics
+and saves `latest/` and `best/`; `TrainState` (tinylib.checkpoint) holds what a resumed run needs to continue
+exactly. What it leaves to others: the optimizers, the schedule and the lr (`tinylib.optim`), checkpoint
+files, evaluation, the metrics log, FLOPs and MFU (`tinylib.flops`), the divergence guard, stop signals and
+the DDP watchdog (`tinylib.faults`).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
@@ -64,14 +66,14 @@ from tinylib.fp8 import to_float8_training
 from tinylib.generate import generate
 from tinylib.metrics import MetricsLog, tracking_hook
 from tinylib.model import Transformer, build_model
-from tinylib.optim import TimePlan, configure_optimizer, lr_scale
+from tinylib.optim import TimePlan, configure_optimizer, current_lr, lr_scale, set_lr_factor
 from tinylib.paths import CHECKPOINTS_DIR
 from tinylib.tokenizer import Tokenizer, get_tokenizer
 
 
 @dataclass
 class TrainResult:
-    out_dir: Path
+    out_dir: Path | None
     step: int
     tokens: int
     train_loss: float
@@ -86,19 +88,17 @@ class TrainResult:
 # --- one step -----------------------------------------------------------------------------------------------
 
 def train_step(state: TrainState, micro_batches: Sequence[tuple[torch.Tensor, torch.Tensor]], *,
-               lr_scale: float = 1.0, grad_clip: float | None = 1.0,
-               dtype: torch.dtype | None = None,
+               grad_clip: float | None = 1.0, dtype: torch.dtype | None = None,
                accept: Callable[[torch.Tensor, torch.Tensor | None], bool] | None = None,
                ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """One optimizer step over `micro_batches` (their gradients accumulate): (mean loss, gradient norm).
 
-    The loss is computed in chunks without ever holding the full logits (`linear_cross_entropy`). Under DDP
-    the gradients are all-reduced once, on the last micro-batch. Both results stay on the device (no sync)
-    unless `accept(loss, grad_norm)` is given: when it says no, the step is not applied (divergence guard).
+    The loss is computed in chunks without ever holding the full logits (`linear_cross_entropy`); targets of
+    -1 are not scored (fine-tuning masks the prompt this way). Under DDP the gradients are all-reduced once,
+    on the last micro-batch. Both results stay on the device (no sync) unless `accept(loss, grad_norm)` is
+    given: when it says no, the step is not applied (divergence guard). The lr is whatever the optimizer
+    holds: the loop sets it before the step (`tinylib.optim.set_lr_factor`).
     """
-    for group in state.optimizer.param_groups:
-        group.setdefault("base_lr", group["lr"])  # the peak lr, which the schedule scales
-        group["lr"] = group["base_lr"] * lr_scale
     device = next(state.model.parameters()).device
     loss_sum = torch.zeros((), device=device)
     for i, (x, y) in enumerate(micro_batches):
@@ -122,29 +122,42 @@ def train_step(state: TrainState, micro_batches: Sequence[tuple[torch.Tensor, to
 
 # --- the pieces of a run ------------------------------------------------------------------------------------
 
+Batches = list[tuple[torch.Tensor, torch.Tensor]]
+
+
+def next_micro_batches(run: Run, state: TrainState) -> Batches:
+    """The micro-batches of the next step: `accum` draws from the run's data stream."""
+    return [state.batches.next_batch(run.device) for _ in range(run.accum)]
+
+
 @dataclass
 class Run:
     """What a run knows besides its TrainState: where it runs, what it reads, where it writes, how fast it
-    goes."""
+    goes. Pretraining and fine-tuning differ only in `draw` (the batches of a step; an empty list is a step
+    not taken, counted in `skipped`), `evaluate` and `meta` (what checkpoints record besides the config)."""
 
     cfg: TrainConfig
     rank: int
     world: int
     device: torch.device
     dtype: torch.dtype
-    out_dir: Path
+    out_dir: Path | None  # None: save nothing
     tokenizer: Tokenizer
-    data_meta: dict
-    val_tokens: np.ndarray  # the validation split (a memory map)
     accum: int  # micro-batches per optimizer step
-    peak_flops: float
-    log: MetricsLog | None  # rank 0 only
-    on_record: Callable[[dict], None] | None
+    evaluate: Callable[[Run, TrainState], dict]  # rank 0: {"val_loss": ..., other figures}
+    log: MetricsLog | None = None  # rank 0 only
+    on_record: Callable[[dict], None] | None = None
+    draw: Callable[[Run, TrainState], Batches] = next_micro_batches
+    meta: dict = field(default_factory=dict)
+    save_best: bool = True  # best/ beside latest/ when the validation loss improves
+    peak_flops: float = math.nan  # for MFU; NaN: not measured, no MFU
     budget: TimePlan | None = None
     bar: tqdm | None = None
     timed_steps: int = 0
     timed_s: float = 0.0
-    last_val: float | None = None
+    timed_cpu_s: float = 0.0  # this process's CPU seconds in the timed steps (a busy machine distorts less)
+    skipped: int = 0  # draws that gave no batch to learn from: no step taken
+    last_eval: dict = field(default_factory=dict)
     train_loss: float = float("nan")
     guard: DivergenceGuard | None = None  # it holds the run's StopSignals
     watchdog: Watchdog | None = None  # DDP only
@@ -158,15 +171,13 @@ class Run:
     def tokens_per_step(self) -> int:
         return self.cfg.batch_size * self.cfg.seq_len * self.accum * self.world
 
-    def bpb(self, loss: float) -> float:
-        val = self.data_meta["splits"]["val"]
-        return bits_per_byte(loss, val["tokens"], val["text_bytes"])
-
     def say(self, msg: str) -> None:
-        (self.bar.write if self.bar else print)(msg)
+        if self.master:
+            (self.bar.write if self.bar else print)(msg)
 
     def emit(self, record: dict) -> None:
-        self.log.write(record)
+        if self.log:
+            self.log.write(record)
         if self.on_record:
             self.on_record(record)
 
@@ -175,7 +186,21 @@ class Run:
         return {"train": self.cfg.to_dict(), "tokenizer": self.tokenizer.name, "data": str(self.cfg.data),
                 "world_size": self.world, "tokens_per_step": self.tokens_per_step, "device": str(dev),
                 "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else dev.type,
-                "dtype": dtype_name(self.dtype)}
+                "dtype": dtype_name(self.dtype), **self.meta,
+                **({"skipped_batches": self.skipped} if self.skipped else {})}
+
+
+def validation_loss(val_tokens: np.ndarray, data_meta: dict) -> Callable[[Run, TrainState], dict]:
+    """Pretraining's evaluation: loss on fixed windows of the validation split, and bits per byte."""
+    split = data_meta["splits"]["val"]
+
+    def evaluate(run: Run, state: TrainState) -> dict:
+        cfg = run.cfg
+        loss = evaluate_loss(state.model, val_tokens, seq_len=cfg.seq_len, batch_size=cfg.eval_batch_size,
+                             max_batches=cfg.eval_batches, device=run.device, dtype=run.dtype)
+        return {"val_loss": loss, "val_bpb": bits_per_byte(loss, split["tokens"], split["text_bytes"])}
+
+    return evaluate
 
 
 def setup(cfg: TrainConfig, on_record: Callable[[dict], None] | None,
@@ -191,8 +216,8 @@ def setup(cfg: TrainConfig, on_record: Callable[[dict], None] | None,
     out_dir = Path(cfg.out_dir) if cfg.out_dir else CHECKPOINTS_DIR / f"{cfg.preset}-{Path(cfg.data).name}"
     if rank == 0:  # before anything in out_dir is touched: one run per folder
         stack.enter_context(run_lock(out_dir))
-    run = Run(cfg, rank, world, device, dtype, out_dir, tokenizer, meta,
-              val_tokens=open_split(cfg.data, "val", tokenizer), accum=cfg.grad_accum_steps(world),
+    run = Run(cfg, rank, world, device, dtype, out_dir, tokenizer, accum=cfg.grad_accum_steps(world),
+              evaluate=validation_loss(open_split(cfg.data, "val", tokenizer), meta),
               peak_flops=peak_flops(device, dtype_name(dtype)),  # before seeding: a CPU peak is measured
               log=MetricsLog(out_dir / "metrics.jsonl") if rank == 0 else None, on_record=on_record,
               guard=DivergenceGuard(cfg, world, stack.enter_context(StopSignals())),
@@ -207,19 +232,7 @@ def setup(cfg: TrainConfig, on_record: Callable[[dict], None] | None,
                             world_size=world)
     state = TrainState(model, configure_optimizer(model, cfg, device), batches,
                        total_steps=cfg.planned_steps(run.tokens_per_step))
-    if cfg.max_time_s is not None:
-        run.budget = TimePlan(cfg.max_time_s, time.perf_counter(), cap=state.total_steps)
-    resumed, passed_over = state.resume(out_dir, tokenizer.name) if cfg.resume else (None, [])
-    if resumed:
-        run.budget = None  # a resumed run keeps the schedule it was given
-        run.done_at = state.step  # evaluated and saved before the interruption
-        if run.master:
-            print("".join(f"skipped damaged checkpoint {note}\n" for note in passed_over)
-                  + f"resumed from {resumed} at step {state.step} ({state.tokens_seen:,} tokens)")
-    if run.master:  # a resumed run redoes the steps logged after its save; a new run starts a new log
-        run.log.truncate_after(state.step if state.step else -1)
-        if cfg.log_to:  # the same records to TensorBoard/trackio/W&B; a resumed run continues its tracker run
-            run.on_record = tracking_hook(cfg.log_to, out_dir, cfg.to_dict(), state.step, then=on_record)
+    resume(run, state)
     module = torch.compile(model) if use_compile else model
     if world > 1:
         module = DDP(module, device_ids=[device.index] if device.type == "cuda" else None)
@@ -234,6 +247,25 @@ def setup(cfg: TrainConfig, on_record: Callable[[dict], None] | None,
     return run, state
 
 
+def resume(run: Run, state: TrainState) -> None:
+    """Plan the time budget, restore the newest intact checkpoint when cfg.resume says so, and open the
+    metrics log and the tracker at the step the run continues from."""
+    cfg = run.cfg
+    if cfg.max_time_s is not None:
+        run.budget = TimePlan(cfg.max_time_s, time.perf_counter(), cap=state.total_steps)
+    resumed, passed_over = (state.resume(run.out_dir, run.tokenizer.name) if cfg.resume and run.out_dir
+                            else (None, []))
+    if resumed:
+        run.budget = None  # a resumed run keeps the schedule it was given
+        run.done_at = state.step  # evaluated and saved before the interruption
+        run.say("".join(f"skipped damaged checkpoint {note}\n" for note in passed_over)
+                + f"resumed from {resumed} at step {state.step} ({state.tokens_seen:,} tokens)")
+    if run.master and run.log:  # a resumed run redoes the steps logged after its save; a new run starts anew
+        run.log.truncate_after(state.step if state.step else -1)
+    if run.master and cfg.log_to:  # the same records to TensorBoard/trackio/W&B; a resumed run continues
+        run.on_record = tracking_hook(cfg.log_to, run.out_dir, cfg.to_dict(), state.step, then=run.on_record)
+
+
 def replan(run: Run, state: TrainState) -> None:
     """Fit the run into max_time_s: a first plan after 5 timed steps, then a new one at every log step."""
     budget, cfg = run.budget, run.cfg
@@ -245,8 +277,7 @@ def replan(run: Run, state: TrainState) -> None:
         t = torch.tensor([planned], device=run.device)
         dist.broadcast(t, 0)
         planned = int(t)
-    if run.master and planned != state.total_steps and (first or planned == state.step
-                                                         or state.step % cfg.eval_every == 0):
+    if planned != state.total_steps and (first or planned == state.step or state.step % cfg.eval_every == 0):
         run.say(f"time budget reached at step {state.step}" if planned == state.step else
                 f"{per_step * 1000:.0f} ms/step measured: {planned} steps fit in {cfg.max_time_s:.0f} s")
     if run.bar and planned != state.total_steps:
@@ -266,33 +297,43 @@ def sample_completions(model: Transformer, tokenizer: Tokenizer, prompts: list[s
         set_rng_state(saved)
 
 
+def describe(record: dict) -> str:
+    """'val loss 1.2345 nats/token, 1.0123 bits/byte' and any other figures of an evaluation record."""
+    parts = [f"val loss {record['val_loss']:.4f} nats/token"]
+    if "val_bpb" in record:
+        parts.append(f"{record['val_bpb']:.4f} bits/byte")
+    parts += [f"{k.replace('_', ' ')} {v:.4g}" for k, v in record.items() if k not in ("val_loss", "val_bpb")]
+    return ", ".join(parts)
+
+
 def evaluate_and_save(run: Run, state: TrainState) -> None:
     """Rank 0 evaluates, logs and shows samples; the best model goes to best/, resumable state to latest/."""
     cfg, t0 = run.cfg, time.perf_counter()
     if run.master:
-        run.last_val = evaluate_loss(state.model, run.val_tokens, seq_len=cfg.seq_len,
-                                     batch_size=cfg.eval_batch_size, max_batches=cfg.eval_batches,
-                                     device=run.device, dtype=run.dtype)
-        bpb = run.bpb(run.last_val)
-        run.emit({"step": state.step, "tokens": state.tokens_seen, "val_loss": run.last_val, "val_bpb": bpb})
-        msg = f"step {state.step}: val loss {run.last_val:.4f} nats/token, {bpb:.4f} bits/byte"
-        improved = math.isfinite(run.last_val) and (state.best_val_loss is None
-                                                    or run.last_val < state.best_val_loss)
+        run.last_eval = run.evaluate(run, state)
+        val = run.last_eval["val_loss"]
+        run.emit({"step": state.step, "tokens": state.tokens_seen, **run.last_eval})
+        msg = f"step {state.step}: {describe(run.last_eval)}"
+        improved = math.isfinite(val) and (state.best_val_loss is None or val < state.best_val_loss)
         if improved:
-            state.best_val_loss = run.last_val
+            state.best_val_loss = val
         if cfg.sample_prompts and cfg.sample_tokens:
             samples = sample_completions(state.model, run.tokenizer, cfg.sample_prompts, cfg.sample_tokens)
             msg += "".join(f"\n  > {s!r}" for s in samples)
         run.say(msg)
-        if improved and state.step > 0:
+        if improved and state.step > 0 and run.save_best and run.out_dir:
             state.save(run.out_dir / "best", run.checkpoint_meta(), resumable=False)
-    if state.step > 0:
-        state.save(run.out_dir / "latest", run.checkpoint_meta(), keep_previous=cfg.keep_previous)
+    save_latest(run, state)
     if run.budget:
         run.budget.eval_s = time.perf_counter() - t0
 
 
-def log_step(run: Run, state: TrainState, grad_norm: torch.Tensor, lr: float, dt: float) -> None:
+def save_latest(run: Run, state: TrainState) -> None:
+    if state.step > 0 and run.out_dir:
+        state.save(run.out_dir / "latest", run.checkpoint_meta(), keep_previous=run.cfg.keep_previous)
+
+
+def log_step(run: Run, state: TrainState, grad_norm: torch.Tensor | None, dt: float) -> None:
     """Rank 0 logs the loss, lr, gradient norm, tokens/s, MFU and peak memory of the step just taken."""
     if not run.master:
         return
@@ -300,9 +341,9 @@ def log_step(run: Run, state: TrainState, grad_norm: torch.Tensor, lr: float, dt
     tps = run.tokens_per_step / dt
     mfu = tps / run.world * flops_per_token(state.model.cfg, cfg.seq_len) / run.peak_flops
     mem = torch.cuda.max_memory_allocated(run.device) / 2**20 if run.device.type == "cuda" else None
-    run.emit({"step": state.step, "tokens": state.tokens_seen, "train_loss": run.train_loss, "lr": lr,
-              "grad_norm": grad_norm.item(), "tokens_per_s": tps, "step_time_s": dt, "mfu": mfu,
-              "peak_mem_mb": mem})
+    run.emit({"step": state.step, "tokens": state.tokens_seen, "train_loss": run.train_loss,
+              "lr": current_lr(state.optimizer), "grad_norm": None if grad_norm is None else grad_norm.item(),
+              "tokens_per_s": tps, "step_time_s": dt, "mfu": mfu, "peak_mem_mb": mem})
     if run.bar:
         run.bar.set_postfix(loss=f"{run.train_loss:.3f}", tok_s=f"{tps:,.0f}", mfu=f"{mfu:.1%}")
 
@@ -326,6 +367,51 @@ def train(cfg: TrainConfig, on_record: Callable[[dict], None] | None = None) -> 
             raise lost from e
 
 
+def what_is_due(run: Run, state: TrainState) -> tuple[str | None, bool]:
+    """What is due before the next step ("evaluate", "save" or None), and whether the run ends here: the
+    schedule is done, `until_step` is reached, or a stop signal came. Nothing is done twice for one step
+    (a step the guard did not apply leaves the step count where it was)."""
+    cfg, step = run.cfg, state.step
+    end = state.total_steps is not None and step >= state.total_steps
+    end = end or (cfg.until_step is not None and step >= cfg.until_step)
+    stop = run.guard.stop_requested
+    if run.done_at == step:
+        return None, end or stop
+    run.done_at = step
+    if end or (cfg.eval_every and step % cfg.eval_every == 0):
+        return "evaluate", True if end else stop
+    if stop or (cfg.save_every and step % cfg.save_every == 0):
+        return "save", stop
+    return None, False
+
+
+def take_step(run: Run, state: TrainState) -> tuple[bool, torch.Tensor | None]:
+    """One optimizer step on the next batches, if the guard accepts it: (applied, gradient norm). Not applied:
+    a draw with nothing to learn from (counted), or a step the guard refused (it rolls back when due)."""
+    cfg, step = run.cfg, state.step + 1
+    micro = run.draw(run, state)
+    if not micro:
+        run.skipped += 1
+        if run.skipped > max(100, state.total_steps or 0):
+            raise ValueError(f"{run.skipped} draws had no target to score: the batches hold masked (-1) "
+                             "targets only; check the data")
+        return False, None
+    set_lr_factor(state.optimizer, lr_scale(
+        state.step, warmup=cfg.warmup_steps, floor=cfg.min_lr_ratio, schedule=cfg.schedule,
+        total=state.total_steps if state.total_steps is not None else 10**9))
+    _, grad_norm = train_step(state, micro, grad_clip=cfg.grad_clip, dtype=run.dtype,
+                              accept=partial(run.guard.accept, step))
+    run.train_loss = run.guard.loss  # the guard's verdict waited for the device: honest timing
+    if run.watchdog:
+        run.watchdog.beat()
+    if state.step == step:
+        return True, grad_norm
+    if run.guard.must_roll_back():
+        run.say(run.guard.roll_back(state, run.out_dir, run.tokenizer.name, run.log))
+        run.done_at = state.step
+    return False, grad_norm
+
+
 def run_loop(run: Run, state: TrainState) -> TrainResult:
     """Evaluate and save when due, step, log; until the schedule ends, until_step, or a stop signal."""
     cfg, t_start = run.cfg, time.perf_counter()
@@ -337,39 +423,24 @@ def run_loop(run: Run, state: TrainState) -> TrainResult:
         if run.master and run.bar is None and state.total_steps is not None and cfg.progress:
             run.bar = tqdm(total=state.total_steps, initial=state.step, desc="train", unit="step",
                            dynamic_ncols=True)
-        last = state.total_steps is not None and state.step >= state.total_steps
-        paused = cfg.until_step is not None and state.step >= cfg.until_step
-        stop = run.guard.stop_requested and not (last or paused)
-        due = run.done_at != state.step  # not again after a step that was not applied
-        if due and (state.step % cfg.eval_every == 0 or last or paused):
+        task, end = what_is_due(run, state)
+        if task == "evaluate":
             evaluate_and_save(run, state)
-        elif due and ((cfg.save_every and state.step % cfg.save_every == 0) or stop):
-            state.save(run.out_dir / "latest", run.checkpoint_meta(), keep_previous=cfg.keep_previous)
-        run.done_at = state.step
-        if last or paused or stop:
+        elif task == "save":
+            save_latest(run, state)
+        if end:
             break
 
-        t0 = time.perf_counter()
-        scale = lr_scale(state.step, warmup=cfg.warmup_steps, floor=cfg.min_lr_ratio, schedule=cfg.schedule,
-                         total=state.total_steps if state.total_steps is not None else 10**9)
-        micro = [state.batches.next_batch(run.device) for _ in range(run.accum)]
-        step = state.step + 1
-        loss, grad_norm = train_step(state, micro, lr_scale=scale, grad_clip=cfg.grad_clip, dtype=run.dtype,
-                                     accept=partial(run.guard.accept, step))
-        run.train_loss = run.guard.loss  # the guard's verdict waited for the device: honest timing
-        if run.watchdog:
-            run.watchdog.beat()
-        if state.step != step:  # not applied
-            if run.guard.must_roll_back():
-                run.say(run.guard.roll_back(state, run.out_dir, run.tokenizer.name, run.log))
-                run.done_at = state.step
+        t0, c0 = time.perf_counter(), time.process_time()
+        applied, grad_norm = take_step(run, state)
+        if not applied:
             continue
-        log_now = state.step % cfg.log_every == 0 or state.step == state.total_steps
         dt = time.perf_counter() - t0
         if state.step > 1:  # the first step includes warm-up costs (allocation, compilation)
             run.timed_steps, run.timed_s = run.timed_steps + 1, run.timed_s + dt
-        if log_now:
-            log_step(run, state, grad_norm, state.optimizer.param_groups[0]["lr"], dt)  # lowered by rollbacks
+            run.timed_cpu_s += time.process_time() - c0
+        if state.step % cfg.log_every == 0 or state.step == state.total_steps:
+            log_step(run, state, grad_norm, dt)
         if run.bar:
             run.bar.update(1)
 
@@ -379,8 +450,8 @@ def run_loop(run: Run, state: TrainState) -> TrainResult:
         dist.barrier()
     tokens_per_s = run.timed_steps * run.tokens_per_step / run.timed_s if run.timed_s else math.nan
     return TrainResult(out_dir=run.out_dir, step=state.step, tokens=state.tokens_seen,
-                       train_loss=run.train_loss, val_loss=run.last_val, best_val_loss=state.best_val_loss,
-                       val_bpb=run.bpb(run.last_val) if run.last_val is not None else None,
+                       train_loss=run.train_loss, val_loss=run.last_eval.get("val_loss"),
+                       best_val_loss=state.best_val_loss, val_bpb=run.last_eval.get("val_bpb"),
                        tokens_per_s=tokens_per_s, time_s=time.perf_counter() - t_start,
                        stopped_by=run.guard.signals.received if run.guard.stop_requested else None)
 

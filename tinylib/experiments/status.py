@@ -4,8 +4,8 @@ Read from the folder alone, so any process can ask (`make list` while another pr
 another process holds one of the folder's locks (`tinylib.faults`: the trainer's `.lock`, the experiment
 runner's `experiment.lock`; the OS drops them when their process dies, even on SIGKILL); otherwise the
 `latest/` checkpoint's step against its schedule's length says interrupted or done. The probe only reads: it
-never creates the folder or rewrites a lock file. What it leaves to others: taking the locks (`runlock`),
-running (`tinylib.experiments`).
+never creates the folder or rewrites a lock file. What it leaves to others: taking the locks and probing
+one (`tinylib.faults`), running (`runner.py` here).
 """
 
 from __future__ import annotations

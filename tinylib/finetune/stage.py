@@ -4,10 +4,11 @@ with the loss on response tokens only, and measure whether the model now writes 
     python -m tinylib.finetune --parent checkpoints/reference --max-time-s 600 --max-steps 100000
 
 What this module does:
-- The loop: `train_step` of tinylib.train on each batch of windows (tinylib.finetune.batches: targets inside
-  the prompt are -1, so the loss is the cross-entropy over the story alone); a batch with no scored token is
-  skipped and counted. The warmup + cosine schedule and the optimizer of tinylib.optim; `TrainState`
-  checkpoints whose config.json says `"stage": "instruct"` and names the parent checkpoint.
+- The loop: the trainer's own (`tinylib.train.run_loop`), fed batches of windows (`batches.py` here: targets
+  inside the prompt are -1, so the loss is the cross-entropy over the story alone); a batch with no scored
+  token is skipped and counted. `FinetuneConfig` is a `TrainConfig` with fine-tuning's defaults and its own
+  few fields, so the schedule, time budget, divergence guard, resuming and `--log-to` work as in
+  pretraining; checkpoints' config.json says `"stage": "instruct"` and names the parent checkpoint.
 - Evaluation on fixed held-out prompts: the word-inclusion rate of generated stories and the loss on
   responses, before and after; `compare_packing` runs both window layouts for the same number of steps.
 - Data: the official TinyStories-Instruct files when present, else the derived set (`instruct.py` here),
@@ -20,96 +21,76 @@ What it leaves to others: the text and the prompt format (tinylib.finetune.instr
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import time
 from collections.abc import Callable, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from tinylib.checkpoint import TrainState, load_meta, load_model, load_tokenizer, resolve
-from tinylib.config import TrainConfig
-from tinylib.device import autocast_context, dtype_name, pick_device, pick_dtype
+from tinylib.config import TrainConfig, config_from_args, config_parser
+from tinylib.device import pick_device, pick_dtype
+from tinylib.evaluate import mean_loss
+from tinylib.faults import DivergenceGuard, StopSignals, run_lock
 from tinylib.finetune import instruct
 from tinylib.finetune.batches import LAYOUTS, WindowBatches, Windows, encode_examples, make_windows
 from tinylib.finetune.instruct import Example, Parsed
 from tinylib.generate import generate
-from tinylib.optim import TimePlan, configure_optimizer, lr_scale
+from tinylib.metrics import MetricsLog
+from tinylib.optim import TimePlan, configure_optimizer
 from tinylib.paths import CHECKPOINTS_DIR, shared_tinystories
 from tinylib.tokenizer import Tokenizer
-from tinylib.train import train_step
+from tinylib.train import Run, next_micro_batches, resume, run_loop
 
 
 @dataclass
-class FinetuneConfig:
+class FinetuneConfig(TrainConfig):
+    """A training run that starts from `parent`: TrainConfig's fields with fine-tuning's defaults, and more.
+
+    `data` names the examples, not a token folder; the model comes from the parent (preset and
+    model_overrides are not used). Evaluation runs before the loop and at its end (`eval_every` = 0)."""
+
     parent: str = "checkpoints/reference"  # the pretrained checkpoint to start from
     data: str = "auto"  # "official" (TinyStories-Instruct), "derived" (from plain stories), or "auto": either
     out_dir: str | None = None  # default checkpoints/instruct-<parent name>; "" to save nothing
     max_train_examples: int | None = None
     layout: str = "packed"  # "padded" (one example per window), "packed" (whole examples), "stream"
-    seq_len: int = 256
-    batch_size: int = 16
-    max_steps: int = 300
-    max_time_s: float | None = None  # the steps that fit this time (re-planned as it goes), at most max_steps
-    optimizer: str = "adamw"
+    max_steps: int | None = 300  # max_time_s plans the steps that fit (re-planned as it goes), at most these
     lr: float = 3e-3  # measured: 1e-3 for 800 steps left word inclusion at 14.6%, 3e-3 reached 25%
     warmup_steps: int = 20
-    min_lr_ratio: float = 0.1
     weight_decay: float = 0.0
-    grad_clip: float = 1.0
-    device: str = "auto"
-    dtype: str = "auto"
+    compile: str = "off"
     seed: int = 0
+    eval_every: int = 0  # 0: evaluate before training and at the end only
     eval_prompts: int = 32  # held-out requests whose stories are generated and checked for the words
     eval_examples: int = 200  # held-out examples for the response loss
     eval_tokens: int = 200  # the longest generated story
+    sample_tokens: int = 0  # the held-out requests are the samples
     log_every: int = 25
-    resume: bool = False  # continue from <out_dir>/latest when it exists, up to max_steps in all
-    progress: bool = True
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+    guard_spike: float | None = None  # off, as before the stage ran in the trainer's loop; NaN is refused
 
 
-# --- one step, and the loss on responses --------------------------------------------------------------------
+# --- the loss on responses, and what the model writes when asked ------------------------------------------
 
-def finetune_step(state: TrainState, micro_batches: Sequence[tuple[torch.Tensor, torch.Tensor]], *,
-                  lr_scale: float = 1.0, grad_clip: float | None = 1.0,
-                  dtype: torch.dtype | None = None) -> torch.Tensor | None:
-    """tinylib.train.train_step on the micro-batches that score at least one token; None (no step taken)
-    when none does: a prompt-only batch has no loss to learn from (and 0/0 would be NaN)."""
-    kept = [(x, y) for x, y in micro_batches if bool((y != -1).any())]
-    if not kept:
-        return None
-    loss, _ = train_step(state, kept, lr_scale=lr_scale, grad_clip=grad_clip, dtype=dtype)
-    return loss
+def scored(micro_batches: Sequence[tuple[torch.Tensor, torch.Tensor]]
+           ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The micro-batches that score at least one token: a prompt-only batch has no loss to learn from (and
+    0/0 would be NaN)."""
+    return [(x, y) for x, y in micro_batches if bool((y != -1).any())]
 
 
-@torch.no_grad()
 def response_loss(model: torch.nn.Module, windows: Windows, *, batch_size: int = 16,
                   dtype: torch.dtype | None = None) -> float:
     """Mean nats per scored (response) token over all windows."""
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    total, count = 0.0, 0
-    try:
-        for a in range(0, len(windows), batch_size):
-            x, y = windows.xy(slice(a, a + batch_size))
-            n = int((y != -1).sum())
-            if n == 0:
-                continue
-            with autocast_context(device, dtype):
-                _, loss = model(x.to(device), y.to(device), return_logits=False)
-            total, count = total + loss.item() * n, count + n
-    finally:
-        model.train(was_training)
+    loss, count = mean_loss(model, (windows.xy(slice(a, a + batch_size))
+                                    for a in range(0, len(windows), batch_size)), dtype=dtype)
     if count == 0:
         raise ValueError("no response tokens to evaluate: every held-out example was skipped")
-    return total / count
+    return loss
 
 
 def request_samples(model: torch.nn.Module, tok: Tokenizer, examples: Sequence[Example], *,
@@ -192,66 +173,10 @@ def _say(cfg: FinetuneConfig, msg: str) -> None:
         print(msg, flush=True)
 
 
-@dataclass
-class LoopStats:
-    skipped: int = 0  # batches with no scored token: drawn, counted, no step taken
-    loss: float = float("nan")  # the last logged training loss (on responses)
-    timed_s: float = 0.0  # seconds of the steps after the first (which pays for allocation)
-    cpu_s: float = 0.0  # this process's CPU seconds in those steps: a speed a busy machine distorts less
-    window_tokens: int = 0  # tokens of those steps' windows, padding included
-    scored_tokens: int = 0  # response tokens of those steps: what the loss learned from
-    time_s: float = 0.0
-    log: list[dict] = field(default_factory=list)
-
-
-def train_loop(state: TrainState, cfg: FinetuneConfig, device: torch.device, dtype: torch.dtype | None,
-               on_record: Callable[[dict], None] | None = None) -> LoopStats:
-    """Steps until cfg.max_steps, or until cfg.max_time_s is spent (then the schedule is re-planned to end
-    there, as tinylib.train does); a batch without a scored token is skipped and counted."""
-    stats, t_start = LoopStats(), time.perf_counter()
-    budget = TimePlan(cfg.max_time_s, t_start, cap=cfg.max_steps) if cfg.max_time_s else None
-    timed_steps, planned_at = 0, -1
-    while state.step < state.total_steps:
-        due = budget and timed_steps >= 5 and (budget.mark is None or state.step % cfg.log_every == 0)
-        if due and state.step != planned_at:
-            planned_at = state.step
-            state.total_steps, _ = budget.plan(state.step, timed_steps, stats.timed_s, time.perf_counter())
-            if state.step >= state.total_steps:
-                break
-        t0, c0 = time.perf_counter(), time.process_time()
-        scale = lr_scale(state.step, warmup=cfg.warmup_steps, total=state.total_steps, floor=cfg.min_lr_ratio)
-        x, y = state.batches.next_batch(device)
-        loss = finetune_step(state, [(x, y)], lr_scale=scale, grad_clip=cfg.grad_clip, dtype=dtype)
-        if loss is None:
-            stats.skipped += 1
-            if stats.skipped > max(100, state.total_steps):
-                raise ValueError(f"{stats.skipped} batches in a row had no response token to score: the "
-                                 f"windows hold prompts only; check the examples")
-            continue
-        log_now = state.step % cfg.log_every == 0 or state.step == state.total_steps
-        if log_now:
-            stats.loss = loss.item()  # waits for the device: honest timing
-        dt = time.perf_counter() - t0
-        if state.step > 1:
-            timed_steps, stats.timed_s = timed_steps + 1, stats.timed_s + dt
-            stats.cpu_s += time.process_time() - c0
-            stats.window_tokens += x.numel()
-            stats.scored_tokens += int((y != -1).sum())
-        if log_now:
-            record = {"step": state.step, "train_loss": stats.loss, "lr_scale": scale,
-                      "tokens_per_s": x.numel() / dt}
-            stats.log.append(record)
-            if on_record:
-                on_record(record)
-            _say(cfg, f"step {state.step}/{state.total_steps}: loss on responses {stats.loss:.4f}, "
-                      f"{x.numel() / dt:,.0f} tokens/s")
-    stats.time_s = time.perf_counter() - t_start
-    return stats
-
-
 def finetune(cfg: FinetuneConfig, on_record: Callable[[dict], None] | None = None) -> FinetuneResult:
-    """Fine-tune cfg.parent on instruction examples; evaluate the held-out requests before and after; save
-    `<out_dir>/latest` (resumable, config.json with "stage": "instruct" and "parent")."""
+    """Fine-tune cfg.parent on instruction examples through the trainer's loop; evaluate the held-out requests
+    before and after; save `<out_dir>/latest` (resumable, config.json with "stage": "instruct" and "parent").
+    """
     device = pick_device(cfg.device)
     dtype = pick_dtype(cfg.dtype, device)
     parent = resolve(cfg.parent)
@@ -269,42 +194,67 @@ def finetune(cfg: FinetuneConfig, on_record: Callable[[dict], None] | None = Non
     _say(cfg, f"data: {label}\n{len(encoded)} examples in {len(windows)} windows "
               f"({cfg.layout}, {windows.fill():.0%} filled); {len(problems)} skipped "
               f"or refused" + "".join(f"\n  {p}" for p in problems[:5]))
-    before = evaluate_requests(model, tok, held_ex, held_w, cfg, dtype)
-    _say(cfg, f"before: response loss {before['response_loss']:.4f}, word inclusion "
-              f"{before['word_inclusion']:.1%}")
+    evals = {"before": evaluate_requests(model, tok, held_ex, held_w, cfg, dtype)}
+    _say(cfg, f"before: response loss {evals['before']['response_loss']:.4f}, word inclusion "
+              f"{evals['before']['word_inclusion']:.1%}")
 
-    train_cfg = TrainConfig(optimizer=cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    state = TrainState(model, configure_optimizer(model, train_cfg, device),
-                       WindowBatches(windows, cfg.batch_size, seed=cfg.seed), total_steps=cfg.max_steps)
     run_name = parent.parent.name if parent.name in ("best", "latest") else parent.name
-    out_dir = Path(cfg.out_dir) if cfg.out_dir else CHECKPOINTS_DIR / f"instruct-{run_name}"
-    if cfg.resume and cfg.out_dir != "" and (out_dir / "latest" / "state.pt").is_file():
-        state.restore(out_dir / "latest", tokenizer=tok.name)
-        state.total_steps = cfg.max_steps
-        _say(cfg, f"resumed from {out_dir / 'latest'} at step {state.step}")
-    stats = train_loop(state, cfg, device, dtype, on_record)
-    after = evaluate_requests(model, tok, held_ex, held_w, cfg, dtype)
+    out_dir = None if cfg.out_dir == "" else Path(cfg.out_dir or CHECKPOINTS_DIR / f"instruct-{run_name}")
+    log: list[dict] = []
+    scored_tokens = [0]
+
+    def draw(run: Run, state: TrainState) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        kept = scored(next_micro_batches(run, state))
+        scored_tokens[0] += sum(int((y != -1).sum()) for _, y in kept)
+        return kept
+
+    def evaluate(run: Run, state: TrainState) -> dict:
+        evals["after"] = evaluate_requests(state.model, tok, held_ex, held_w, cfg, dtype)
+        run.meta["after"] = summary(evals["after"])
+        after = evals["after"]
+        return {"val_loss": after["response_loss"], "word_inclusion": after["word_inclusion"]}
+
+    def record(r: dict) -> None:
+        if "train_loss" in r:
+            log.append(r)
+        if on_record:
+            on_record(r)
+
+    with ExitStack() as stack:
+        if out_dir:
+            stack.enter_context(run_lock(out_dir))
+        run = Run(cfg, 0, 1, device, dtype, out_dir, tok, accum=cfg.grad_accum_steps(1), evaluate=evaluate,
+                  log=MetricsLog(out_dir / "metrics.jsonl") if out_dir else None, on_record=record, draw=draw,
+                  save_best=False, guard=DivergenceGuard(cfg, 1, stack.enter_context(StopSignals())),
+                  meta={"stage": instruct.INSTRUCT_STAGE, "parent": str(parent.resolve()), "data": label,
+                        "problems": len(problems), "before": summary(evals["before"]),
+                        "parent_step": load_meta(parent).get("step")})
+        state = TrainState(model, configure_optimizer(model, cfg, device),
+                           WindowBatches(windows, cfg.batch_size, seed=cfg.seed),
+                           total_steps=cfg.planned_steps(run.tokens_per_step))
+        resume(run, state)
+        if state.step:  # unlike pretraining, a resumed stage may be given more steps than it was
+            state.total_steps = cfg.planned_steps(run.tokens_per_step)
+            if run.budget is None and cfg.max_time_s is not None:
+                run.budget = TimePlan(cfg.max_time_s, time.perf_counter(), cap=state.total_steps)
+        start = state.step
+        result = run_loop(run, state)
+    after = evals.get("after") or evaluate_requests(model, tok, held_ex, held_w, cfg, dtype)
     _say(cfg, f"after {state.step} steps: response loss {after['response_loss']:.4f}, word inclusion "
-              f"{after['word_inclusion']:.1%}; {stats.skipped} batches skipped (no response token)")
-    if cfg.out_dir != "":
-        summary = {k: v for k, v in after.items() if k != "samples"}
-        meta = {"stage": instruct.INSTRUCT_STAGE, "parent": str(parent.resolve()), "tokenizer": tok.name,
-                "data": label,
-                "finetune": cfg.to_dict(), "skipped_batches": stats.skipped, "problems": len(problems),
-                "before": {k: v for k, v in before.items() if k != "samples"}, "after": summary,
-                "device": str(device), "dtype": dtype_name(dtype),
-                "parent_step": load_meta(parent).get("step")}
-        state.save(out_dir / "latest", meta)
-        _say(cfg, f"saved {out_dir / 'latest'}")
+              f"{after['word_inclusion']:.1%}; {run.skipped} batches skipped (no response token)")
+    per_step = scored_tokens[0] / max(1, state.step - start)
     return FinetuneResult(
-        out_dir=out_dir if cfg.out_dir != "" else None, data=label, steps=state.step,
-        skipped_batches=stats.skipped, problems=problems, before=before, after=after, train_loss=stats.loss,
-        tokens_per_s=stats.window_tokens / stats.timed_s if stats.timed_s else float("nan"),
-        scored_tokens_per_s=stats.scored_tokens / stats.timed_s if stats.timed_s else float("nan"),
-        cpu_s_per_step=stats.cpu_s / max(1, stats.window_tokens // (cfg.batch_size * cfg.seq_len)),
-        scored_per_step=stats.scored_tokens / max(1, stats.window_tokens // (cfg.batch_size * cfg.seq_len)),
+        out_dir=out_dir, data=label, steps=state.step, skipped_batches=run.skipped, problems=problems,
+        before=evals["before"], after=after, train_loss=result.train_loss, tokens_per_s=result.tokens_per_s,
+        scored_tokens_per_s=per_step * run.timed_steps / run.timed_s if run.timed_s else float("nan"),
+        cpu_s_per_step=run.timed_cpu_s / max(1, run.timed_steps), scored_per_step=per_step,
         windows=len(windows), examples_per_window=len(encoded) / len(windows), fill=windows.fill(),
-        time_s=stats.time_s, log=stats.log)
+        time_s=result.time_s, log=log)
+
+
+def summary(evaluation: dict) -> dict:
+    """An evaluation's figures without its samples: what a checkpoint's config.json records."""
+    return {k: v for k, v in evaluation.items() if k != "samples"}
 
 
 def compare_packing(cfg: FinetuneConfig, steps: int, layouts: Sequence[str] = LAYOUTS) -> list[dict]:
@@ -325,19 +275,12 @@ def compare_packing(cfg: FinetuneConfig, steps: int, layouts: Sequence[str] = LA
 # --- command line -------------------------------------------------------------------------------------------
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m tinylib.finetune", description=__doc__.split("\n\n")[0])
-    for f in dataclasses.fields(FinetuneConfig):
-        flag = "--" + f.name.replace("_", "-")
-        if f.type == "bool":
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
-        else:
-            kind = {"int": int, "int | None": int, "float | None": float, "float": float}.get(f.type, str)
-            parser.add_argument(flag, type=kind, default=None)
+    parser = config_parser(FinetuneConfig, "python -m tinylib.finetune", __doc__.split("\n\n")[0])
     parser.add_argument("--compare-steps", type=int, default=0,
                         help="also compare the window layouts for N steps")
-    args = vars(parser.parse_args(argv))
-    compare = args.pop("compare_steps")
-    cfg = FinetuneConfig(**{k: v for k, v in args.items() if v is not None})
+    args = parser.parse_args(argv)
+    compare = args.compare_steps
+    cfg = config_from_args(args, FinetuneConfig)
     result = finetune(cfg)
     figures = {"data": result.data, "steps": result.steps, "skipped_batches": result.skipped_batches,
                "problems": len(result.problems), "time_s": result.time_s, "tokens_per_s": result.tokens_per_s,

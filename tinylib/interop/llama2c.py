@@ -30,6 +30,7 @@ import torch
 
 from tinylib.config import ModelConfig
 from tinylib.model import Transformer
+from tinylib.paths import atomic_writer
 
 V1_MAGIC = 0x616B3432  # "ak42" read as a little-endian uint32
 V1_HEADER_BYTES = 256
@@ -382,18 +383,11 @@ def export_llama2c(model: Transformer, path: str | os.PathLike, version: int = 0
         header = V1_PREFIX.pack(V1_MAGIC, 1, h.dim, h.hidden_dim, h.n_layers, h.n_heads, h.n_kv_heads,
                                 h.vocab_size, h.seq_len, int(shared))
         header += b"\0" * (V1_HEADER_BYTES - len(header))
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(header)
-            for name, shape in _layout(h, version):
-                t = sd[name]
-                if tuple(t.shape) != shape:  # a bug guard: the layout and the model disagree
-                    raise RuntimeError(f"{name}: shape {tuple(t.shape)}, layout expects {shape}")
-                f.write(t.contiguous().numpy().astype("<f4", copy=False).tobytes())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    with atomic_writer(path) as f:
+        f.write(header)
+        for name, shape in _layout(h, version):
+            t = sd[name]
+            if tuple(t.shape) != shape:  # a bug guard: the layout and the model disagree
+                raise RuntimeError(f"{name}: shape {tuple(t.shape)}, layout expects {shape}")
+            f.write(t.contiguous().numpy().astype("<f4", copy=False).tobytes())
+    return Path(path)

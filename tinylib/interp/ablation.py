@@ -11,8 +11,7 @@ forward hooks on the TransformerLens bridge. The cost of an ablation is the chan
   mean activation per neuron [L, d_mlp];
 - `ablation_hooks(heads, neurons, kind, means)` -> the hooks; `ablated_loss(...)` -> one number;
 - `ablate_each_head(model, tokens, kind)` -> `HeadAblation` (base loss, delta [L, H]);
-  `plot_ablation` shows it;
-- `ablate_neurons(model, tokens, neurons, kind)` -> loss change for each neuron alone and for all together.
+  `plot_ablation` shows it. A neuron is ablated through `ablated_loss(..., neurons=[(layer, i)])`.
 Logit lens and direct logit attribution live in `tinylib.interp.logit_lens`.
 """
 
@@ -148,19 +147,6 @@ def ablate_each_head(model: Any, tokens: torch.Tensor, kind: Kind = "zero", *, m
             sums[layer] += loss[:, positions].reshape(H, -1).sum(-1)
         count += loss[:, positions].numel() // H
     return HeadAblation(kind, base, sums / count - base)
-
-
-def ablate_neurons(model: Any, tokens: torch.Tensor, neurons: Sequence[tuple[int, int]],
-                   kind: Kind = "zero", *, means: Means | None = None) -> dict[str, Any]:
-    """Loss change for each (layer, neuron) ablated alone, and for all of them together."""
-    bridge = as_bridge(model)
-    if kind == "mean" and means is None:
-        means = component_means(bridge, tokens)
-    base = float(token_losses(bridge, tokens).mean())
-    each = {(la, n): ablated_loss(bridge, tokens, neurons=[(la, n)], kind=kind, means=means) - base
-            for la, n in neurons}
-    together = ablated_loss(bridge, tokens, neurons=neurons, kind=kind, means=means) - base
-    return {"base_loss": base, "each": each, "together": together}
 
 
 def plot_ablation(result: HeadAblation | torch.Tensor, title: str | None = None):

@@ -16,7 +16,7 @@ our tokenizer's `id_to_piece` (which keeps leading spaces and shows partial UTF-
 
 Pitfall: compatibility mode. `to_lens(..., compatibility_mode=True)` calls `enable_compatibility_mode()`,
 which folds the final norm's weights into the unembedding and centres it (HookedTransformer's processing): raw
-logits then shift by a per-position constant, log-probs and losses do not. tests/test_lens.py compares raw
+logits then shift by a per-position constant, log-probs and losses do not. tests/test_bridge.py compares raw
 logits without processing and log-softmax with it. The default is no processing, so hook values equal
 tinylib's own activations.
 

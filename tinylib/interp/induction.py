@@ -42,7 +42,7 @@ from tinylib.data import open_split, read_meta
 from tinylib.device import pick_dtype
 from tinylib.interp.attention import ordinary_ids, repeated_tokens, scores_from_patterns
 from tinylib.model import Transformer, build_model
-from tinylib.optim import configure_optimizer, lr_scale
+from tinylib.optim import configure_optimizer, lr_scale, set_lr_factor
 from tinylib.paths import CHECKPOINTS_DIR, write_atomic
 from tinylib.tokenizer import get_tokenizer
 from tinylib.train import train_step
@@ -159,9 +159,9 @@ def train_induction(cfg: InductionConfig) -> Path:
             save_checkpoint(out / f"step_{state.step:06d}", model, {**record, **state.progress()})
         if state.step >= cfg.steps:
             break
-        scale = lr_scale(state.step, warmup=cfg.warmup_steps, total=cfg.steps, floor=tcfg.min_lr_ratio)
-        loss, _ = train_step(state, [stream.next_batch(device)], lr_scale=scale, grad_clip=tcfg.grad_clip,
-                             dtype=dtype)
+        set_lr_factor(state.optimizer, lr_scale(state.step, warmup=cfg.warmup_steps, total=cfg.steps,
+                                                floor=tcfg.min_lr_ratio))
+        loss, _ = train_step(state, [stream.next_batch(device)], grad_clip=tcfg.grad_clip, dtype=dtype)
         if state.step % 50 == 0:
             bar.set_postfix(loss=f"{loss.item():.3f}")
         bar.update(1)

@@ -18,7 +18,7 @@ names task; ARENA 1.4 for the normalisation).
 
 Hooks run on the TransformerLens bridge (`tinylib.interp.bridge.as_bridge`), as in `tinylib.interp.ablation`.
 Each grid row is one batched forward pass: copy i of the corrupted prompt has position (or head) i patched.
-What it leaves to others: building the bridge (`lens`), ablations (`ablation`), steering (`steering`).
+What it leaves to others: building the bridge (`bridge`), ablations (`ablation`), steering (`steering`).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""What only a notebook needs: ipywidgets panels, live plots, and the choice of which model a notebook studies.
+"""What only a notebook needs: ipywidgets panels, live plots, the choice of which model a notebook studies.
 
 Read in this order: `models` (which model a notebook uses, chosen by name), `story` (the story generator: a
 model, a prompt, sampling settings, a story that streams in), `story_controls` and `story_runner` (its

@@ -162,9 +162,10 @@ class StoryGenerator:
     look for checkpoints. `directions`: more steering choices (see `SteeringControls`). The parts are
     attributes (prompt, temperature, top_k, top_p, max_new_tokens, seed, checkpoint, direction, layer,
     strength, mode, words, features, generate_button, stop_button, output, status, steered_output,
-    steered_status) so code and tests can drive it like a user; `text` / `steered_text` are the stories
-    shown, `result` / `steered_result` their GenerationResults, `wait()` blocks until generation ends. The
-    pieces themselves are `controls`, `picker`, `steering`, `request`, `view`, `steered_view` and `runner`.
+    steered_status) so code and tests can drive it like a user; `text` and `steered_view.text` are the
+    stories shown, `result` / `steered_result` their GenerationResults, `wait()` blocks until generation
+    ends. The pieces themselves are `controls`, `picker`, `steering`, `request`, `view`, `steered_view` and
+    `runner`.
     """
 
     def __init__(self, model: Any = None, tokenizer: Any = None,
@@ -218,10 +219,6 @@ class StoryGenerator:
     @property
     def text(self) -> str:
         return self.view.text
-
-    @property
-    def steered_text(self) -> str:
-        return self.steered_view.text
 
     @property
     def result(self) -> GenerationResult | None:
