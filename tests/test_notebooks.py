@@ -94,6 +94,13 @@ CASES = {
         "your sliding_window_mask is where the W=8 model's attention patterns are nonzero ✓",
         "your soft_cap turns the uncapped model's logits into the capped model's ✓",
         "your wsd_lr reproduces the plotted schedule step by step ✓")),
+    "13_evaluation": (("tinystories_dir", "llama2c_dir"), (
+        "at least 600 items in at least 5 families of at least 100 ✓",
+        "your mean_continuation_loss == the library's option scores on a real item ✓",
+        "your is_right agrees with the benchmark on every item ✓",
+        "your centred_accuracy and bootstrap_interval reproduce the table's numbers ✓",
+        "all counted wrong;", "every schema item is a tie", "your pair scored by every model ✓",
+        "an item where the lower loss is not the right answer ✓")),
 }
 
 
