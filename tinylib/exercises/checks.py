@@ -3,6 +3,10 @@
 An `Exercise` holds a title, difficulty and importance (1-5), minutes, the reference function (the library's
 own code where the library has it), a generator of random cases, and the plausible wrong answers its check
 must catch (tests/test_exercises.py proves that every check passes its reference and fails each wrong answer).
+The shown solution (`shown`) is code written out for a stuck learner; the reference stays tinylib's own
+function, which the check compares with (a test holds every shown solution to containing no call into tinylib).
+An answer that is not a plain function of a case (a class, a step that updates a model) is run through the
+exercise's `harness`.
 `run_check` runs a function on every case and raises `CheckFailed` at the first difference, naming the case,
 the shape, the first index that differs, expected vs got. What a notebook calls (`check`, `solution`,
 `header`) is here too; a notebook imports them from its own module (`nb01_data`, ...), which registers its
@@ -43,6 +47,12 @@ class Exercise:
     atol: float = 1e-5
     rtol: float = 1e-4
     setup: str = field(default="", compare=False)  # one line on what the function receives
+    # The solution a stuck learner is shown: readable code that passes the check. None: the reference is
+    # itself readable code (and not a call into tinylib), so it is shown.
+    shown: Callable | None = None
+    # For an answer that is not a plain function of the case (a class, a step that mutates a model):
+    # `harness(fn)` is the function of the case that is compared with `reference`.
+    harness: Callable[[Callable], Callable] | None = None
 
     def header(self) -> str:
         return (f"{self.title}: difficulty {'●' * self.difficulty}{'○' * (5 - self.difficulty)}, "
@@ -57,6 +67,11 @@ def register(ex: Exercise) -> Exercise:
         raise ValueError(f"exercise {ex.name!r} is registered twice")
     REGISTRY[ex.name] = ex
     return ex
+
+
+def shown_solution(ex: Exercise) -> Callable:
+    """What `solution` shows and solutions mode runs: `shown`, else the reference."""
+    return ex.shown if ex.shown is not None else ex.reference
 
 
 def get(name: str) -> Exercise:
@@ -128,10 +143,12 @@ def difference(expected: Any, got: Any, atol: float, rtol: float, path: str = "r
 def run_check(ex: Exercise, fn: Callable, seed: int = 0) -> int:
     """Run `fn` on every case of `ex`; raise CheckFailed at the first difference. Returns the case count."""
     gen = torch.Generator().manual_seed(seed)
+    # the reference is already a function of the case; a learner's answer (or the shown one) goes through
+    run = ex.harness(fn) if ex.harness is not None and fn is not ex.reference else fn
     n = 0
     for args, kwargs in ex.cases(gen):
         expected = ex.reference(*_copy(args), **_copy(kwargs))
-        got = fn(*_copy(args), **_copy(kwargs))
+        got = run(*_copy(args), **_copy(kwargs))
         why = difference(expected, got, ex.atol, ex.rtol)
         if why is not None:
             raise CheckFailed(f"{ex.name}({describe_case(args, kwargs)}): {why}")
@@ -166,9 +183,10 @@ def check(name: str, fn: Callable) -> Callable:
             raise NotImplementedError(
                 f"{name}: replace `raise NotImplementedError` with your code, then run the cell again "
                 f"(stuck? open the hint, then `solution({name!r})`)") from None
-        n = run_check(ex, ex.reference)
+        shown = shown_solution(ex)
+        n = run_check(ex, shown)
         print(f"✓ {ex.title}: the reference solution passes {n} random cases (solutions mode)")
-        return ex.reference
+        return shown
     print(f"✓ {ex.title}: your function matches tinylib's reference on {n} random cases")
     return fn
 
@@ -178,7 +196,7 @@ def solution(name: str):
     from IPython.display import HTML  # only notebooks show solutions
 
     ex = get(name)
-    source = inspect.getsource(ex.reference)
+    source = inspect.getsource(shown_solution(ex))
     return HTML(f"<details><summary><b>Solution: {html.escape(ex.title)}</b></summary>"
                 f"<pre>{html.escape(source)}</pre></details>")
 

@@ -15,7 +15,8 @@ import numpy as np
 import torch
 
 from tinylib.bpe import tokenizer_report
-from tinylib.data import frame_stories, token_dtype
+from tinylib.data import frame_stories as _frame_stories_by_tinylib
+from tinylib.data import token_dtype
 from tinylib.exercises.checks import Exercise, check, register, solution
 from tinylib.tokenizer import Tokenizer, get_tokenizer
 
@@ -135,14 +136,25 @@ def _frame_cases(gen: torch.Generator):
         yield (get_tokenizer(name), stories), {}
 
 
+def frame_stories(tok: Tokenizer, stories: Sequence[str]) -> np.ndarray:
+    """One token array for all stories: each is [bos_id] + its ids, in order; the smallest dtype that holds
+    every id."""
+    ids: list[int] = []
+    for story in stories:
+        ids += [tok.bos_id] + tok.encode(story)  # BOS first: the model learns where a story starts
+    dtype = np.uint16 if tok.vocab_size <= 65_536 else np.uint32  # ids 0..65,535 fit in 16 bits
+    return np.array(ids, dtype=dtype)
+
+
 register(Exercise(
     "frame_stories", "Framing stories into one token array", NB, difficulty=2, importance=4, minutes=10,
-    reference=frame_stories, cases=_frame_cases, wrong=(_frame_eos_after, _frame_int64, _frame_no_bos)))
+    reference=_frame_stories_by_tinylib, shown=frame_stories,
+    cases=_frame_cases, wrong=(_frame_eos_after, _frame_int64, _frame_no_bos)))
 
 
 # --- compression -------------------------------------------------------------------------------------------
 
-def bytes_per_token(tok: Tokenizer, texts: Sequence[str]) -> float:
+def _bytes_per_token_by_tinylib(tok: Tokenizer, texts: Sequence[str]) -> float:
     """UTF-8 bytes of all `texts` over the tokens `tok` cuts them into (no boundary tokens): compression."""
     return tokenizer_report(tok, texts)["bytes_per_token"]
 
@@ -162,6 +174,14 @@ def _bpt_cases(gen: torch.Generator):
         yield (get_tokenizer(name), texts), {}
 
 
+def bytes_per_token(tok: Tokenizer, texts: Sequence[str]) -> float:
+    """UTF-8 bytes of all `texts` over the tokens `tok` cuts them into (no boundary tokens): compression."""
+    n_bytes = sum(len(text.encode("utf-8")) for text in texts)  # bytes, not characters: "é" is 2 bytes
+    n_tokens = sum(len(tok.encode(text)) for text in texts)
+    return n_bytes / n_tokens  # a ratio of totals, not a mean of per-text ratios
+
+
 register(Exercise(
     "bytes_per_token", "Compression: bytes per token", NB, difficulty=1, importance=3, minutes=5,
-    reference=bytes_per_token, cases=_bpt_cases, wrong=(_chars_per_token, _mean_of_ratios)))
+    reference=_bytes_per_token_by_tinylib, shown=bytes_per_token,
+    cases=_bpt_cases, wrong=(_chars_per_token, _mean_of_ratios)))

@@ -13,6 +13,7 @@ multiplied instead of divided.
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import torch
 
@@ -38,7 +39,7 @@ def _config_cases(gen: torch.Generator):
 
 # --- parameters --------------------------------------------------------------------------------------------
 
-def param_count(cfg: ModelConfig) -> int:
+def _param_count_by_tinylib(cfg: ModelConfig) -> int:
     """Parameters of the model `cfg` describes; a tied embedding/LM-head matrix is one matrix, counted once.
     (tinylib.config.param_counts counts them by component.)"""
     return param_counts(cfg).total
@@ -61,15 +62,30 @@ def _params_ignoring_gqa(cfg: ModelConfig) -> int:
     return param_counts(dataclasses.replace(cfg, n_kv_head=cfg.n_head)).total  # 4 d^2 attention regardless
 
 
+def param_count(cfg: ModelConfig) -> int:
+    """Parameters of the model `cfg` describes; a tied embedding/LM-head matrix is counted once."""
+    d, L, V = cfg.d_model, cfg.n_layer, cfg.vocab_size
+    kv = cfg.n_kv_head * cfg.d_head  # k and v are narrower with grouped-query attention
+    b = 1 if cfg.bias else 0
+    attention = 2 * d * d + 2 * d * kv + b * (2 * d + 2 * kv)  # q, o: d x d; k, v: d x kv (+ biases)
+    n_in = 2 if cfg.mlp == "swiglu" else 1  # SwiGLU has a gate and an up projection
+    mlp = (n_in + 1) * d * cfg.d_mlp + b * (n_in * cfg.d_mlp + d)
+    norm = 2 * d if cfg.norm == "layernorm" and cfg.bias else d  # a weight (and a bias)
+    embedding = V * d + (cfg.max_seq_len * d if cfg.pos == "learned" else 0)
+    lm_head = 0 if cfg.tie_embeddings else V * d
+    return embedding + L * (attention + mlp + 2 * norm) + norm + lm_head  # two norms a block, one final
+
+
 register(Exercise(
     "param_count", "Parameter count from a config", NB, difficulty=2, importance=4, minutes=15,
-    reference=param_count, cases=lambda g: (((cfg,), {}) for cfg in _config_cases(g)),
+    reference=_param_count_by_tinylib, shown=param_count,
+    cases=lambda g: (((cfg,), {}) for cfg in _config_cases(g)),
     wrong=(_params_tied_twice, _params_forgetting_norms, _params_ignoring_gqa)))
 
 
 # --- training FLOPs per token ------------------------------------------------------------------------------
 
-def train_flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
+def _train_flops_per_token_by_tinylib(cfg: ModelConfig, seq_len: int) -> float:
     """Training FLOPs per token at context `seq_len`: 6 N + 12 L T d_model, N = flop_params(cfg)."""
     return flops_per_token(cfg, seq_len)
 
@@ -87,14 +103,25 @@ def _flops_cases(gen: torch.Generator):
         yield (cfg, int(torch.randint(16, cfg.max_seq_len + 1, (1,), generator=gen))), {}
 
 
+def train_flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
+    """Training FLOPs per token at context `seq_len`: 6 N + 12 L T d_model."""
+    embeddings = cfg.vocab_size * cfg.d_model * (1 if cfg.tie_embeddings else 2)
+    embeddings += cfg.max_seq_len * cfg.d_model if cfg.pos == "learned" else 0
+    n = param_count(cfg) - embeddings  # lookups cost nothing...
+    n += cfg.vocab_size * cfg.d_model  # ...but the LM head is a matmul, tied or not
+    attention = 12 * cfg.n_layer * seq_len * cfg.d_model  # q.k and pattern.v: 2 x 2 L T d, times 3
+    return float(6 * n + attention)  # forward 2N, backward 4N per token
+
+
 register(Exercise(
     "train_flops_per_token", "Training FLOPs per token", NB, difficulty=2, importance=5, minutes=10,
-    reference=train_flops_per_token, cases=_flops_cases, wrong=(_flops_forward_only, _flops_no_attention)))
+    reference=_train_flops_per_token_by_tinylib, shown=train_flops_per_token,
+    cases=_flops_cases, wrong=(_flops_forward_only, _flops_no_attention)))
 
 
 # --- Chinchilla's token target -----------------------------------------------------------------------------
 
-def chinchilla_tokens(cfg: ModelConfig, tokens_per_param: float = 20.0) -> int:
+def _chinchilla_tokens_by_tinylib(cfg: ModelConfig, tokens_per_param: float = 20.0) -> int:
     """Compute-optimal training tokens (Hoffmann et al., 2022): tokens_per_param x all the parameters (a tied
     matrix once)."""
     return budget.token_target(cfg, tokens_per_param=tokens_per_param)
@@ -113,15 +140,21 @@ def _chinchilla_cases(gen: torch.Generator):
         yield (cfg,), ({} if i % 2 else {"tokens_per_param": (10.0, 20.0, 40.0)[i % 3]})
 
 
+def chinchilla_tokens(cfg: ModelConfig, tokens_per_param: float = 20.0) -> int:
+    """Compute-optimal training tokens (Hoffmann et al., 2022): tokens_per_param x all the parameters (a tied
+    matrix once)."""
+    return round(param_count(cfg) * tokens_per_param)  # every parameter, embeddings included
+
+
 register(Exercise(
     "chinchilla_tokens", "Chinchilla's token target", NB, difficulty=1, importance=4, minutes=5,
-    reference=chinchilla_tokens, cases=_chinchilla_cases,
+    reference=_chinchilla_tokens_by_tinylib, shown=chinchilla_tokens, cases=_chinchilla_cases,
     wrong=(_chinchilla_non_embedding, _chinchilla_flop_n)))
 
 
 # --- tokens per step and steps -----------------------------------------------------------------------------
 
-def step_plan(tokens: int, micro_batch: int, seq_len: int, grad_accum: int,
+def _step_plan_by_tinylib(tokens: int, micro_batch: int, seq_len: int, grad_accum: int,
               world_size: int) -> tuple[int, int]:
     """(tokens per optimizer step, optimizer steps to see at least `tokens`) when each of `world_size`
     processes runs `grad_accum` micro-batches of `micro_batch` sequences of `seq_len` tokens per step."""
@@ -150,9 +183,17 @@ def _step_cases(gen: torch.Generator):
         yield (tokens, micro, (256, 512, 1024, 2048)[world % 4], accum, world), {}
 
 
+def step_plan(tokens: int, micro_batch: int, seq_len: int, grad_accum: int,
+              world_size: int) -> tuple[int, int]:
+    """(tokens per optimizer step, optimizer steps to see at least `tokens`)."""
+    step = micro_batch * seq_len * grad_accum * world_size  # every process, every micro-batch
+    return step, math.ceil(tokens / step)  # round up: at least `tokens`
+
+
 register(Exercise(
     "step_plan", "Tokens per step and steps, with the world size", NB, difficulty=1, importance=5, minutes=10,
-    reference=step_plan, cases=_step_cases, wrong=(_steps_without_world, _steps_rounded_down)))
+    reference=_step_plan_by_tinylib, shown=step_plan,
+    cases=_step_cases, wrong=(_steps_without_world, _steps_rounded_down)))
 
 
 # --- wall-clock hours --------------------------------------------------------------------------------------

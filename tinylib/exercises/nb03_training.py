@@ -68,7 +68,7 @@ register(Exercise(
 
 # --- RoPE, rotate-half -------------------------------------------------------------------------------------
 
-def rope_rotate_half(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+def _rope_rotate_half_by_tinylib(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotate x [B, H, T, D] by its positions' angles: dims i and i + D/2 form a pair (cos/sin [T, D])."""
     return apply_rope(x, cos, sin)
 
@@ -91,9 +91,19 @@ def _rope_cases(gen: torch.Generator):
         yield (torch.randn(B, H, T, D, generator=gen), cos, sin), {}
 
 
+def rope_rotate_half(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate x [B, H, T, D] by its positions' angles: dims i and i + D/2 form a pair (cos/sin [T, D])."""
+    half = x.shape[-1] // 2
+    x1, x2 = x[..., :half], x[..., half:]
+    rotated = torch.cat([-x2, x1], dim=-1)  # each pair (a, b) -> (-b, a): a quarter turn
+    return x * cos + rotated * sin  # (a cos - b sin, b cos + a sin): the pair turned by its angle
+
+
 register(Exercise(
     "rope_rotate_half", "Rotary position embedding (rotate half)", NB, difficulty=3, importance=4,
-    minutes=15, reference=rope_rotate_half, cases=_rope_cases, wrong=(_rope_interleaved, _rope_wrong_sign)))
+    minutes=15,
+    reference=_rope_rotate_half_by_tinylib, shown=rope_rotate_half,
+    cases=_rope_cases, wrong=(_rope_interleaved, _rope_wrong_sign)))
 
 
 # --- warmup + cosine ---------------------------------------------------------------------------------------

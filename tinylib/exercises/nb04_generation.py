@@ -28,7 +28,7 @@ def _logits_cases(gen: torch.Generator, values: list):
 
 # --- top-k -------------------------------------------------------------------------------------------------
 
-def top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:
+def _top_k_filter_by_tinylib(logits: torch.Tensor, k: int) -> torch.Tensor:
     """Keep each row's k largest logits; every other logit becomes -inf."""
     return apply_sampling_rules(logits, SamplingConfig(top_k=k))
 
@@ -43,16 +43,22 @@ def _top_k_whole_batch(logits: torch.Tensor, k: int) -> torch.Tensor:
     return logits.float().masked_fill(logits < kth, float("-inf"))
 
 
+def top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:
+    """Keep each row's k largest logits; every other logit becomes -inf."""
+    kth = torch.topk(logits, k, dim=-1).values[:, -1:]  # each row's k-th largest, as a column
+    return logits.float().masked_fill(logits < kth, float("-inf"))  # ties with the k-th stay
+
+
 register(Exercise(
     "top_k_filter", "Top-k filtering", NB, difficulty=2, importance=4, minutes=10,
-    reference=top_k_filter,
+    reference=_top_k_filter_by_tinylib, shown=top_k_filter,
     cases=lambda g: _logits_cases(g, [1, 3, 5, 2, 40, 1, 7]),
     wrong=(_top_k_keeps_k_minus_one, _top_k_whole_batch)))
 
 
 # --- top-p (nucleus) ---------------------------------------------------------------------------------------
 
-def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
+def _top_p_filter_by_tinylib(logits: torch.Tensor, p: float) -> torch.Tensor:
     """Keep the smallest set of most likely ids whose probabilities sum to at least p; others become -inf."""
     return apply_sampling_rules(logits, SamplingConfig(top_p=p))
 
@@ -71,15 +77,25 @@ def _top_p_unsorted(logits: torch.Tensor, p: float) -> torch.Tensor:
     return logits.float().masked_fill(drop, float("-inf"))
 
 
+def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
+    """Keep the smallest set of most likely ids whose probabilities sum to at least p; others become -inf."""
+    sorted_logits, order = torch.sort(logits.float(), dim=-1, descending=True)
+    probs = sorted_logits.softmax(dim=-1)
+    drop = probs.cumsum(dim=-1) - probs >= p  # the ids ranked above already hold p: the first always stays
+    kept = sorted_logits.masked_fill(drop, float("-inf"))
+    return torch.full_like(kept, float("-inf")).scatter(-1, order, kept)  # back to vocabulary order
+
+
 register(Exercise(
     "top_p_filter", "Top-p (nucleus) filtering", NB, difficulty=3, importance=4, minutes=15,
-    reference=top_p_filter, cases=lambda g: _logits_cases(g, [0.5, 0.9, 0.1, 0.95, 0.3, 0.75, 0.99]),
+    reference=_top_p_filter_by_tinylib, shown=top_p_filter,
+    cases=lambda g: _logits_cases(g, [0.5, 0.9, 0.1, 0.95, 0.3, 0.75, 0.99]),
     wrong=(_top_p_drops_the_crossing_token, _top_p_unsorted)))
 
 
 # --- temperature -------------------------------------------------------------------------------------------
 
-def temperature_probs(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+def _temperature_probs_by_tinylib(logits: torch.Tensor, temperature: float) -> torch.Tensor:
     """The next-token probabilities at `temperature` (> 0): softmax(logits / temperature)."""
     return apply_sampling_rules(logits, SamplingConfig(temperature=temperature)).softmax(-1)
 
@@ -93,15 +109,21 @@ def _temperature_after_softmax(logits: torch.Tensor, temperature: float) -> torc
     return p  # forgot to renormalise
 
 
+def temperature_probs(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """The next-token probabilities at `temperature` (> 0): softmax(logits / temperature)."""
+    return (logits.float() / temperature).softmax(dim=-1)  # T < 1 widens the gaps between logits
+
+
 register(Exercise(
     "temperature_probs", "Sampling temperature", NB, difficulty=1, importance=4, minutes=5,
-    reference=temperature_probs, cases=lambda g: _logits_cases(g, [0.5, 1.0, 2.0, 0.1, 1.5]),
+    reference=_temperature_probs_by_tinylib, shown=temperature_probs,
+    cases=lambda g: _logits_cases(g, [0.5, 1.0, 2.0, 0.1, 1.5]),
     wrong=(_temperature_multiplies, _temperature_after_softmax)))
 
 
 # --- KV-cache memory ---------------------------------------------------------------------------------------
 
-def kv_cache_bytes(cfg: ModelConfig, batch_size: int, context: int, bytes_per_value: int) -> int:
+def _kv_cache_bytes_by_tinylib(cfg: ModelConfig, batch_size: int, context: int, bytes_per_value: int) -> int:
     """Bytes the KV cache holds for `batch_size` sequences of `context` tokens: keys and values, every layer,
     n_kv_head heads (grouped-query attention shares them) of d_head numbers each."""
     cache = KVCache(cfg, batch_size, context, device="meta")
@@ -125,6 +147,13 @@ def _kv_cases(gen: torch.Generator):
         yield (cfg, batch, min(context, cfg.max_seq_len), (2, 4)[batch % 2]), {}
 
 
+def kv_cache_bytes(cfg: ModelConfig, batch_size: int, context: int, bytes_per_value: int) -> int:
+    """Bytes the KV cache holds for `batch_size` sequences of `context` tokens."""
+    per_layer = 2 * batch_size * cfg.n_kv_head * context * cfg.d_head  # keys and values: KV heads only
+    return cfg.n_layer * per_layer * bytes_per_value
+
+
 register(Exercise(
-    "kv_cache_bytes", "KV-cache memory", NB, difficulty=2, importance=3, minutes=10, reference=kv_cache_bytes,
+    "kv_cache_bytes", "KV-cache memory", NB, difficulty=2, importance=3, minutes=10,
+    reference=_kv_cache_bytes_by_tinylib, shown=kv_cache_bytes,
     cases=_kv_cases, wrong=(_kv_bytes_query_heads, _kv_bytes_keys_only)))

@@ -64,7 +64,7 @@ register(Exercise(
 
 # --- previous-token score -----------------------------------------------------------------------------------
 
-def previous_token_score(patterns: torch.Tensor) -> torch.Tensor:
+def _previous_token_score_by_tinylib(patterns: torch.Tensor) -> torch.Tensor:
     """Mean attention from each query t >= 1 to key t - 1, over the batch: [L, H] from patterns
     [B, L, H, T, T]."""
     tokens = torch.zeros(patterns.shape[0], patterns.shape[-1], dtype=torch.long)  # unused by this score
@@ -94,15 +94,23 @@ def _pattern_cases(gen: torch.Generator):
         yield (_random_patterns(gen, B, L, H, T, sharp),), {}
 
 
+def previous_token_score(patterns: torch.Tensor) -> torch.Tensor:
+    """Mean attention from each query t >= 1 to key t - 1, over the batch: [L, H] from patterns
+    [B, L, H, T, T]."""
+    t = torch.arange(1, patterns.shape[-1])
+    to_previous = patterns[..., t, t - 1]  # [B, L, H, T - 1]: query t's weight on key t - 1
+    return to_previous.float().mean(dim=(0, -1))
+
+
 register(Exercise(
     "previous_token_score", "Previous-token score from patterns", NB, difficulty=2, importance=4, minutes=10,
-    reference=previous_token_score, cases=_pattern_cases,
+    reference=_previous_token_score_by_tinylib, shown=previous_token_score, cases=_pattern_cases,
     wrong=(_prev_reads_the_diagonal, _prev_counts_query_zero)))
 
 
 # --- induction score ----------------------------------------------------------------------------------------
 
-def induction_score(patterns: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+def _induction_score_by_tinylib(patterns: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     """[L, H]: for every query t whose token appeared before (tokens[j] == tokens[t], j < t), the attention
     mass on the keys right after those copies (s = j + 1); averaged over such queries of the batch.
     patterns [B, L, H, T, T], tokens [B, T]."""
@@ -133,7 +141,22 @@ def _induction_cases(gen: torch.Generator):
         yield (_random_patterns(gen, B, L, H, T, 1.0), tokens), {}
 
 
+def induction_score(patterns: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """[L, H]: for every query t whose token appeared before (tokens[j] == tokens[t], j < t), the attention
+    mass on the keys right after those copies (s = j + 1); averaged over such queries of the batch."""
+    B, T = tokens.shape
+    same = tokens[:, :, None] == tokens[:, None, :]  # [B, t, j]: key j holds query t's token
+    copy_before = same & torch.ones(T, T, dtype=torch.bool).tril(-1)  # ... and j < t
+    after_copy = torch.zeros(B, T, T, dtype=torch.bool)
+    after_copy[:, :, 1:] = copy_before[:, :, :-1]  # key s = j + 1 follows a copy at j
+    has_copy = after_copy.any(-1)  # [B, T]: the queries that are scored
+    if not has_copy.any():
+        return torch.zeros(patterns.shape[1], patterns.shape[2])
+    mass = (patterns.float() * after_copy[:, None, None]).sum(-1)  # [B, L, H, T]
+    return (mass * has_copy[:, None, None]).sum(dim=(0, -1)) / has_copy.sum()
+
+
 register(Exercise(
     "induction_score", "Induction score from patterns", NB, difficulty=4, importance=4, minutes=20,
-    reference=induction_score, cases=_induction_cases,
+    reference=_induction_score_by_tinylib, shown=induction_score, cases=_induction_cases,
     wrong=(_induction_on_the_copy_itself, _induction_with_wraparound_shift)))

@@ -26,7 +26,7 @@ NB = "06_neurons"
 
 # --- Cohen's d ----------------------------------------------------------------------------------------------
 
-def cohens_d(acts: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def _cohens_d_by_tinylib(acts: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Selectivity [L, N] of every neuron for the positions `mask` [B, T] marks, from acts [B, T, L, N]:
     (mean on - mean off) / pooled std, pooled = sqrt((n_on var_on + n_off var_off) / (n_on + n_off)),
     population variances (unbiased=False), the std clamped at 1e-6 so a dead neuron scores 0."""
@@ -58,9 +58,19 @@ def _selectivity_cases(gen: torch.Generator):
         yield (acts, mask), {}
 
 
+def cohens_d(acts: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Selectivity [L, N] of every neuron for the positions `mask` [B, T] marks, from acts [B, T, L, N]:
+    (mean on - mean off) / pooled std, population variances, the std clamped at 1e-6."""
+    on, off = acts[mask], acts[~mask]  # [n_on, L, N] and [n_off, L, N]
+    pooled_var = (len(on) * on.var(0, unbiased=False) + len(off) * off.var(0, unbiased=False)) / (
+        len(on) + len(off))
+    return (on.mean(0) - off.mean(0)) / pooled_var.sqrt().clamp_min(1e-6)  # a dead neuron scores 0
+
+
 register(Exercise(
     "cohens_d", "Cohen's d: how selectively a neuron fires", NB, difficulty=2, importance=4, minutes=15,
-    reference=cohens_d, cases=_selectivity_cases, wrong=(_d_with_overall_std, _d_unscaled)))
+    reference=_cohens_d_by_tinylib, shown=cohens_d,
+    cases=_selectivity_cases, wrong=(_d_with_overall_std, _d_unscaled)))
 
 
 # --- top-k activation positions -----------------------------------------------------------------------------
@@ -100,7 +110,7 @@ register(Exercise(
 
 # --- word-position mask -------------------------------------------------------------------------------------
 
-def word_mask(tokenizer: Any, tokens: torch.Tensor, words: Sequence[str]) -> torch.Tensor:
+def _word_mask_by_tinylib(tokenizer: Any, tokens: torch.Tensor, words: Sequence[str]) -> torch.Tensor:
     """Bool mask [B, T]: True at the LAST token of every occurrence of any of `words` in tokens [B, T], in the
     forms word, Word (capitalised), word in lower case, each with and without a leading space."""
     return word_positions(tokenizer, tokens, words)
@@ -148,6 +158,23 @@ def _word_cases(gen: torch.Generator):
         yield (tok, torch.tensor(rows), words), {}
 
 
+def word_mask(tokenizer: Any, tokens: torch.Tensor, words: Sequence[str]) -> torch.Tensor:
+    """Bool mask [B, T]: True at the LAST token of every occurrence of any of `words` in tokens [B, T], in the
+    forms word, Word (capitalised), word in lower case, each with and without a leading space."""
+    B, T = tokens.shape
+    mask = torch.zeros(B, T, dtype=torch.bool)
+    for word in words:
+        for form in {word, word.capitalize(), word.lower()}:
+            for text in (form, " " + form):  # " dog" mid-sentence and "dog" after a quote are other ids
+                ids = torch.tensor(tokenizer.encode(text))
+                n = len(ids)
+                for start in range(T - n + 1 if n else 0):
+                    hit = (tokens[:, start:start + n] == ids).all(dim=-1)  # [B]
+                    mask[:, start + n - 1] |= hit  # mark the word's last token
+    return mask
+
+
 register(Exercise(
     "word_mask", "Where words occur: a word-position mask", NB, difficulty=3, importance=3, minutes=15,
-    reference=word_mask, cases=_word_cases, wrong=(_word_mask_first_token, _word_mask_exact_form_only)))
+    reference=_word_mask_by_tinylib, shown=word_mask,
+    cases=_word_cases, wrong=(_word_mask_first_token, _word_mask_exact_form_only)))

@@ -26,7 +26,7 @@ NB = "07_ablations"
 
 # --- zero ablation as a TransformerLens hook ----------------------------------------------------------------
 
-def zero_ablate_head(z: torch.Tensor, hook: Any, head: int) -> torch.Tensor:
+def _zero_ablate_head_by_tinylib(z: torch.Tensor, hook: Any, head: int) -> torch.Tensor:
     """Hook on blocks.L.attn.hook_z: z [B, T, n_head, d_head] with head `head`'s output set to 0 (edit z in
     place and return it). Bind the head with functools.partial(zero_ablate_head, head=h)."""
     (_, fn), = ablation_hooks(heads=[(0, head)], kind="zero")
@@ -48,14 +48,22 @@ def _z_cases(gen: torch.Generator):
         yield (torch.randn(B, T, H, d, generator=gen), None, head), {}
 
 
+def zero_ablate_head(z: torch.Tensor, hook: Any, head: int) -> torch.Tensor:
+    """Hook on blocks.L.attn.hook_z: z [B, T, n_head, d_head] with head `head`'s output set to 0."""
+    z[:, :, head, :] = 0.0  # every batch row and position, this head's whole d_head vector
+    return z
+
+
 register(Exercise(
     "zero_ablate_head", "A zero-ablation hook (TransformerLens style)", NB, difficulty=1, importance=5,
-    minutes=10, reference=zero_ablate_head, cases=_z_cases, wrong=(_zero_position_axis, _zero_d_head_axis)))
+    minutes=10,
+    reference=_zero_ablate_head_by_tinylib, shown=zero_ablate_head,
+    cases=_z_cases, wrong=(_zero_position_axis, _zero_d_head_axis)))
 
 
 # --- mean ablation ------------------------------------------------------------------------------------------
 
-def mean_ablate_head(z: torch.Tensor, hook: Any, head: int, mean_z: torch.Tensor) -> torch.Tensor:
+def _mean_ablate_head_by_tinylib(z: torch.Tensor, hook: Any, head: int, mean_z: torch.Tensor) -> torch.Tensor:
     """Hook on hook_z: every position of head `head` replaced by that head's mean output mean_z[head]
     (mean_z [n_head, d_head]: this layer's means over a reference batch and its positions)."""
     means = Means(z=mean_z[None], post=torch.zeros(1, 1))  # layer 0 of a one-layer table
@@ -80,9 +88,16 @@ def _mean_cases(gen: torch.Generator):
         yield (z, hook, head, mean_z), {}
 
 
+def mean_ablate_head(z: torch.Tensor, hook: Any, head: int, mean_z: torch.Tensor) -> torch.Tensor:
+    """Hook on hook_z: every position of head `head` replaced by that head's mean output mean_z[head]."""
+    z[:, :, head, :] = mean_z[head].to(z.dtype)  # [d_head] broadcast over batch and positions
+    return z
+
+
 register(Exercise(
     "mean_ablate_head", "A mean-ablation hook", NB, difficulty=2, importance=4, minutes=10,
-    reference=mean_ablate_head, cases=_mean_cases, wrong=(_mean_one_scalar, _mean_every_head)))
+    reference=_mean_ablate_head_by_tinylib, shown=mean_ablate_head,
+    cases=_mean_cases, wrong=(_mean_one_scalar, _mean_every_head)))
 
 
 # --- direct logit attribution of one head -------------------------------------------------------------------

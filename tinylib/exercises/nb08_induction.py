@@ -23,7 +23,7 @@ NB = "08_induction_heads_form"
 
 # --- the in-context-learning score -------------------------------------------------------------------------
 
-def in_context_score(losses: torch.Tensor) -> float:
+def _in_context_score_by_tinylib(losses: torch.Tensor) -> float:
     """Loss at late positions minus loss at early ones: losses [N, T] per token; early = T // 5,
     late = 4 * T // 5, each averaged over 10 positions starting there."""
     return icl_score(losses)
@@ -44,14 +44,23 @@ def _loss_cases(gen: torch.Generator):
         yield (decay + torch.rand(N, T, generator=gen),), {}
 
 
+def in_context_score(losses: torch.Tensor) -> float:
+    """Loss at late positions minus loss at early ones: losses [N, T] per token; early = T // 5,
+    late = 4 * T // 5, each averaged over 10 positions starting there."""
+    T = losses.shape[1]
+    early, late = T // 5, 4 * T // 5
+    return float(losses[:, late:late + 10].mean() - losses[:, early:early + 10].mean())  # < 0: context helps
+
+
 register(Exercise(
     "in_context_score", "The in-context-learning score", NB, difficulty=1, importance=4, minutes=5,
-    reference=in_context_score, cases=_loss_cases, wrong=(_icl_reversed, _icl_single_positions)))
+    reference=_in_context_score_by_tinylib, shown=in_context_score,
+    cases=_loss_cases, wrong=(_icl_reversed, _icl_single_positions)))
 
 
 # --- K-composition -----------------------------------------------------------------------------------------
 
-def k_composition(w_ov: torch.Tensor, w_qk: torch.Tensor) -> torch.Tensor:
+def _k_composition_by_tinylib(w_ov: torch.Tensor, w_qk: torch.Tensor) -> torch.Tensor:
     """How much a later head's keys read what an earlier head writes: ||W_QK W_OV^T||_F / (||W_QK||_F
     ||W_OV||_F), for the earlier head's W_OV and the later head's W_QK, both [d_model, d_model]."""
     return composition_score(w_ov, w_qk, "k")
@@ -72,14 +81,22 @@ def _matrix_cases(gen: torch.Generator):
         yield (w_ov, w_qk), {}
 
 
+def k_composition(w_ov: torch.Tensor, w_qk: torch.Tensor) -> torch.Tensor:
+    """How much a later head's keys read what an earlier head writes: ||W_QK W_OV^T||_F / (||W_QK||_F
+    ||W_OV||_F)."""
+    read = w_qk @ w_ov.T  # the keys' side of W_QK applied to what W_OV writes
+    return read.norm() / (w_qk.norm() * w_ov.norm())  # Frobenius norms: 0 (unrelated) .. 1
+
+
 register(Exercise(
     "k_composition", "K-composition of two heads", NB, difficulty=2, importance=4, minutes=10,
-    reference=k_composition, cases=_matrix_cases, wrong=(_k_in_q_order, _k_one_norm)))
+    reference=_k_composition_by_tinylib, shown=k_composition,
+    cases=_matrix_cases, wrong=(_k_in_q_order, _k_one_norm)))
 
 
 # --- does the OV circuit copy? -----------------------------------------------------------------------------
 
-def ov_copying(w_e: torch.Tensor, w_ov: torch.Tensor, w_u: torch.Tensor) -> float:
+def _ov_copying_by_tinylib(w_e: torch.Tensor, w_ov: torch.Tensor, w_u: torch.Tensor) -> float:
     """Fraction of tokens i for which the full OV circuit w_e @ w_ov @ w_u ([vocab, vocab]: attended token
     -> logits) raises logit i above every other logit. w_e [vocab, d], w_ov [d, d], w_u [d, vocab]."""
     return copying_accuracy(w_e @ w_ov @ w_u)
@@ -103,6 +120,15 @@ def _circuit_cases(gen: torch.Generator):
         yield (w_e, w_ov, w_u), {}
 
 
+def ov_copying(w_e: torch.Tensor, w_ov: torch.Tensor, w_u: torch.Tensor) -> float:
+    """Fraction of tokens i for which the full OV circuit w_e @ w_ov @ w_u raises logit i above every other
+    logit."""
+    circuit = w_e @ w_ov @ w_u  # [vocab, vocab]: row i, the logits when the head attends to token i
+    copies = circuit.argmax(dim=-1) == torch.arange(circuit.shape[0])  # the row's top logit is its own token
+    return float(copies.float().mean())
+
+
 register(Exercise(
     "ov_copying", "Does a head's OV circuit copy?", NB, difficulty=2, importance=3, minutes=10,
-    reference=ov_copying, cases=_circuit_cases, wrong=(_ov_argmax_over_rows, _ov_without_embedding)))
+    reference=_ov_copying_by_tinylib, shown=ov_copying,
+    cases=_circuit_cases, wrong=(_ov_argmax_over_rows, _ov_without_embedding)))

@@ -10,6 +10,8 @@ because of its capital.
 
 from __future__ import annotations
 
+import re
+
 import torch
 import torch.nn.functional as F
 
@@ -24,7 +26,7 @@ NB = "09_fine_tuning"
 
 # --- targets: which predictions are scored ------------------------------------------------------------------
 
-def response_targets(ids: list[int], n_prompt: int) -> torch.Tensor:
+def _response_targets_by_tinylib(ids: list[int], n_prompt: int) -> torch.Tensor:
     """Targets for x = ids[:-1]: the next token where it belongs to the response (ids[n_prompt:]), else -1."""
     windows = make_windows([Encoded(list(ids), n_prompt, "")], len(ids) - 1, layout="padded", pad_id=0)
     return windows.xy(slice(None))[1][0]
@@ -48,9 +50,17 @@ def _targets_cases(gen: torch.Generator):
         yield (ids, int(torch.randint(1, length, (1,), generator=gen))), {}
 
 
+def response_targets(ids: list[int], n_prompt: int) -> torch.Tensor:
+    """Targets for x = ids[:-1]: the next token where it belongs to the response (ids[n_prompt:]), else -1."""
+    targets = torch.tensor(ids[1:], dtype=torch.long)  # position t predicts ids[t + 1]
+    targets[: max(n_prompt - 1, 0)] = -1  # those predictions are of prompt tokens: not scored
+    return targets
+
+
 register(Exercise(
     "response_targets", "Targets on the response only", NB, difficulty=2, importance=5, minutes=10,
-    reference=response_targets, cases=_targets_cases, wrong=(_targets_mask_one_too_many, _targets_unshifted)))
+    reference=_response_targets_by_tinylib, shown=response_targets,
+    cases=_targets_cases, wrong=(_targets_mask_one_too_many, _targets_unshifted)))
 
 
 # --- the masked loss ----------------------------------------------------------------------------------------
@@ -86,7 +96,7 @@ register(Exercise(
 
 # --- word inclusion -----------------------------------------------------------------------------------------
 
-def story_word_inclusion(story: str, words: list[str]) -> float:
+def _story_word_inclusion_by_tinylib(story: str, words: list[str]) -> float:
     """The fraction of `words` the story uses: whole words, any case, plus the regular forms (cat -> cats,
     jump -> jumped/jumping, hurry -> hurried, smile -> smiling, hop -> hopped)."""
     return word_inclusion(story, words)
@@ -115,7 +125,25 @@ def _inclusion_cases(gen: torch.Generator):
         yield (story, [_VOCAB[i][0] for i in asked]), {}
 
 
+def story_word_inclusion(story: str, words: list[str]) -> float:
+    """The fraction of `words` the story uses: whole words, any case, plus the regular forms."""
+    if not words:
+        return 1.0
+    used = set(re.findall(r"[a-z]+", story.lower()))  # whole words only: "cat" is not in "catch"
+
+    def forms(word: str) -> set[str]:
+        w = word.lower().strip()
+        out = {w, w + "s", w + "es", w + "ed", w + "d", w + "ing", w + w[-1:] + "ed", w + w[-1:] + "ing"}
+        if w.endswith("e"):
+            out.add(w[:-1] + "ing")  # smile -> smiling
+        if w.endswith("y"):
+            out |= {w[:-1] + "ies", w[:-1] + "ied"}  # hurry -> hurried
+        return out
+
+    return sum(bool(forms(w) & used) for w in words) / len(words)
+
+
 register(Exercise(
     "story_word_inclusion", "Does the story use the words?", NB, difficulty=2, importance=3, minutes=10,
-    reference=story_word_inclusion, cases=_inclusion_cases,
+    reference=_story_word_inclusion_by_tinylib, shown=story_word_inclusion, cases=_inclusion_cases,
     wrong=(_inclusion_substring, _inclusion_case_sensitive)))

@@ -11,6 +11,8 @@ steps, or each at the same fraction of its own budget, instead of at the same FL
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from tinylib.budget import token_target
@@ -26,7 +28,7 @@ NB = "10_experiments"
 
 # --- the tokens a FLOP budget buys -------------------------------------------------------------------------
 
-def budget_tokens(cfg: ModelConfig, flop_budget: float, seq_len: int) -> int:
+def _budget_tokens_by_tinylib(cfg: ModelConfig, flop_budget: float, seq_len: int) -> int:
     """Tokens a run of `cfg` trains on for `flop_budget` training FLOPs at context `seq_len`: the budget over
     the training FLOPs per token (6 N + 12 L T d, `tinylib.flops.flops_per_token`), rounded down."""
     return token_target(cfg, flop_budget=flop_budget, seq_len=seq_len)
@@ -51,14 +53,31 @@ def _budget_cases(gen: torch.Generator):
         yield (cfg, flops, int(torch.randint(32, cfg.max_seq_len + 1, (1,), generator=gen))), {}
 
 
+def budget_tokens(cfg: ModelConfig, flop_budget: float, seq_len: int) -> int:
+    """Tokens a run of `cfg` trains on for `flop_budget` training FLOPs at context `seq_len`: the budget over
+    the training FLOPs per token, 6 N + 12 L T d, rounded down."""
+    d, L = cfg.d_model, cfg.n_layer
+    kv, b = cfg.n_kv_head * cfg.d_head, int(cfg.bias)
+    attention = 2 * d * d + 2 * d * kv + b * (2 * d + 2 * kv)
+    n_in = 2 if cfg.mlp == "swiglu" else 1
+    mlp = (n_in + 1) * d * cfg.d_mlp + b * (n_in * cfg.d_mlp + d)
+    norm = 2 * d if cfg.norm == "layernorm" and cfg.bias else d
+    r = cfg.embed_rank  # factorized: the head multiplies by both factors
+    head = cfg.vocab_size * d if r is None else cfg.vocab_size * r + 2 * r * d
+    n = L * (attention + mlp + 2 * norm) + norm + (2 * L * cfg.d_head if cfg.qk_norm else 0) + head
+    keys = seq_len if cfg.sliding_window is None else min(seq_len, cfg.sliding_window)  # keys a query sees
+    return int(flop_budget // (6 * n + 12 * L * keys * d))
+
+
 register(Exercise(
     "budget_tokens", "The tokens a FLOP budget buys", NB, difficulty=1, importance=5, minutes=5,
-    reference=budget_tokens, cases=_budget_cases, wrong=(_tokens_6n, _tokens_rounded), atol=0, rtol=0))
+    reference=_budget_tokens_by_tinylib, shown=budget_tokens,
+    cases=_budget_cases, wrong=(_tokens_6n, _tokens_rounded), atol=0, rtol=0))
 
 
 # --- a loss curve between its evaluations ------------------------------------------------------------------
 
-def loss_at(curve: list[dict], flops: float) -> float:
+def _loss_at_by_tinylib(curve: list[dict], flops: float) -> float:
     """The validation loss of a run at `flops` training FLOPs: linear between the two evaluations (records
     with a `val_loss`) around it. `flops` lies between the first and the last evaluation."""
     return value_at(curve, flops)
@@ -96,14 +115,25 @@ def _point_cases(gen: torch.Generator):
             yield (curve, float(x)), {}
 
 
+def loss_at(curve: list[dict], flops: float) -> float:
+    """The validation loss of a run at `flops` training FLOPs: linear between the two evaluations (records
+    with a `val_loss`) around it."""
+    evals = sorted((r["flops"], r["val_loss"]) for r in curve if r.get("val_loss") is not None)
+    for (x0, y0), (x1, y1) in zip(evals, evals[1:]):
+        if x0 <= flops <= x1:
+            return y0 if x1 == x0 else y0 + (y1 - y0) * (flops - x0) / (x1 - x0)
+    return math.nan  # outside the evaluations
+
+
 register(Exercise(
     "loss_at", "A loss curve between its evaluations", NB, difficulty=2, importance=3, minutes=10,
-    reference=loss_at, cases=_point_cases, wrong=(_loss_at_last_eval, _loss_with_train_records)))
+    reference=_loss_at_by_tinylib, shown=loss_at,
+    cases=_point_cases, wrong=(_loss_at_last_eval, _loss_with_train_records)))
 
 
 # --- two runs at equal compute -----------------------------------------------------------------------------
 
-def gap_at_equal_flops(gpt: list[dict], llama: list[dict], frac: float) -> float:
+def _gap_at_equal_flops_by_tinylib(gpt: list[dict], llama: list[dict], frac: float) -> float:
     """LLaMA's minus GPT's validation loss at `frac` of the FLOPs both runs spent (the smaller of their last
     records' `flops`), each curve linearly interpolated between its evaluations (records with `val_loss`)."""
     x = frac * min(gpt[-1]["flops"], llama[-1]["flops"])
@@ -132,7 +162,13 @@ def _curve_cases(gen: torch.Generator):
         yield (gpt, llama, frac), {}
 
 
+def gap_at_equal_flops(gpt: list[dict], llama: list[dict], frac: float) -> float:
+    """LLaMA's minus GPT's validation loss at `frac` of the FLOPs both runs spent."""
+    x = frac * min(gpt[-1]["flops"], llama[-1]["flops"])  # a point both curves reach
+    return loss_at(llama, x) - loss_at(gpt, x)
+
+
 register(Exercise(
     "gap_at_equal_flops", "Two runs compared at equal compute", NB, difficulty=2, importance=5, minutes=10,
-    reference=gap_at_equal_flops, cases=_curve_cases,
+    reference=_gap_at_equal_flops_by_tinylib, shown=gap_at_equal_flops, cases=_curve_cases,
     wrong=(_gap_at_equal_tokens, _gap_at_equal_steps, _gap_at_own_budget)))

@@ -23,7 +23,7 @@ NB = "11_architecture_lab"
 
 # --- the banded causal mask --------------------------------------------------------------------------------
 
-def sliding_window_mask(T: int, window: int) -> torch.Tensor:
+def _sliding_window_mask_by_tinylib(T: int, window: int) -> torch.Tensor:
     """[T, T] bool, True where query i may attend to key j: causal, and within the window (itself and the
     window - 1 positions before it)."""
     pos = torch.arange(T)
@@ -49,15 +49,22 @@ def _mask_cases(gen: torch.Generator):
         yield (T, int(torch.randint(2, T, (1,), generator=gen))), {}
 
 
+def sliding_window_mask(T: int, window: int) -> torch.Tensor:
+    """[T, T] bool, True where query i may attend to key j: causal, and within the window."""
+    i = torch.arange(T)[:, None]  # queries down the rows
+    j = torch.arange(T)[None, :]  # keys along the columns
+    return (j <= i) & (i - j < window)  # not ahead, and at most window - 1 behind
+
+
 register(Exercise(
     "sliding_window_mask", "The banded mask of sliding-window attention", NB, difficulty=1, importance=4,
-    minutes=5, reference=sliding_window_mask, cases=_mask_cases,
+    minutes=5, reference=_sliding_window_mask_by_tinylib, shown=sliding_window_mask, cases=_mask_cases,
     wrong=(_mask_one_too_wide, _mask_not_causal)))
 
 
 # --- logit soft-capping ------------------------------------------------------------------------------------
 
-def soft_cap(logits: torch.Tensor, cap: float) -> torch.Tensor:
+def _soft_cap_by_tinylib(logits: torch.Tensor, cap: float) -> torch.Tensor:
     """cap * tanh(logits / cap): close to the identity for |logits| << cap, smoothly bounded by +-cap."""
     return softcap(logits, cap)
 
@@ -76,14 +83,20 @@ def _cap_cases(gen: torch.Generator):
         yield (scale * torch.randn(*shape, generator=gen), cap), {}
 
 
+def soft_cap(logits: torch.Tensor, cap: float) -> torch.Tensor:
+    """cap * tanh(logits / cap): close to the identity for |logits| << cap, smoothly bounded by +-cap."""
+    return cap * torch.tanh(logits / cap)
+
+
 register(Exercise(
-    "soft_cap", "Logit soft-capping", NB, difficulty=1, importance=3, minutes=5, reference=soft_cap,
+    "soft_cap", "Logit soft-capping", NB, difficulty=1, importance=3, minutes=5,
+    reference=_soft_cap_by_tinylib, shown=soft_cap,
     cases=_cap_cases, wrong=(_cap_clamp, _cap_without_factor)))
 
 
 # --- warmup-stable-decay -----------------------------------------------------------------------------------
 
-def wsd_lr(step: int, *, warmup: int, total: int, floor: float) -> float:
+def _wsd_lr_by_tinylib(step: int, *, warmup: int, total: int, floor: float) -> float:
     """The factor on the peak lr: (step + 1) / warmup during warmup, then 1 until the decay starts at
     total - round(0.2 * total) (not before warmup ends), then linear to `floor` at `total`; `floor` after."""
     return lr_scale(step, warmup=warmup, total=total, floor=floor, schedule="wsd")
@@ -109,6 +122,16 @@ def _wsd_cases(gen: torch.Generator):
             yield (step,), dict(warmup=warmup, total=total, floor=floor)
 
 
+def wsd_lr(step: int, *, warmup: int, total: int, floor: float) -> float:
+    """The factor on the peak lr: warmup, then 1 (stable), then linear to `floor` over the last 20%."""
+    if step < warmup:
+        return (step + 1) / warmup
+    decay_start = max(warmup, total - round(0.2 * total))  # the decay never starts inside warmup
+    progress = min(1.0, max(0, step - decay_start) / max(1, total - decay_start))
+    return 1 - (1 - floor) * progress
+
+
 register(Exercise(
     "wsd_lr", "Warmup-stable-decay learning-rate schedule", NB, difficulty=2, importance=4, minutes=10,
-    reference=wsd_lr, cases=_wsd_cases, wrong=(_wsd_as_cosine, _wsd_decay_after_warmup)))
+    reference=_wsd_lr_by_tinylib, shown=wsd_lr,
+    cases=_wsd_cases, wrong=(_wsd_as_cosine, _wsd_decay_after_warmup)))
