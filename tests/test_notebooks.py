@@ -94,6 +94,13 @@ CASES = {
         "your sliding_window_mask is where the W=8 model's attention patterns are nonzero ✓",
         "your soft_cap turns the uncapped model's logits into the capped model's ✓",
         "your wsd_lr reproduces the plotted schedule step by step ✓")),
+    "12_build_it_yourself": (("tinystories_dir",), (
+        "your merges == tinylib's trainer's merges, in order ✓", "your encodings == tinylib's tokenizer's",
+        "relative position only ✓", "your model gives tinylib's logits, within 1e-4 in fp32 ✓",
+        "five of your training steps == tinylib's train_step, within 1e-4 per weight ✓",
+        "your model trained: validation loss below",
+        "your sampler with your cache == without it == tinylib's generate, id for id ✓",
+        "your own model, trained by your own step, wrote this with your own sampler ✓")),
     "13_evaluation": (("tinystories_dir", "llama2c_dir"), (
         "at least 600 items in at least 5 families of at least 100 ✓",
         "your mean_continuation_loss == the library's option scores on a real item ✓",

@@ -16,6 +16,7 @@ from tinylib.exercises import (  # noqa: F401  (importing a module registers its
     nb09_finetune,
     nb10_experiments,
     nb11_architecture,
+    nb12_build,
     nb13_evaluation,
 )
 from tinylib.exercises.checks import REGISTRY
