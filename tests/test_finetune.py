@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from fakehub import serve
 
+from tinylib import train as train_module
 from tinylib.checkpoint import TrainState, load_meta, load_model
 from tinylib.config import TrainConfig, get_config
 from tinylib.faults import DivergenceGuard
@@ -272,3 +273,28 @@ def test_a_short_stage_writes_an_instruct_checkpoint(tinystories_dir, tmp_path, 
     more = finetune(dataclasses.replace(cfg, max_steps=5, resume=True, eval_prompts=0, log_every=1))
     assert [r["step"] for r in more.log] == [4, 5] and load_meta(tmp_path / "ft" / "latest")["step"] == 5
     assert more.before["response_loss"] == pytest.approx(result.before["response_loss"])  # the parent's
+
+
+def test_a_time_budget_replans_the_stage_in_the_trainers_loop(tinystories_dir, tmp_path, monkeypatch):
+    """max_time_s goes through the trainer's re-planning (first after 5 timed steps, then at each log step)
+    while fine-tuning evaluates only before and at the end (eval_every=0). A clock that advances 0.1 s per
+    reading makes the plans independent of how busy the machine is."""
+    class Clock:
+        t = 0.0
+
+        def perf_counter(self) -> float:
+            self.t += 0.1
+            return self.t
+
+        def process_time(self) -> float:
+            return self.t
+
+    torch.set_num_threads(1)
+    monkeypatch.setenv("TINYSTORIES_INSTRUCT_DIR", str(tmp_path / "none"))
+    monkeypatch.setattr(train_module, "time", Clock())
+    cfg = FinetuneConfig(max_steps=None, max_time_s=3.0, batch_size=2, seq_len=64, max_train_examples=24,
+                         eval_prompts=0, eval_examples=4, log_every=1, dtype="fp32", out_dir="",
+                         progress=False)
+    result = finetune(cfg)
+    assert 6 < result.steps < 30 and result.out_dir is None  # planned, then re-planned at each log step
+    assert [r["step"] for r in result.log] == list(range(1, result.steps + 1))

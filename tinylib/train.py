@@ -277,7 +277,8 @@ def replan(run: Run, state: TrainState) -> None:
         t = torch.tensor([planned], device=run.device)
         dist.broadcast(t, 0)
         planned = int(t)
-    if planned != state.total_steps and (first or planned == state.step or state.step % cfg.eval_every == 0):
+    at_eval = bool(cfg.eval_every) and state.step % cfg.eval_every == 0
+    if planned != state.total_steps and (first or planned == state.step or at_eval):
         run.say(f"time budget reached at step {state.step}" if planned == state.step else
                 f"{per_step * 1000:.0f} ms/step measured: {planned} steps fit in {cfg.max_time_s:.0f} s")
     if run.bar and planned != state.total_steps:
