@@ -136,13 +136,19 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     return found
 
 
+def copy_of_tinylib(tmp_path: Path) -> Path:
+    """The package copied, for a test to plant a mistake in."""
+    pkg = tmp_path / "tinylib"
+    shutil.copytree(ROOT / "tinylib", pkg, ignore=shutil.ignore_patterns("__pycache__"))
+    return pkg
+
+
 def test_imports_point_one_way_and_never_in_a_circle():
     assert layout_problems(ROOT / "tinylib") == []
 
 
 def test_the_check_catches_a_core_module_importing_interp(tmp_path):
-    pkg = tmp_path / "tinylib"
-    shutil.copytree(ROOT / "tinylib", pkg, ignore=shutil.ignore_patterns("__pycache__"))
+    pkg = copy_of_tinylib(tmp_path)
     model = pkg / "model.py"
     model.write_text("from tinylib.interp.attention import head_scores\n" + model.read_text())
     config = pkg / "config.py"
@@ -181,8 +187,7 @@ def test_each_module_says_what_it_holds_and_the_core_is_small():
 
 
 def test_the_reading_check_catches_a_silent_module_and_a_crowded_core(tmp_path):
-    pkg = tmp_path / "tinylib"
-    shutil.copytree(ROOT / "tinylib", pkg, ignore=shutil.ignore_patterns("__pycache__"))
+    pkg = copy_of_tinylib(tmp_path)
     (pkg / "helpers.py").write_text("X = 1\n")
     (pkg / "finetune" / "extra.py").write_text('"""Something extra for fine-tuning, nobody knows."""\n')
     for i in range(MAX_CORE):

@@ -200,6 +200,9 @@ def finetune(cfg: FinetuneConfig, on_record: Callable[[dict], None] | None = Non
 
     run_name = parent.parent.name if parent.name in ("best", "latest") else parent.name
     out_dir = None if cfg.out_dir == "" else Path(cfg.out_dir or CHECKPOINTS_DIR / f"instruct-{run_name}")
+    if out_dir is None and (cfg.log_to or cfg.resume):
+        raise ValueError(f"out_dir='' saves nothing, so log_to={cfg.log_to!r} and resume={cfg.resume} have "
+                         "no run folder to use; give an out_dir")
     log: list[dict] = []
     scored_tokens = [0]
 
