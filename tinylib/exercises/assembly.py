@@ -267,6 +267,7 @@ def check_training(parts: Parts, cfg: ModelConfig | None = None, tokens: np.ndar
     def learner_model(idx):
         return parts.forward(params, idx, cfg)
 
+    initial = {name: w.detach().clone() for name, w in model.named_parameters()}
     worst, worst_loss = 0.0, 0.0
     for step, batches in enumerate(plan, 1):
         want_loss = float(tinylib_train_step(state, batches, grad_clip=grad_clip)[0])
@@ -284,7 +285,8 @@ def check_training(parts: Parts, cfg: ModelConfig | None = None, tokens: np.ndar
                     f"parameter that differs from tinylib's train_step: max |diff| {d:.3g} > {atol:g}; loss "
                     f"{got_loss:.6f} vs {want_loss:.6f}.{hint}")
             worst = max(worst, d)
-    return {"max_weight_diff": worst, "max_loss_diff": worst_loss, "steps": steps}
+    moved = max(_diff(w, initial[name]) for name, w in model.named_parameters())
+    return {"max_weight_diff": worst, "max_loss_diff": worst_loss, "max_weight_change": moved, "steps": steps}
 
 
 # --- 3. training the learner's model ------------------------------------------------------------------------

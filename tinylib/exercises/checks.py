@@ -4,7 +4,7 @@ An `Exercise` holds a title, difficulty and importance (1-5), minutes, the refer
 own code where the library has it), a generator of random cases, and the plausible wrong answers its check
 must catch (tests/test_exercises.py proves that every check passes its reference and fails each wrong answer).
 The shown solution (`shown`) is code written out for a stuck learner; the reference stays tinylib's own
-function, which the check compares with (a test holds every shown solution to containing no call into tinylib).
+function, which the check compares with (a test holds every shown solution to having no call into tinylib).
 An answer that is not a plain function of a case (a class, a step that updates a model) is run through the
 exercise's `harness`.
 `run_check` runs a function on every case and raises `CheckFailed` at the first difference, naming the case,
@@ -93,7 +93,10 @@ def describe_case(args: tuple, kwargs: dict) -> str:
             return f"tensor{tuple(v.shape)}"
         if isinstance(v, np.ndarray):
             return f"array{v.shape}"
-        text = repr(v)
+        if isinstance(v, (list, tuple)) and any(isinstance(x, (torch.Tensor, list, tuple)) for x in v):
+            inner = ", ".join(short(x) for x in v[:3]) + (", ..." if len(v) > 3 else "")
+            return f"[{inner}]" if isinstance(v, list) else f"({inner})"
+        text = " ".join(repr(v).split())  # one line, whatever the value's repr
         return text if len(text) <= 60 else text[:57] + "..."
     return ", ".join([short(a) for a in args] + [f"{k}={short(v)}" for k, v in kwargs.items()])
 

@@ -106,8 +106,7 @@ def _load(module: torch.nn.Module, p: dict[str, torch.Tensor]) -> torch.nn.Modul
 
 _WORDS = ("Once", "upon", "a", "time", "there", "was", "little", "girl", "named", "Lily.", "She", "loved",
           "to", "play", "in", "the", "park", "with", "her", "dog", "Max.", "They", "were", "happy", "and",
-          "went",
-          "home,", "\"Hello!\"", "said", "Tom.", "café", "42", "ball\n\n", "it's", "they're")
+          "went", "home,", "\"Hello!\"", "said", "Tom.", "café", "42", "ball\n\n", "it's", "they're")
 
 
 def _text(gen: torch.Generator, n_words: int) -> str:
