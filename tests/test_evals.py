@@ -109,18 +109,16 @@ def test_every_template_fills_cleanly():
 
 
 def test_each_option_is_the_answer_as_often_as_a_distractor(generated):
-    """Balance: a model that only knows word frequencies scores chance on the two-option families."""
-    for fam in ("consistency", "tracking"):
-        golds = Counter(it.choices[it.gold] for it in generated if it.family == fam and it.task != "colors")
-        wrongs = Counter(c for it in generated if it.family == fam and it.task != "colors"
-                         for i, c in enumerate(it.choices) if i != it.gold)
-        for option in golds:
-            total = golds[option] + wrongs[option]
-            if total < 10:  # a name in "who did what": too few to count
-                continue
-            assert abs(golds[option] - wrongs[option]) <= 0.5 * total, (fam, option)
+    """Balance: a model that only knows word frequencies scores chance on the two-option tasks."""
+    for task in ("pronoun_after_name", "colors", "places", "states"):
+        items = [it for it in generated if it.task == task]
+        golds = Counter(it.choices[it.gold] for it in items)
+        wrongs = Counter(c for it in items for i, c in enumerate(it.choices) if i != it.gold)
+        assert golds == wrongs, (task, golds, wrongs)
     schema = [it for it in generated if it.kind == "schema"]
     assert Counter(it.gold for it in schema) == {0: len(schema) // 2, 1: len(schema) // 2}
+    causes = Counter(it.choices[it.gold] for it in generated if it.task == "cause_effect")
+    assert len(set(causes.values())) == 1  # every effect is the answer equally often
 
 
 def test_no_item_text_occurs_in_the_training_stories(generated, valid_stories, train_stories):
@@ -344,3 +342,33 @@ def test_vocabulary_mismatch_is_refused_before_scoring(capsys):
     from tinylib.evals.__main__ import main
     assert main(["--model", "nonesuch", "--no-progress"]) == 2
     assert "unknown model 'nonesuch'" in capsys.readouterr().err
+
+
+def test_cli_writes_reports_and_the_runs_evals_json(tmp_path, capsys):
+    """A run folder scored with --into-run gets evals.json, which the tracker's results table reads."""
+    import json
+    import shutil
+
+    from tinylib.evals.__main__ import main
+    from tinylib.experiments.results import EVALS_FILE, results_markdown
+    from tinylib.paths import INDUCTION_DIR
+
+    run = tmp_path / "run"
+    (run / "latest").mkdir(parents=True)
+    for name in ("model.safetensors", "config.json"):
+        shutil.copy(INDUCTION_DIR / name, run / "latest" / name)
+    items = [it for it in F.build_benchmark(validation_stories=[]).items if it.task in ("colors", "states")]
+    path = write_items(items, tmp_path / "items.jsonl")
+    assert main(["--model", str(run), "--model", "unigram", "--items", str(path), "--into-run",
+                 "--out", str(tmp_path / "out"), "--no-progress"]) == 0
+    report = json.loads((run / EVALS_FILE).read_text())
+    assert report["model"] == "run" and report["families"]["tracking"]["n"] == 80
+    written = {p.name for p in (tmp_path / "out").iterdir()}
+    assert written == {"run.json", "run.md", "unigram.json", "unigram.md", "comparison.md"}
+    assert "| unigram |" in capsys.readouterr().out
+    lo, hi = report["overall"]["ci"]
+    row = {"name": "run", "preset": "tiny", "style": "gpt", "optimizer": "muon", "params": 1e6, "tokens": 1e6,
+           "flops": 1e12, "wall_s": 1.0, "tokens_per_s": 1.0, "mfu": 0.1, "val_loss": 3.0, "val_bpb": 1.0,
+           "eval": report["overall"]["centred"], "eval_lo": lo, "eval_hi": hi, "done": True, "sample": ""}
+    assert f"{report['overall']['centred']:+.3f} [{lo:+.3f}, {hi:+.3f}]" in results_markdown([row])
+    assert "| n/a |" in results_markdown([{**row, "eval": float("nan")}])

@@ -7,12 +7,14 @@ under --out. A progress bar counts items per model.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
-from tinylib.evals.families import build_benchmark
+from tinylib.evals.families import Benchmark, build_benchmark
 from tinylib.evals.items import ItemFileError, read_items
-from tinylib.evals.models import NAMES, VocabMismatchError, available
+from tinylib.evals.models import NAMES, VocabMismatchError, available, run_folder
 from tinylib.evals.report import comparison_markdown, evaluate, write_reports
+from tinylib.paths import write_atomic
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,12 +27,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--samples", type=int, default=0,
                    help="also sample this many stories per network for generation statistics (default 0)")
     p.add_argument("--out", default=None, help="folder for the JSON and Markdown reports")
+    p.add_argument("--into-run", action="store_true",
+                   help="also write <run folder>/evals.json for each checkpoint path, where the experiments "
+                        "tracker's results table (make results) reads its benchmark column")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
     models = [m for name in (args.model or ["all"]) for m in (available() if name == "all" else [name])]
     try:
         if args.items:
-            from tinylib.evals.families import Benchmark
             bench = Benchmark(read_items(args.items))
         else:
             bench = build_benchmark(args.seed)
@@ -48,6 +52,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.out:
         for path in write_reports(reports, args.out):
             print(f"wrote {path}", file=sys.stderr)
+    if args.into_run:
+        for name, r in zip(models, reports):
+            run = run_folder(name)
+            if run is not None:
+                text = json.dumps(r.to_dict(), indent=1) + "\n"
+                print(f"wrote {write_atomic(run / 'evals.json', text.encode())}", file=sys.stderr)
     return 0
 
 

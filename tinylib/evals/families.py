@@ -26,8 +26,10 @@ import random
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 
-from tinylib.evals import words as W
+import tinylib.evals.words as W
+from tinylib.evals.data import load_validation_stories
 from tinylib.evals.items import Item
 
 N_PER_TASK = 40  # grammar: 6 tasks x 40 = 240 pairs; other template tasks are sized to >= 100 per family
@@ -218,22 +220,39 @@ def consistency_items(seed: int = 0, n_per_task: int = 60) -> list[Item]:
 
 # --- tracking -----------------------------------------------------------------------------------------------
 
-def _colors(rng: random.Random, k: int) -> dict:
+def _mirrored(draw: Callable[[random.Random], tuple]) -> Callable[[random.Random, int], tuple]:
+    """Items k = 2i and 2i + 1 share one draw (the same story, the other object asked for), so each object is
+    the answer exactly as often as it is the distractor: word frequencies alone score chance."""
+    draws: dict[int, tuple] = {}
+
+    def make(rng: random.Random, k: int) -> tuple:
+        if k % 2 == 0 or k // 2 not in draws:
+            draws[k // 2] = draw(rng)
+        return draws[k // 2]
+    return make
+
+
+def _colors_draw(rng: random.Random) -> tuple:
     kind = rng.choice(("girl", "boy"))
-    name, subj = rng.choice(_people(kind)), W.PRONOUNS[kind][0]
-    c1, c2 = rng.sample(W.COLORS, 2)
-    o1, o2 = rng.sample(W.TOYS, 2)
+    return (rng.choice(_people(kind)), W.PRONOUNS[kind][0], *rng.sample(W.COLORS, 2), *rng.sample(W.TOYS, 2))
+
+
+def _places_draw(rng: random.Random) -> tuple:
+    kind = rng.choice(("girl", "boy"))
+    (h1, _), (h2, _) = rng.sample(W.HIDING, 2)
+    return (rng.choice(_people(kind)), W.PRONOUNS[kind][0], h1, h2, *rng.sample(W.TOYS, 2))
+
+
+def _colors(rng: random.Random, k: int, draw=None) -> dict:
+    name, subj, c1, c2, o1, o2 = draw(rng, k)
     pick = k % 2
     context = f"{name} had {_a(c1)} {o1} and {_a(c2)} {o2}. {_cap(subj)} played with the {(c1, c2)[pick]}"
     right, wrong = (f" {o1}", f" {o2}") if pick == 0 else (f" {o2}", f" {o1}")
     return _mc("tracking", "colors", context, right, [wrong], rng)
 
 
-def _places(rng: random.Random, k: int) -> dict:
-    kind = rng.choice(("girl", "boy"))
-    name, subj = rng.choice(_people(kind)), W.PRONOUNS[kind][0]
-    (h1, _), (h2, _) = rng.sample(W.HIDING, 2)
-    o1, o2 = rng.sample(W.TOYS, 2)
+def _places(rng: random.Random, k: int, draw=None) -> dict:
+    name, subj, h1, h2, o1, o2 = draw(rng, k)
     pick = k % 2
     context = (f"{name} put the {o1} {h1} and the {o2} {h2}. Later, {subj} looked {(h1, h2)[pick]} "
                "and found the")
@@ -249,7 +268,9 @@ def _states(rng: random.Random, k: int) -> dict:
 
 def tracking_items(seed: int = 0, n_per_task: int = 40) -> list[Item]:
     out = []
-    for task, make in (("colors", _colors), ("places", _places), ("states", _states)):
+    makers = (("colors", partial(_colors, draw=_mirrored(_colors_draw))),
+              ("places", partial(_places, draw=_mirrored(_places_draw))), ("states", _states))
+    for task, make in makers:
         rng = random.Random(f"{seed}/tracking/{task}")
         out += _number(f"tracking/{task}", _take(lambda k, m=make, r=rng: m(r, k), n_per_task,
                                                  lambda d: (d["context"], d["choices"])))
@@ -379,7 +400,6 @@ def build_benchmark(seed: int = 0, validation_stories: Sequence[str] | None = No
     items = grammar_items(seed) + consistency_items(seed) + tracking_items(seed) + knowledge_items(seed)
     notes = []
     if validation_stories is None:
-        from tinylib.evals.data import load_validation_stories
         validation_stories, why = load_validation_stories()
         if why:
             notes.append(why)

@@ -14,6 +14,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from tinylib.generate import generate
+
 _WORD = re.compile(r"\w+|[^\w\s]")
 
 
@@ -55,8 +57,6 @@ def text_stats(texts: Sequence[str], ended: Sequence[bool]) -> dict:
 def generation_stats(model, tokenizer, *, n: int = 16, max_new_tokens: int = 256, temperature: float = 1.0,
                      seed: int = 0) -> dict:
     """Sample `n` stories from BOS (temperature `temperature`, no top-k/top-p) and return `text_stats`."""
-    from tinylib.generate import generate
-
     results = generate(model, tokenizer, [""] * n, max_new_tokens=max_new_tokens, temperature=temperature,
                        seed=seed)
     stats = text_stats([r.text for r in results], [r.stop_reason == "eos" for r in results])

@@ -93,6 +93,16 @@ def _from_llama2c(path: Path, name: str, tokenizer=None) -> NetworkLossModel:
     return lm
 
 
+def run_folder(name: str | os.PathLike) -> Path | None:
+    """The training run folder a model path belongs to (where the experiments tracker looks for its
+    `evals.json`), or None for a named or llama2.c model."""
+    path = Path(name)
+    if str(name) in NAMES or path.suffix == ".bin" or not path.exists():
+        return None
+    folder = checkpoint.resolve(path)
+    return folder.parent if folder.name in ("best", "latest") else folder
+
+
 def _run_name(folder: Path) -> str:
     return folder.parent.name if folder.name in ("best", "latest") else folder.name
 

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tinylib.evals.families import Benchmark, build_benchmark
+from tinylib.evals.genstats import generation_stats
+from tinylib.evals.models import load_loss_model
 from tinylib.evals.scoring import (
     LossModel,
     Scored,
@@ -100,8 +102,6 @@ def evaluate(model: str | os.PathLike | LossModel, *, benchmark: Benchmark | Non
              samples: int = 0, progress: bool = True) -> ModelReport:
     """Score `model` (a name or path, see `tinylib.evals.models`, or a loaded LossModel) on the benchmark;
     `samples` > 0 also samples that many stories for the generation statistics (networks only)."""
-    from tinylib.evals.models import load_loss_model
-
     lm = load_loss_model(model) if isinstance(model, (str, os.PathLike)) else model
     benchmark = benchmark or build_benchmark()
     t0 = time.perf_counter()
@@ -110,7 +110,6 @@ def evaluate(model: str | os.PathLike | LossModel, *, benchmark: Benchmark | Non
     rep = report_of(scored, getattr(lm, "source", lm.name), lm.tokenizer.name, seconds=seconds,
                     notes=benchmark.notes)
     if samples and hasattr(lm, "model"):
-        from tinylib.evals.genstats import generation_stats
         rep.generation = generation_stats(lm.model, lm.tokenizer, n=samples)
     return rep
 

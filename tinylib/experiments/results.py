@@ -27,7 +27,10 @@ from tinylib.metrics import MetricsLog, read_metrics
 from tinylib.paths import write_atomic
 
 COLUMNS = ("name", "preset", "style", "optimizer", "params", "steps", "tokens", "flops", "wall_s",
-           "tokens_per_s", "mfu", "val_loss", "val_bpb", "done", "sample")
+           "tokens_per_s", "mfu", "val_loss", "val_bpb", "eval", "eval_lo", "eval_hi", "done", "sample")
+# the benchmark's report of a run (`python -m tinylib.evals --model <run> --into-run`): its overall centred
+# score and 95% interval become the eval columns; read as a file, so this room needs nothing of tinylib.evals
+EVALS_FILE = "evals.json"
 X_LABELS = {"tokens": "tokens", "flops": "training FLOPs", "wall_s": "wall time (s)"}
 
 
@@ -95,6 +98,8 @@ def summarize(name: str, run_dir: str | os.PathLike) -> dict:
     val = [r for r in curve if r.get("val_loss") is not None]
     result = json.loads((run_dir / "result.json").read_text()) if (run_dir / "result.json").is_file() else {}
     tokens = meta["tokens_seen"]
+    evals = json.loads((run_dir / EVALS_FILE).read_text())["overall"] if (run_dir / EVALS_FILE).is_file() \
+        else {"centred": math.nan, "ci": [math.nan, math.nan]}
 
     def median(key: str) -> float:
         values = [r[key] for r in timed if r.get(key) is not None]
@@ -107,7 +112,8 @@ def summarize(name: str, run_dir: str | os.PathLike) -> dict:
             "steps": meta["step"], "tokens": tokens,
             "flops": tokens * flops_per_token(model, meta["train"]["seq_len"]), "wall_s": wall,
             "tokens_per_s": median("tokens_per_s"), "mfu": median("mfu"), "val_loss": last["val_loss"],
-            "val_bpb": last["val_bpb"], "done": bool(result), "sample": result.get("sample", "")}
+            "val_bpb": last["val_bpb"], "eval": evals["centred"], "eval_lo": evals["ci"][0],
+            "eval_hi": evals["ci"][1], "done": bool(result), "sample": result.get("sample", "")}
 
 
 def collect(runs: dict[str, str | os.PathLike]) -> tuple[list[dict], dict[str, list[dict]]]:
@@ -120,19 +126,27 @@ def collect(runs: dict[str, str | os.PathLike]) -> tuple[list[dict], dict[str, l
 def results_markdown(rows: list[dict], prompt: str = "") -> str:
     """The table (Markdown), then each run's sample story."""
     head = ("| run | preset | style | optimizer | params | tokens | FLOPs | wall time | tokens/s | MFU "
-            "| val loss | val bpb |")
+            "| val loss | val bpb | benchmark [95% CI] |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         mark = "" if r["done"] else " (unfinished)"
         lines.append(f"| {r['name']}{mark} | {r['preset']} | {r['style']} | {r['optimizer']} | "
                      f"{r['params'] / 1e6:.2f}M | {r['tokens'] / 1e6:.2f}M | {r['flops']:.3g} | "
                      f"{r['wall_s']:.0f} s | {r['tokens_per_s']:,.0f} | {r['mfu']:.1%} | "
-                     f"{r['val_loss']:.3f} | {r['val_bpb']:.3f} |")
+                     f"{r['val_loss']:.3f} | {r['val_bpb']:.3f} | {_benchmark(r)} |")
     samples = [f"- **{r['name']}**: {r['sample']!r}" for r in rows if r["sample"]]
     if samples:
         lines += ["", f"Samples (prompt {prompt!r}, temperature 0.8, top-k 50, seed 0):" if prompt else
                   "Samples:", ""] + samples
     return "\n".join(lines)
+
+
+def _benchmark(row: dict) -> str:
+    """The benchmark's overall centred score and interval, or n/a (not evaluated, or an older results.csv)."""
+    value = row.get("eval", math.nan)
+    if value is None or value == "" or math.isnan(float(value)):
+        return "n/a"
+    return f"{float(value):+.3f} [{float(row['eval_lo']):+.3f}, {float(row['eval_hi']):+.3f}]"
 
 
 def results_csv(rows: list[dict]) -> str:
@@ -202,7 +216,8 @@ def read_results(folder: str | os.PathLike) -> tuple[list[dict], dict[str, list[
     if not (folder / "results.csv").is_file():
         raise FileNotFoundError(f"no results.csv in {folder}: write it with "
                                 "`python -m tinylib.experiments results <experiments file>`")
-    numeric = {"params", "steps", "tokens", "flops", "wall_s", "tokens_per_s", "mfu", "val_loss", "val_bpb"}
+    numeric = {"params", "steps", "tokens", "flops", "wall_s", "tokens_per_s", "mfu", "val_loss", "val_bpb",
+               "eval", "eval_lo", "eval_hi"}
     rows = []
     for r in csv.DictReader(io.StringIO((folder / "results.csv").read_text())):
         rows.append({k: float(v) if k in numeric else v == "True" if k == "done" else v
