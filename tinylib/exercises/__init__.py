@@ -13,4 +13,7 @@ it returns the function, so later cells use it. With TINYLIB_SOLUTIONS=1 (how th
 unimplemented stub is replaced by the reference. `solution(name)` shows the reference's source in a
 collapsible block; `header(name)` the title, difficulty, importance and time. See `tinylib.exercises.checks`
 for the machinery, the `nbXX_*` modules for the exercises of each notebook, and `catalog` for all of them.
+A shown solution is code written out (`Exercise.shown`), never a call into tinylib; the check still compares
+with tinylib's own function. `assembly` holds notebook 12's end-to-end checks: the learner's pieces, put
+together, against tinylib's logits, training steps and sampled ids, naming the first module that differs.
 """
