@@ -15,6 +15,7 @@ from tinylib.exercises.assembly import (
     check_sampler,
     check_training,
     collect_parts,
+    first_merge_difference,
     train_learner_model,
 )
 
@@ -89,3 +90,12 @@ def test_the_learners_model_learns():
     run = train_learner_model(parts(), cfg, tokens, tokens, max_steps=40, batch_size=8,
                               seq_len=32, eval_every=20, progress=False)
     assert run.steps == 40 and run.val_losses[-1] < 0.5 * run.val_losses[0]
+
+
+def test_merges_that_part_at_a_tie_are_told_so():
+    texts = ["the cat sat on the mat with the hat", "a bat and a rat sat"] * 3
+    theirs = nb.merges_of(nb.train_bpe(texts, 280))
+    assert nb.bpe_train(texts, 280) == theirs
+    assert first_merge_difference(theirs, theirs, texts) is None
+    why = first_merge_difference(nb._bpe_train_ties_largest(texts, 280), theirs, texts)
+    assert why is not None and "a tie: break it towards the smaller pair" in why
