@@ -13,27 +13,15 @@ step). The header names the CPU, the capability torch dispatches to and the dtyp
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import time
 
 import torch
 
 from tinylib.config import TrainConfig
-from tinylib.device import compile_plan, pick_device, pick_dtype
+from tinylib.device import compile_plan, describe_machine, pick_device, pick_dtype
 from tinylib.model import build_model
 from tinylib.optim import configure_optimizer, orthogonalize
-
-
-def cpu_name() -> str:
-    """The CPU's model name from /proc/cpuinfo (Linux), else what platform knows."""
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def timed(fn, rounds: int) -> tuple[float, float]:
@@ -110,9 +98,9 @@ def main(argv: list[str] | None = None) -> None:
                          timed(lambda d=ns_dtype: [orthogonalize(s, 5, d) for s in stacks], args.rounds)))
 
     tokens = args.batch_size * args.seq_len
-    print(f"{cpu_name()}; torch {torch.__version__}, capability "
-          f"{torch.backends.cpu.get_cpu_capability()}, {torch.get_num_threads()} threads; device {device}, "
-          f"dtype {str(dtype).removeprefix('torch.')}, compile {use_compile}, attention {attn}")
+    dtype_str = str(dtype).removeprefix("torch.")
+    print(f"{describe_machine(device)}; torch {torch.__version__}; dtype {dtype_str}, compile {use_compile}, "
+          f"attention {attn}")
     print(f"{args.preset}, vocab {args.vocab}, batch {args.batch_size} x {args.seq_len}, {args.optimizer}; "
           f"median of {args.rounds}")
     print(f"{'part':34} {'wall ms':>9} {'cpu ms':>9} {'share':>7}")

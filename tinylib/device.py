@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import platform
 from contextlib import nullcontext
 
 import torch
@@ -48,6 +49,30 @@ def cpu_supports_bf16() -> bool:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
         return False
+
+
+def cpu_name() -> str:
+    """The CPU's model name (/proc/cpuinfo on Linux, else what `platform` knows)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def describe_machine(device: torch.device) -> str:
+    """One line naming what sets the speed: the GPU, or the CPU, the kernels torch dispatches to (AVX2,
+    AVX512...), whether bf16 is fast, and the threads. Every speed figure should carry it."""
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)} (CUDA)"
+    if device.type == "mps":
+        return f"Apple {platform.machine()} GPU (MPS)"
+    bf16 = "bf16 units" if cpu_supports_bf16() else "no bf16 units (bf16 emulated)"
+    return (f"{cpu_name()}, {torch.backends.cpu.get_cpu_capability()}, {bf16}, "
+            f"{torch.get_num_threads()} threads")
 
 
 def pick_dtype(preference: str, device: torch.device) -> torch.dtype:
