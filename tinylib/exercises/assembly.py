@@ -319,12 +319,12 @@ def estimate_loss(parts: Parts, params: dict, cfg: ModelConfig, tokens: np.ndarr
 def train_learner_model(parts: Parts, cfg: ModelConfig, train_tokens: np.ndarray, val_tokens: np.ndarray, *,
                         max_steps: int, seconds: float | None = None, batch_size: int = 16,
                         seq_len: int = 128,
-                        lr: float = 3e-3, warmup: int = 20, eval_every: int = 50, seed: int = 0,
-                        progress: bool = True) -> TrainingRun:
+                        lr: float = 3e-3, warmup: int = 20, eval_every: int = 50, eval_batches: int = 8,
+                        seed: int = 0, progress: bool = True) -> TrainingRun:
     """Train a fresh model built from the learner's pieces with the learner's `train_step` (AdamW, linear
     warmup then constant lr, clipping at 1) for `max_steps` (a step count, so the loss reached does not depend
     on how busy the machine is; `seconds` can cut it short); validation loss every `eval_every` steps and at
-    the end, on fixed windows of `val_tokens`."""
+    the end, on the same `eval_batches` x `batch_size` windows of `val_tokens` each time."""
     from tqdm.auto import tqdm
 
     from tinylib.model import Transformer
@@ -340,7 +340,10 @@ def train_learner_model(parts: Parts, cfg: ModelConfig, train_tokens: np.ndarray
     def model(idx):
         return parts.forward(params, idx, cfg)
 
-    run = TrainingRun(0, 0.0, [], [0], [estimate_loss(parts, params, cfg, val_tokens, seq_len)], params, cfg)
+    def val_loss() -> float:
+        return estimate_loss(parts, params, cfg, val_tokens, seq_len, eval_batches, batch_size)
+
+    run = TrainingRun(0, 0.0, [], [0], [val_loss()], params, cfg)
     t0 = time.perf_counter()
     bar = tqdm(total=max_steps, desc="training your model", unit="step", disable=not progress)
     while run.steps < max_steps and (seconds is None or time.perf_counter() - t0 < seconds):
@@ -354,12 +357,12 @@ def train_learner_model(parts: Parts, cfg: ModelConfig, train_tokens: np.ndarray
         bar.set_postfix(loss=f"{run.train_losses[-1]:.3f}")
         if run.steps % eval_every == 0:
             run.val_steps.append(run.steps)
-            run.val_losses.append(estimate_loss(parts, params, cfg, val_tokens, seq_len))
+            run.val_losses.append(val_loss())
     bar.close()
     run.seconds = time.perf_counter() - t0
     if run.val_steps[-1] != run.steps:
         run.val_steps.append(run.steps)
-        run.val_losses.append(estimate_loss(parts, params, cfg, val_tokens, seq_len))
+        run.val_losses.append(val_loss())
     return run
 
 
