@@ -7,7 +7,8 @@ process.
 The baseline is written out here on purpose (nanoGPT's model for GPT-style presets, llama2.c's for LLaMA-style
 ones; SDPA, fp32, plain AdamW, no autocast, no compile) so the speedup is measured against something anyone
 would write, for the same model (tests/test_bench.py checks parameter counts and, for LLaMA, the loss), on the
-same inputs, interleaved in rounds so that load from other processes hits both alike. tinylib's step is
+same inputs, interleaved in rounds so that load from other processes hits both alike; a second baseline row
+compiles it with torch.compile (the best plain PyTorch path). tinylib's step is
 `tinylib.train.train_step`, the function the trainer runs: its model, bf16 autocast where the device supports
 it, fused AdamW, torch.compile where the trainer enables it.
 """
@@ -15,9 +16,11 @@ it, fused AdamW, torch.compile where the trainer enables it.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import statistics
 import time
+from functools import partial
 
 import torch
 import torch.nn as nn
@@ -25,11 +28,11 @@ import torch.nn.functional as F
 
 from tinylib.checkpoint import TrainState
 from tinylib.config import TrainConfig, get_config
-from tinylib.device import dtype_name, pick_device, pick_dtype
+from tinylib.device import compile_plan, describe_machine, dtype_name, pick_device, pick_dtype
 from tinylib.flops import flops_per_token, peak_flops
 from tinylib.model import Transformer
 from tinylib.optim import configure_optimizer
-from tinylib.train import compile_plan, train_step
+from tinylib.train import train_step
 
 
 class BaselineBlock(nn.Module):
@@ -126,24 +129,37 @@ def make_steps(preset: str, vocab: int, batch: int, seq: int, device: torch.devi
     Baseline = BaselineLlama if cfg.mlp == "swiglu" else BaselineGPT
     base = Baseline(vocab, cfg.max_seq_len, cfg.n_layer, cfg.n_head, cfg.d_model, cfg.d_mlp).to(device)
     base_opt = torch.optim.AdamW(base.parameters(), lr=1e-4, weight_decay=0.1)
+    base_compiled = torch.compile(base)
     model = Transformer(cfg, attn_impl).to(device)
     state = TrainState(model, configure_optimizer(model, tcfg, device), batches=None,
                        module=torch.compile(model) if use_compile else model)
     x, y = torch.randint(0, vocab, (2, batch, seq), device=device)
 
-    def baseline_step():
-        loss = base(x, y)
+    def baseline_step(module=base):
+        loss = module(x, y)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(base.parameters(), 1.0)
         base_opt.step()
         base_opt.zero_grad(set_to_none=True)
         return loss
 
+    # The demo's step: the same model with Muon for the block matrices (tinylib.demo.plan's recipe).
+    demo_model = Transformer(cfg, attn_impl).to(device)
+    demo_model.load_state_dict(model.state_dict())
+    demo_cfg = dataclasses.replace(tcfg, optimizer="muon")
+    demo_state = TrainState(demo_model, configure_optimizer(demo_model, demo_cfg, device), batches=None,
+                            module=torch.compile(demo_model) if use_compile else demo_model)
+
     def tinylib_step():
         return train_step(state, [(x, y)], grad_clip=1.0, dtype=dtype)[0]  # the trainer's own step
 
+    def demo_step():
+        return train_step(demo_state, [(x, y)], grad_clip=1.0, dtype=dtype)[0]
+
     label = f"tinylib ({str(dtype).removeprefix('torch.')}{', compile' if use_compile else ''}, {attn_impl})"
-    return cfg, dtype, [("baseline fp32", baseline_step), (label, tinylib_step)]
+    return cfg, dtype, [("baseline fp32", baseline_step),
+                        ("baseline fp32 + compile", partial(baseline_step, base_compiled)),
+                        (label, tinylib_step), (label.replace("tinylib (", "tinylib muon ("), demo_step)]
 
 
 def time_steps(step, n: int, device: torch.device) -> float:
@@ -170,8 +186,8 @@ def main() -> None:
     args = parser.parse_args()
     device = pick_device(args.device)
     tokens = args.batch_size * args.seq_len
-    print(f"device {device}, threads {torch.get_num_threads()}, batch {args.batch_size} x {args.seq_len}, "
-          f"vocab {args.vocab}")
+    print(f"{describe_machine(device)}; torch {torch.__version__}; batch {args.batch_size} x {args.seq_len}, "
+          f"vocab {args.vocab}; dtype tinylib picks: {dtype_name(pick_dtype('auto', device))}")
     header = f"{'preset':<18} {'path':<36} {'ms/step':>9} {'tokens/s':>10} {'MFU':>7} {'speedup':>8}"
     print(header + "\n" + "-" * len(header))
     for preset in args.presets:
@@ -181,9 +197,9 @@ def main() -> None:
             for name, step in steps:
                 times[name].append(time_steps(step, args.steps, device))
         base_t = statistics.median(times[steps[0][0]])
-        for i, (name, _) in enumerate(steps):
+        for name, _ in steps:
             t = statistics.median(times[name])
-            run_dtype = "fp32" if i == 0 else dtype_name(dtype)
+            run_dtype = "fp32" if name.startswith("baseline") else dtype_name(dtype)
             mfu = tokens / t * flops_per_token(cfg, args.seq_len) / peak_flops(device, run_dtype)
             print(f"{preset:<18} {name:<36} {t * 1000:>9.1f} {tokens / t:>10,.0f} {mfu:>7.1%} "
                   f"{base_t / t:>7.2f}x")
