@@ -347,12 +347,13 @@ def ending_items(stories: Sequence[str], seed: int = 0, n: int = 120, n_choices:
                  max_chars: int = 900) -> list[Item]:
     """The real ending of a validation story against the endings of `n_choices - 1` other stories.
 
-    Stories of at most `max_chars` (so most fit a 256-token context), whose ending is 4-25 words.
+    Stories of at most `max_chars` (so most fit a 256-token context), whose ending is 4-25 words, in plain
+    ASCII (a few validation stories carry mis-decoded quotes such as "â€™", which no option should).
     """
     usable = []
     for story in stories:
         parts = split_ending(story)
-        if parts and len(story) <= max_chars and 4 <= len(parts[2].split()) <= 25:
+        if parts and story.isascii() and len(story) <= max_chars and 4 <= len(parts[2].split()) <= 25:
             usable.append(parts)
     if len(usable) < max(n, n_choices):
         raise ValueError(f"only {len(usable)} usable stories for {n} ending items: pass more validation "
