@@ -19,6 +19,8 @@ from tinylib.exercises.assembly import (
     train_learner_model,
 )
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread is fastest, even on a busy CPU
+
 
 @pytest.fixture(scope="module")
 def reference():

@@ -19,6 +19,8 @@ from tinylib.exercises.checks import CheckFailed, check, difference, get, run_ch
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny cases: one thread is fastest, even when busy
+
 
 @pytest.mark.parametrize("name", sorted(REGISTRY))
 def test_the_check_passes_the_reference_and_fails_every_wrong_answer(name):
