@@ -18,6 +18,7 @@ from tinylib.exercises import (  # noqa: F401  (importing a module registers its
     nb11_architecture,
     nb12_build,
     nb13_evaluation,
+    nb14_sae,
 )
 from tinylib.exercises.checks import REGISTRY
 
