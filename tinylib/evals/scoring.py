@@ -117,10 +117,11 @@ class NetworkLossModel:
     """A tinylib Transformer as a LossModel: batches sequences of similar length, pads on the right (a causal
     model never sees the padding), crops from the left what is longer than its context (as nanochat does)."""
 
-    def __init__(self, model: torch.nn.Module, tokenizer, name: str, *, batch_tokens: int = 8192):
+    def __init__(self, model: torch.nn.Module, tokenizer, name: str, *, batch_tokens: int | None = None):
         self.model, self.tokenizer, self.name = model.eval(), tokenizer, name
         self.max_len = int(model.cfg.max_seq_len)
-        self.batch_tokens = batch_tokens
+        # big batches are faster (fewer, larger matmuls); the logits (tokens x vocab floats) cap them: 128 MB
+        self.batch_tokens = batch_tokens or max(2048, (1 << 25) // model.cfg.vocab_size)
 
     @torch.inference_mode()
     def token_losses(self, seqs: Sequence[Sequence[int]]) -> list[np.ndarray]:
