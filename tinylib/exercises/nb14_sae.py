@@ -10,6 +10,7 @@ ratio of losses; an entropy in nats, or the number of distinct labels instead of
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -137,7 +138,7 @@ register(Exercise(
 
 # --- how mixed are a unit's top contexts -------------------------------------------------------------------
 
-def label_entropy(labels: Sequence[str]) -> float:
+def _label_entropy_by_tinylib(labels: Sequence[str]) -> float:
     """Entropy in bits of the labels' frequencies: 0 when all are the same, log2(m) for m equally common."""
     return entropy_bits(labels)
 
@@ -161,6 +162,16 @@ def _label_cases(gen: torch.Generator):
         yield ([names[i] for i in idx],), {}
 
 
+def label_entropy(labels: Sequence[str]) -> float:
+    """Entropy in bits of the labels' frequencies: 0 when all are the same, log2(m) for m equally common."""
+    counts: dict[str, int] = {}
+    for label in labels:
+        counts[label] = counts.get(label, 0) + 1
+    n = len(labels)
+    return -sum(c / n * math.log2(c / n) for c in counts.values()) if n else 0.0  # sum of -p log2 p
+
+
 register(Exercise(
     "label_entropy", "How mixed are a unit's top contexts?", NB, difficulty=1, importance=3, minutes=10,
-    reference=label_entropy, cases=_label_cases, wrong=(_entropy_nats, _entropy_distinct)))
+    reference=_label_entropy_by_tinylib, shown=label_entropy, cases=_label_cases,
+    wrong=(_entropy_nats, _entropy_distinct)))
