@@ -11,6 +11,7 @@ import textwrap
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -110,3 +111,104 @@ def test_check_says_what_differs_and_returns_the_function_to_use(monkeypatch):
     assert check("top_k_filter", stub) is shown_solution(get("top_k_filter"))
     reference = get("top_k_filter").reference
     assert check("top_k_filter", reference) is reference
+
+
+def test_difference_compares_infinities_dtypes_and_ints_exactly():
+    inf = float("-inf")
+    assert difference(torch.tensor([inf, 1.0]), torch.tensor([inf, 1.0]), 1e-5, 1e-4) is None
+    why = difference(torch.tensor([inf, 1.0]), torch.tensor([3.0, 1.0]), 1e-5, 1e-4)
+    assert "expected -inf, got 3" in why
+    assert "expected 3, got -inf" in difference(torch.tensor([3.0]), torch.tensor([inf]), 1e-5, 1e-4)
+    assert difference(torch.ones(2, dtype=torch.bool), torch.ones(2), 0, 0) == (
+        "result: expected dtype bool, got float32")
+    assert "expected dtype int64, got int32" in difference(torch.arange(3), torch.arange(3).int(), 0, 0)
+    assert difference(torch.arange(3), torch.arange(3).int(), 0, 0, any_dtype=True) is None
+    assert "expected dtype uint32" in difference(np.arange(3, dtype=np.uint32), np.arange(3, dtype=np.uint16),
+                                                 0, 0)
+    assert "expected the int 1000, got the float 1000.0" in difference(1000, 1000.0, 1e-5, 1e-4)
+    assert difference(1000.0, 1000, 1e-5, 1e-4) is None  # an int where a float is expected is fine
+    assert difference(float("inf"), 1e300, 1e-5, 1e-4) is not None
+
+
+def test_a_config_case_is_named_by_its_preset_and_overrides():
+    from tinylib.config import TrainConfig, get_config
+    from tinylib.exercises.checks import describe_case
+
+    cfg = get_config("llama_6L_6H_288D", vocab_size=512, n_kv_head=3)
+    assert describe_case((cfg, 4), {}) == "get_config('llama_6L_6H_288D', vocab_size=512, n_kv_head=3), 4"
+    assert describe_case((TrainConfig(lr=0.5),), {}) == "TrainConfig(lr=0.5)"
+
+    def kv_off_by_100(cfg, batch, context, nbytes):
+        return float(get("kv_cache_bytes").reference(cfg, batch, context, nbytes) + 100)
+
+    with pytest.raises(CheckFailed, match=r"^kv_cache_bytes\(get_config\('llama_tiny', vocab_size=512, "
+                                          r"n_kv_head=2\), .*expected the int"):
+        run_check(get("kv_cache_bytes"), kv_off_by_100)
+
+
+def wrong_answers_from_the_issue():
+    """The plausible wrong answers issue 26 found passing, each by the exercise it must fail."""
+    from tinylib.exercises import (
+        nb01_data,
+        nb02_budget,
+        nb04_generation,
+        nb06_neurons,
+        nb09_finetune,
+        nb11_architecture,
+    )
+    return {
+        "top_k_filter": [nb04_generation._top_k_filters_nothing, nb04_generation._top_k_keeps_k_plus_one],
+        "top_p_filter": [nb04_generation._top_p_filters_nothing, nb04_generation._top_p_keeps_one_too_many],
+        "sliding_window_mask": [nb11_architecture._mask_as_int, nb11_architecture._mask_as_float],
+        "top_positions": [nb06_neurons._top_positions_int32],
+        "frame_stories": [nb01_data._frame_always_uint16],  # a case has a vocabulary over 65,536
+        "step_plan": [nb02_budget._steps_float, nb02_budget._steps_plus_one],  # a case divides exactly
+        "kv_cache_bytes": [nb04_generation._kv_bytes_float],
+        "chinchilla_tokens": [nb02_budget._chinchilla_truncated],
+        "merge_pair": [nb01_data._merge_as_text],  # ([11, 2], (1, 2), 7)
+        "wsd_lr": [nb11_architecture._wsd_decay_inside_warmup],  # warmup past the decay start
+        "story_word_inclusion": [nb09_finetune._inclusion_s_ed_only],  # smiled, boxes, jumping
+        "word_mask": [nb06_neurons._word_mask_inside_words],  # Sadie, tomato, tomb, band
+    }
+
+
+@pytest.mark.parametrize("name", sorted(wrong_answers_from_the_issue()))
+def test_the_wrong_answers_that_used_to_pass_fail(name):
+    ex = get(name)
+    for wrong in wrong_answers_from_the_issue()[name]:
+        assert wrong in ex.wrong
+        with pytest.raises(CheckFailed, match=rf"^{name}\(.*\): .*(expected|differ)"):
+            run_check(ex, wrong)
+
+
+def test_the_specific_cases_are_there():
+    from tinylib.exercises.nb01_data import merge_pair
+    from tinylib.exercises.nb09_finetune import story_word_inclusion
+
+    assert merge_pair([11, 2], (1, 2), 7) == [11, 2]
+    assert story_word_inclusion("She smiled at the boxes while jumping.", ["smile", "box", "jump"]) == 1.0
+    gen = torch.Generator().manual_seed(0)
+    assert any(args[0].vocab_size > 65_536 for args, _ in get("frame_stories").cases(gen))
+    assert any(args[0] % args[1] == 0 for args, _ in
+               [((t, m * s * a * w), k) for (t, m, s, a, w), k in get("step_plan").cases(gen)])
+    assert any(kw["warmup"] > kw["total"] - round(0.2 * kw["total"]) for _, kw in get("wsd_lr").cases(gen))
+
+
+def test_whole_words_only_and_an_in_place_hook_returning_none_pass():
+    from tinylib.interp.neurons import word_positions
+    from tinylib.tokenizer import get_tokenizer
+
+    tok = get_tokenizer("tinystories-512")
+    ids = torch.tensor([tok.encode("Sadie saw a tomato and a tomb in the band, Tom was sad.")])
+    mask = word_positions(tok, ids, ["sad", "Tom", "and"])
+    marked = [tok.decode(ids[0, : t + 1].tolist()).split()[-1] for t in mask[0].nonzero().flatten().tolist()]
+    assert marked == ["and", "Tom", "sad"], marked
+
+    def zero_in_place(z, hook, head):
+        z[:, :, head] = 0.0  # TransformerLens keeps the edited tensor when a hook returns None
+
+    def mean_in_place(z, hook, head, mean_z):
+        z[:, :, head] = mean_z[head]
+
+    assert run_check(get("zero_ablate_head"), zero_in_place) >= 3
+    assert run_check(get("mean_ablate_head"), mean_in_place) >= 3

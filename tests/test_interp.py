@@ -196,6 +196,9 @@ def test_neuron_helpers(random_model):
         def encode(self, text):
             return [int(text.strip())] if text.strip().isdigit() else []
 
+        def decode(self, ids):
+            return "".join(f" {i}" for i in ids)  # every id a word of its own
+
     mask = word_positions(Ids(), toks, ["5", "6"])
     assert mask.sum() == ((toks == 5) | (toks == 6)).sum()
     ranked = neuron_selectivity(bridge, toks, mask, top=3)

@@ -15,6 +15,7 @@ exercises.
 
 from __future__ import annotations
 
+import dataclasses
 import html
 import inspect
 import math
@@ -46,6 +47,9 @@ class Exercise:
     wrong: tuple[Callable, ...] = ()  # plausible mistakes; the check must fail on each
     atol: float = 1e-5
     rtol: float = 1e-4
+    # True when any dtype of a tensor or array is a right answer (the check then compares values only); by
+    # default a float mask where a bool one is expected, or int32 where int64 is, is a difference.
+    any_dtype: bool = False
     setup: str = field(default="", compare=False)  # one line on what the function receives
     # The solution a stuck learner is shown: readable code that passes the check. None: the reference is
     # itself readable code (and not a call into tinylib), so it is shown.
@@ -87,8 +91,34 @@ def solutions_mode() -> bool:
 
 # --- comparing answers -------------------------------------------------------------------------------------
 
+def describe_config(cfg: Any) -> str:
+    """A config as code that rebuilds it: `get_config('llama_tiny', vocab_size=512, n_kv_head=2)` for a
+    ModelConfig (the nearest preset and what differs from it), `TrainConfig(lr=0.001)` for another dataclass
+    (the fields that differ from the defaults)."""
+    from tinylib.config import PRESETS, ModelConfig, get_config
+
+    values = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}
+    if isinstance(cfg, ModelConfig):
+        def overrides(preset: str) -> dict:
+            base = vars(get_config(preset, vocab_size=cfg.vocab_size))
+            return {k: v for k, v in values.items() if k != "vocab_size" and base.get(k) != v}
+        preset = min(PRESETS, key=lambda name: len(overrides(name)))
+        rest = "".join(f", {k}={v!r}" for k, v in overrides(preset).items())
+        return f"get_config({preset!r}, vocab_size={cfg.vocab_size}{rest})"
+    defaults = type(cfg)() if _has_defaults(type(cfg)) else None
+    shown = {k: v for k, v in values.items() if defaults is None or getattr(defaults, k) != v}
+    return f"{type(cfg).__name__}({', '.join(f'{k}={v!r}' for k, v in shown.items())})"
+
+
+def _has_defaults(cls: type) -> bool:
+    return all(f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
+               for f in dataclasses.fields(cls))
+
+
 def describe_case(args: tuple, kwargs: dict) -> str:
     def short(v: Any) -> str:
+        if dataclasses.is_dataclass(v) and not isinstance(v, type):
+            return describe_config(v)  # whole: a config cut off mid-repr names no case
         if isinstance(v, torch.Tensor):
             return f"tensor{tuple(v.shape)}"
         if isinstance(v, np.ndarray):
@@ -101,8 +131,17 @@ def describe_case(args: tuple, kwargs: dict) -> str:
     return ", ".join([short(a) for a in args] + [f"{k}={short(v)}" for k, v in kwargs.items()])
 
 
-def difference(expected: Any, got: Any, atol: float, rtol: float, path: str = "result") -> str | None:
-    """None when `got` matches `expected`, else one sentence saying what differs."""
+def _dtype(x: torch.Tensor | np.ndarray) -> torch.dtype:
+    return x.dtype if isinstance(x, torch.Tensor) else torch.as_tensor(np.zeros(0, dtype=x.dtype)).dtype
+
+
+def difference(expected: Any, got: Any, atol: float, rtol: float, path: str = "result",
+               any_dtype: bool = False) -> str | None:
+    """None when `got` matches `expected`, else one sentence saying what differs.
+
+    Infinities match only the same infinity (an expected -inf is not matched by any finite value); a tensor's
+    or array's dtype must be the reference's unless `any_dtype`; where the reference returns a Python int, a
+    float is a difference even when it is close (a count of steps or bytes is a whole number)."""
     if isinstance(expected, (torch.Tensor, np.ndarray)):
         exp = torch.as_tensor(np.asarray(expected)) if isinstance(expected, np.ndarray) else expected
         if not isinstance(got, (torch.Tensor, np.ndarray)):
@@ -110,11 +149,13 @@ def difference(expected: Any, got: Any, atol: float, rtol: float, path: str = "r
         g = torch.as_tensor(np.asarray(got)) if isinstance(got, np.ndarray) else got
         if tuple(g.shape) != tuple(exp.shape):
             return f"{path}: expected shape {tuple(exp.shape)}, got {tuple(g.shape)}"
-        if isinstance(expected, np.ndarray) and np.asarray(got).dtype != expected.dtype:
-            return f"{path}: expected dtype {expected.dtype}, got {np.asarray(got).dtype}"
+        if not any_dtype and _dtype(expected) != _dtype(got):
+            return (f"{path}: expected dtype {str(expected.dtype).removeprefix('torch.')}, "
+                    f"got {str(got.dtype).removeprefix('torch.')}")
         e, gg = exp.detach().double().cpu(), g.detach().double().cpu()
-        same_inf = (e == gg) | (e.isnan() & gg.isnan())
-        bad = ~(same_inf | ((e - gg).abs() <= atol + rtol * e.abs()))
+        same = (e == gg) | (e.isnan() & gg.isnan())  # equal infinities included
+        close = e.isfinite() & gg.isfinite() & ((e - gg).abs() <= atol + rtol * e.abs())
+        bad = ~(same | close)
         if bad.any():
             idx = tuple(int(i) for i in bad.nonzero()[0])
             return (f"{path}: {int(bad.sum())} of {bad.numel()} values differ; first at index {idx}: "
@@ -124,23 +165,37 @@ def difference(expected: Any, got: Any, atol: float, rtol: float, path: str = "r
         if not isinstance(got, (tuple, list)) or len(got) != len(expected):
             return f"{path}: expected a sequence of {len(expected)} items, got {got!r:.80}"
         for i, (e, g) in enumerate(zip(expected, got)):
-            if (why := difference(e, g, atol, rtol, f"{path}[{i}]")) is not None:
+            if (why := difference(e, g, atol, rtol, f"{path}[{i}]", any_dtype)) is not None:
                 return why
         return None
     if isinstance(expected, dict):
         if not isinstance(got, dict) or set(got) != set(expected):
             return f"{path}: expected a dict with keys {sorted(expected)}, got {got!r:.80}"
         for k in expected:
-            if (why := difference(expected[k], got[k], atol, rtol, f"{path}[{k!r}]")) is not None:
+            if (why := difference(expected[k], got[k], atol, rtol, f"{path}[{k!r}]", any_dtype)) is not None:
                 return why
         return None
+    expected_int = isinstance(expected, (int, np.integer)) and not isinstance(expected, (bool, np.bool_))
+    if expected_int and isinstance(got, (float, np.floating)):
+        return f"{path}: expected the int {expected!r}, got the float {got!r} (a count is a whole number)"
     if isinstance(expected, float) or isinstance(got, float):
-        if not isinstance(got, (int, float)) or not math.isclose(expected, got, rel_tol=rtol, abs_tol=atol):
+        if not isinstance(got, (int, float)) or not (
+                got == expected or math.isfinite(expected) and math.isfinite(got)
+                and math.isclose(expected, got, rel_tol=rtol, abs_tol=atol)):
             return f"{path}: expected {expected!r}, got {got!r}"
         return None
     if expected != got or type(expected) is not type(got) and not isinstance(got, type(expected)):
         return f"{path}: expected {expected!r}, got {got!r}"
     return None
+
+
+def in_place_hook(fn: Callable) -> Callable:
+    """A TransformerLens hook may edit its activation in place and return None (TransformerLens then keeps
+    the edited tensor): the answer compared is then the edited first argument."""
+    def run(act: Any, *args: Any, **kwargs: Any) -> Any:
+        out = fn(act, *args, **kwargs)
+        return act if out is None else out
+    return run
 
 
 def run_check(ex: Exercise, fn: Callable, seed: int = 0) -> int:
@@ -152,7 +207,7 @@ def run_check(ex: Exercise, fn: Callable, seed: int = 0) -> int:
     for args, kwargs in ex.cases(gen):
         expected = ex.reference(*_copy(args), **_copy(kwargs))
         got = run(*_copy(args), **_copy(kwargs))
-        why = difference(expected, got, ex.atol, ex.rtol)
+        why = difference(expected, got, ex.atol, ex.rtol, any_dtype=ex.any_dtype)
         if why is not None:
             raise CheckFailed(f"{ex.name}({describe_case(args, kwargs)}): {why}")
         n += 1

@@ -74,8 +74,15 @@ def _merge_overlapping(ids: list[int], pair: tuple[int, int], new_id: int) -> li
     return out
 
 
+def _merge_as_text(ids: list[int], pair: tuple[int, int], new_id: int) -> list[int]:
+    joined = " ".join(map(str, ids)).replace(f"{pair[0]} {pair[1]}", str(new_id))  # "11 2" holds "1 2"
+    return [int(x) for x in joined.split()]
+
+
 def _merge_cases(gen: torch.Generator):
     yield ([5, 5, 5, 1, 5, 5], (5, 5), 9), {}
+    yield ([11, 2], (1, 2), 7), {}  # multi-digit ids: (1, 2) is not inside (11, 2)
+    yield ([3, 12, 1, 21, 2, 1, 2], (1, 2), 300), {}
     text = list(b"the cat and the hat")
     yield (text, (ord("t"), ord("h")), 256), {}
     yield ([1, 2, 3], (3, 1), 7), {}  # the pair never occurs: nothing changes
@@ -88,7 +95,7 @@ def _merge_cases(gen: torch.Generator):
 
 register(Exercise(
     "merge_pair", "One byte-pair merge", NB, difficulty=2, importance=4, minutes=10, reference=merge_pair,
-    cases=_merge_cases, wrong=(_merge_first_only, _merge_overlapping)))
+    cases=_merge_cases, wrong=(_merge_first_only, _merge_overlapping, _merge_as_text)))
 
 
 # --- the token file's dtype --------------------------------------------------------------------------------
@@ -127,6 +134,32 @@ def _frame_no_bos(tok: Tokenizer, stories: Sequence[str]) -> np.ndarray:
     return np.array([i for s in stories for i in tok.encode(s)], dtype=token_dtype(tok.vocab_size))
 
 
+def _frame_always_uint16(tok: Tokenizer, stories: Sequence[str]) -> np.ndarray:
+    return np.array([i for s in stories for i in [tok.bos_id] + tok.encode(s)]).astype(np.uint16)  # wraps
+
+
+class _WideVocab(Tokenizer):
+    """A shipped tokenizer with every id moved up by 66,000: a vocabulary over 65,536 ids (like cl100k's
+    100,277), whose ids wrap around silently in a uint16 file."""
+
+    SHIFT = 66_000
+
+    def __init__(self, base: Tokenizer):
+        s = self.SHIFT
+        super().__init__(name=f"{base.name}+{s}", vocab_size=base.vocab_size + s, bos_id=base.bos_id + s,
+                         eos_id=base.eos_id + s, special_tokens={})
+        self.base = base
+
+    def _encode_ordinary(self, text: str) -> list[int]:
+        return [i + self.SHIFT for i in self.base._encode_ordinary(text)]
+
+    def token_bytes(self, i: int) -> bytes:
+        return self.base.token_bytes(i - self.SHIFT)
+
+    def __repr__(self) -> str:
+        return f"<tokenizer {self.name}: {self.vocab_size:,} ids>"
+
+
 def _frame_cases(gen: torch.Generator):
     for name, n_stories in (("tinystories-512", 3), ("tinystories-4096", 1), ("tinystories-8192", 5),
                             ("tinystories-4096", 4)):
@@ -134,6 +167,7 @@ def _frame_cases(gen: torch.Generator):
         if n_stories == 4:
             stories[2] = ""  # an empty story is still a story start
         yield (get_tokenizer(name), stories), {}
+    yield (_WideVocab(get_tokenizer("tinystories-512")), [_story(gen, 12), _story(gen, 5)]), {}
 
 
 def frame_stories(tok: Tokenizer, stories: Sequence[str]) -> np.ndarray:
@@ -149,7 +183,7 @@ def frame_stories(tok: Tokenizer, stories: Sequence[str]) -> np.ndarray:
 register(Exercise(
     "frame_stories", "Framing stories into one token array", NB, difficulty=2, importance=4, minutes=10,
     reference=_frame_stories_by_tinylib, shown=frame_stories,
-    cases=_frame_cases, wrong=(_frame_eos_after, _frame_int64, _frame_no_bos)))
+    cases=_frame_cases, wrong=(_frame_eos_after, _frame_int64, _frame_no_bos, _frame_always_uint16)))
 
 
 # --- compression -------------------------------------------------------------------------------------------

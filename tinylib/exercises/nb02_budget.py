@@ -135,9 +135,16 @@ def _chinchilla_flop_n(cfg: ModelConfig, tokens_per_param: float = 20.0) -> int:
     return round(flop_params(cfg) * tokens_per_param)
 
 
+def _chinchilla_truncated(cfg: ModelConfig, tokens_per_param: float = 20.0) -> int:
+    return int(param_count(cfg) * tokens_per_param)  # 1,234.9 tokens is 1,235, not 1,234
+
+
 def _chinchilla_cases(gen: torch.Generator):
     for i, cfg in enumerate(_config_cases(gen)):
         yield (cfg,), ({} if i % 2 else {"tokens_per_param": (10.0, 20.0, 40.0)[i % 3]})
+    cfg = get_config("tiny", vocab_size=512)
+    for tokens_per_param in (0.9, 12.7, 20.3):  # a fraction of a token: rounded, not truncated
+        yield (cfg,), {"tokens_per_param": tokens_per_param}
 
 
 def chinchilla_tokens(cfg: ModelConfig, tokens_per_param: float = 20.0) -> int:
@@ -149,7 +156,7 @@ def chinchilla_tokens(cfg: ModelConfig, tokens_per_param: float = 20.0) -> int:
 register(Exercise(
     "chinchilla_tokens", "Chinchilla's token target", NB, difficulty=1, importance=4, minutes=5,
     reference=_chinchilla_tokens_by_tinylib, shown=chinchilla_tokens, cases=_chinchilla_cases,
-    wrong=(_chinchilla_non_embedding, _chinchilla_flop_n)))
+    wrong=(_chinchilla_non_embedding, _chinchilla_flop_n, _chinchilla_truncated)))
 
 
 # --- tokens per step and steps -----------------------------------------------------------------------------
@@ -174,8 +181,21 @@ def _steps_rounded_down(tokens: int, micro_batch: int, seq_len: int, grad_accum:
     return step, tokens // step
 
 
+def _steps_float(tokens: int, micro_batch: int, seq_len: int, grad_accum: int,
+                 world_size: int) -> tuple[int, float]:
+    step = micro_batch * seq_len * grad_accum * world_size
+    return step, tokens / step  # a fraction of a step cannot be run
+
+
+def _steps_plus_one(tokens: int, micro_batch: int, seq_len: int, grad_accum: int,
+                    world_size: int) -> tuple[int, int]:
+    step = micro_batch * seq_len * grad_accum * world_size
+    return step, tokens // step + 1  # one step too many when step divides tokens
+
+
 def _step_cases(gen: torch.Generator):
     yield (10_000_000_000, 22, 2048, 4, 1), {}  # the notebook's worked example
+    yield (8 * 1024 * 4 * 2 * 1000, 8, 1024, 4, 2), {}  # exactly 1,000 steps
     for world in (8, 2, 4, 1):
         tokens = int(torch.randint(10**6, 10**10, (1,), generator=gen))
         micro = int(torch.randint(1, 65, (1,), generator=gen))
@@ -193,7 +213,7 @@ def step_plan(tokens: int, micro_batch: int, seq_len: int, grad_accum: int,
 register(Exercise(
     "step_plan", "Tokens per step and steps, with the world size", NB, difficulty=1, importance=5, minutes=10,
     reference=_step_plan_by_tinylib, shown=step_plan,
-    cases=_step_cases, wrong=(_steps_without_world, _steps_rounded_down)))
+    cases=_step_cases, wrong=(_steps_without_world, _steps_rounded_down, _steps_float, _steps_plus_one)))
 
 
 # --- wall-clock hours --------------------------------------------------------------------------------------

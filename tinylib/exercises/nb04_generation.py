@@ -43,6 +43,15 @@ def _top_k_whole_batch(logits: torch.Tensor, k: int) -> torch.Tensor:
     return logits.float().masked_fill(logits < kth, float("-inf"))
 
 
+def _top_k_filters_nothing(logits: torch.Tensor, k: int) -> torch.Tensor:
+    return logits.float()  # every -inf the check expects is a finite logit here
+
+
+def _top_k_keeps_k_plus_one(logits: torch.Tensor, k: int) -> torch.Tensor:
+    kth = torch.topk(logits, min(k + 1, logits.shape[-1]), dim=-1).values[:, -1:]
+    return logits.float().masked_fill(logits < kth, float("-inf"))
+
+
 def top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:
     """Keep each row's k largest logits; every other logit becomes -inf."""
     kth = torch.topk(logits, k, dim=-1).values[:, -1:]  # each row's k-th largest, as a column
@@ -53,7 +62,7 @@ register(Exercise(
     "top_k_filter", "Top-k filtering", NB, difficulty=2, importance=4, minutes=10,
     reference=_top_k_filter_by_tinylib, shown=top_k_filter,
     cases=lambda g: _logits_cases(g, [1, 3, 5, 2, 40, 1, 7]),
-    wrong=(_top_k_keeps_k_minus_one, _top_k_whole_batch)))
+    wrong=(_top_k_keeps_k_minus_one, _top_k_whole_batch, _top_k_filters_nothing, _top_k_keeps_k_plus_one)))
 
 
 # --- top-p (nucleus) ---------------------------------------------------------------------------------------
@@ -77,6 +86,19 @@ def _top_p_unsorted(logits: torch.Tensor, p: float) -> torch.Tensor:
     return logits.float().masked_fill(drop, float("-inf"))
 
 
+def _top_p_filters_nothing(logits: torch.Tensor, p: float) -> torch.Tensor:
+    return logits.float()
+
+
+def _top_p_keeps_one_too_many(logits: torch.Tensor, p: float) -> torch.Tensor:
+    sorted_logits, order = torch.sort(logits.float(), dim=-1, descending=True)
+    probs = sorted_logits.softmax(-1)
+    drop = probs.cumsum(-1) - probs >= p
+    drop = torch.cat([torch.zeros_like(drop[:, :1]), drop[:, :-1]], dim=-1)  # the next id stays too
+    kept = sorted_logits.masked_fill(drop, float("-inf"))
+    return torch.full_like(kept, float("-inf")).scatter(-1, order, kept)
+
+
 def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
     """Keep the smallest set of most likely ids whose probabilities sum to at least p; others become -inf."""
     sorted_logits, order = torch.sort(logits.float(), dim=-1, descending=True)
@@ -90,7 +112,8 @@ register(Exercise(
     "top_p_filter", "Top-p (nucleus) filtering", NB, difficulty=3, importance=4, minutes=15,
     reference=_top_p_filter_by_tinylib, shown=top_p_filter,
     cases=lambda g: _logits_cases(g, [0.5, 0.9, 0.1, 0.95, 0.3, 0.75, 0.99]),
-    wrong=(_top_p_drops_the_crossing_token, _top_p_unsorted)))
+    wrong=(_top_p_drops_the_crossing_token, _top_p_unsorted, _top_p_filters_nothing,
+           _top_p_keeps_one_too_many)))
 
 
 # --- temperature -------------------------------------------------------------------------------------------
@@ -147,6 +170,10 @@ def _kv_cases(gen: torch.Generator):
         yield (cfg, batch, min(context, cfg.max_seq_len), (2, 4)[batch % 2]), {}
 
 
+def _kv_bytes_float(cfg: ModelConfig, batch_size: int, context: int, bytes_per_value: int) -> float:
+    return 2.0 * cfg.n_layer * batch_size * context * cfg.n_kv_head * cfg.d_head * bytes_per_value + 100
+
+
 def kv_cache_bytes(cfg: ModelConfig, batch_size: int, context: int, bytes_per_value: int) -> int:
     """Bytes the KV cache holds for `batch_size` sequences of `context` tokens."""
     per_layer = 2 * batch_size * cfg.n_kv_head * context * cfg.d_head  # keys and values: KV heads only
@@ -156,4 +183,4 @@ def kv_cache_bytes(cfg: ModelConfig, batch_size: int, context: int, bytes_per_va
 register(Exercise(
     "kv_cache_bytes", "KV-cache memory", NB, difficulty=2, importance=3, minutes=10,
     reference=_kv_cache_bytes_by_tinylib, shown=kv_cache_bytes,
-    cases=_kv_cases, wrong=(_kv_bytes_query_heads, _kv_bytes_keys_only)))
+    cases=_kv_cases, wrong=(_kv_bytes_query_heads, _kv_bytes_keys_only, _kv_bytes_float)))

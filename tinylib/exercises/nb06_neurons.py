@@ -95,6 +95,10 @@ def _top_positions_by_magnitude(acts: torch.Tensor, k: int) -> torch.Tensor:
     return torch.stack([idx // T, idx % T], dim=1)
 
 
+def _top_positions_int32(acts: torch.Tensor, k: int) -> torch.Tensor:
+    return top_positions(acts, k).int()  # indices are int64 in PyTorch: int32 ones do not index the same
+
+
 def _topk_cases(gen: torch.Generator):
     for B, T, k in ((2, 7, 3), (4, 16, 5), (3, 5, 1), (8, 32, 10)):
         acts = torch.randn(B, T, generator=gen) * torch.linspace(0.5, 3.0, T)
@@ -105,15 +109,29 @@ def _topk_cases(gen: torch.Generator):
 register(Exercise(
     "top_positions", "Where a neuron fires most: top-k positions", NB, difficulty=1, importance=3, minutes=10,
     reference=top_positions, cases=_topk_cases,
-    wrong=(_top_positions_divides_by_batch, _top_positions_by_magnitude)))
+    wrong=(_top_positions_divides_by_batch, _top_positions_by_magnitude, _top_positions_int32)))
 
 
 # --- word-position mask -------------------------------------------------------------------------------------
 
 def _word_mask_by_tinylib(tokenizer: Any, tokens: torch.Tensor, words: Sequence[str]) -> torch.Tensor:
-    """Bool mask [B, T]: True at the LAST token of every occurrence of any of `words` in tokens [B, T], in the
-    forms word, Word (capitalised), word in lower case, each with and without a leading space."""
+    """Bool mask [B, T]: True at the LAST token of every whole-word occurrence of any of `words` in tokens
+    [B, T], in the forms word, Word (capitalised), word in lower case, each with and without a leading space;
+    "sad" inside "Sadie", "Tom" inside "tomato" and "and" inside "band" do not count."""
     return word_positions(tokenizer, tokens, words)
+
+
+def _word_mask_inside_words(tokenizer: Any, tokens: torch.Tensor, words: Sequence[str]) -> torch.Tensor:
+    B, T = tokens.shape
+    mask = torch.zeros(B, T, dtype=torch.bool)
+    for word in words:
+        for form in {word, word.capitalize(), word.lower()}:
+            for text in (form, " " + form):
+                ids = torch.tensor(tokenizer.encode(text))
+                n = len(ids)
+                for start in range(T - n + 1 if n else 0):
+                    mask[:, start + n - 1] |= (tokens[:, start:start + n] == ids).all(dim=-1)  # " Sad" + "ie"
+    return mask
 
 
 def _word_mask_first_token(tokenizer: Any, tokens: torch.Tensor, words: Sequence[str]) -> torch.Tensor:
@@ -143,13 +161,13 @@ def _word_mask_exact_form_only(tokenizer: Any, tokens: torch.Tensor, words: Sequ
 
 
 _WORDS = ("Lily", "lily", "happy", "Happy", "sad", "the", "dog", "Tom", "tomato", "ran", "and", "Sadie",
-          "friends", "princess", "butterfly")
+          "friends", "princess", "butterfly", "tomb", "band", "sadly")
 
 
 def _word_cases(gen: torch.Generator):
     tok = get_tokenizer("tinystories-512")  # many words are several pieces here
     for B, T, words in ((2, 24, ["lily"]), (3, 32, ["happy", "sad"]), (2, 40, ["Tom", "princess"]),
-                        (1, 64, ["butterfly", "Lily", "friends"])):
+                        (1, 64, ["butterfly", "Lily", "friends"]), (3, 48, ["and", "sad", "tom"])):
         rows = []
         for _ in range(B):
             picks = torch.randint(0, len(_WORDS), (T,), generator=gen).tolist()
@@ -159,22 +177,29 @@ def _word_cases(gen: torch.Generator):
 
 
 def word_mask(tokenizer: Any, tokens: torch.Tensor, words: Sequence[str]) -> torch.Tensor:
-    """Bool mask [B, T]: True at the LAST token of every occurrence of any of `words` in tokens [B, T], in the
-    forms word, Word (capitalised), word in lower case, each with and without a leading space."""
+    """Bool mask [B, T]: True at the LAST token of every whole-word occurrence of any of `words` in tokens
+    [B, T], in the forms word, Word (capitalised), word in lower case, with and without a leading space."""
     B, T = tokens.shape
+    text = [[tokenizer.decode([int(i)]) for i in row] for row in tokens]  # each token's own text
     mask = torch.zeros(B, T, dtype=torch.bool)
     for word in words:
         for form in {word, word.capitalize(), word.lower()}:
-            for text in (form, " " + form):  # " dog" mid-sentence and "dog" after a quote are other ids
-                ids = torch.tensor(tokenizer.encode(text))
+            for spelled in (form, " " + form):  # " dog" mid-sentence and "dog" after a quote are other ids
+                ids = tokenizer.encode(spelled)
                 n = len(ids)
-                for start in range(T - n + 1 if n else 0):
-                    hit = (tokens[:, start:start + n] == ids).all(dim=-1)  # [B]
-                    mask[:, start + n - 1] |= hit  # mark the word's last token
+                for b in range(B):
+                    for s in range(T - n + 1 if n else 0):
+                        if tokens[b, s:s + n].tolist() != ids:
+                            continue
+                        # a whole word: no letter glued on before ("band") or after ("Sadie")
+                        glued_before = s > 0 and text[b][s - 1][-1:].isalnum() and text[b][s][:1].isalnum()
+                        glued_after = s + n < T and text[b][s + n][:1].isalnum()
+                        if not (glued_before or glued_after):
+                            mask[b, s + n - 1] = True  # mark the word's last token
     return mask
 
 
 register(Exercise(
     "word_mask", "Where words occur: a word-position mask", NB, difficulty=3, importance=3, minutes=15,
     reference=_word_mask_by_tinylib, shown=word_mask,
-    cases=_word_cases, wrong=(_word_mask_first_token, _word_mask_exact_form_only)))
+    cases=_word_cases, wrong=(_word_mask_first_token, _word_mask_exact_form_only, _word_mask_inside_words)))

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from tinylib.exercises.checks import Exercise, check, register, solution
+from tinylib.exercises.checks import Exercise, check, in_place_hook, register, solution
 from tinylib.interp.ablation import Means, ablation_hooks
 
 __all__ = ["check", "solution"]  # what the notebook imports from here; the exercises register themselves
@@ -58,7 +58,7 @@ register(Exercise(
     "zero_ablate_head", "A zero-ablation hook (TransformerLens style)", NB, difficulty=1, importance=5,
     minutes=10,
     reference=_zero_ablate_head_by_tinylib, shown=zero_ablate_head,
-    cases=_z_cases, wrong=(_zero_position_axis, _zero_d_head_axis)))
+    cases=_z_cases, wrong=(_zero_position_axis, _zero_d_head_axis), harness=in_place_hook))
 
 
 # --- mean ablation ------------------------------------------------------------------------------------------
@@ -97,7 +97,7 @@ def mean_ablate_head(z: torch.Tensor, hook: Any, head: int, mean_z: torch.Tensor
 register(Exercise(
     "mean_ablate_head", "A mean-ablation hook", NB, difficulty=2, importance=4, minutes=10,
     reference=_mean_ablate_head_by_tinylib, shown=mean_ablate_head,
-    cases=_mean_cases, wrong=(_mean_one_scalar, _mean_every_head)))
+    cases=_mean_cases, wrong=(_mean_one_scalar, _mean_every_head), harness=in_place_hook))
 
 
 # --- direct logit attribution of one head -------------------------------------------------------------------

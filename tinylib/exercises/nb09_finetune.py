@@ -116,7 +116,15 @@ _VOCAB = (("cat", "cats"), ("jump", "jumped"), ("hurry", "hurried"), ("smile", "
 _TRAPS = ("catch", "sunny", "balloon", "treasure", "hopeful")  # contain a word without being it
 
 
+def _inclusion_s_ed_only(story: str, words: list[str]) -> float:
+    used = set(re.findall(r"[a-z]+", story.lower()))
+    return sum(bool({w, w + "s", w + "ed"} & used) for w in (w.lower() for w in words)) / len(words)
+
+
 def _inclusion_cases(gen: torch.Generator):
+    # +d, +es and +ing: "smiled", "boxes", "jumping"
+    yield ("She smiled at the boxes while jumping.", ["smile", "box", "jump", "cat"]), {}
+    yield ("The dogs barked and hopped.", ["dog", "bark", "hop", "smile"]), {}
     for _ in range(8):
         pick = torch.randperm(len(_VOCAB), generator=gen)[:6].tolist()
         used, asked = pick[:3], pick[1:6]  # two of the asked words are used, three are not
@@ -146,4 +154,4 @@ def story_word_inclusion(story: str, words: list[str]) -> float:
 register(Exercise(
     "story_word_inclusion", "Does the story use the words?", NB, difficulty=2, importance=3, minutes=10,
     reference=_story_word_inclusion_by_tinylib, shown=story_word_inclusion, cases=_inclusion_cases,
-    wrong=(_inclusion_substring, _inclusion_case_sensitive)))
+    wrong=(_inclusion_substring, _inclusion_case_sensitive, _inclusion_s_ed_only)))

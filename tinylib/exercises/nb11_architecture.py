@@ -40,6 +40,14 @@ def _mask_not_causal(T: int, window: int) -> torch.Tensor:
     return rel.abs() < window
 
 
+def _mask_as_float(T: int, window: int) -> torch.Tensor:
+    return sliding_window_mask(T, window).float()  # SDPA adds a float mask to the scores: 1s, not a band
+
+
+def _mask_as_int(T: int, window: int) -> torch.Tensor:
+    return sliding_window_mask(T, window).long()
+
+
 def _mask_cases(gen: torch.Generator):
     yield (6, 3), {}  # the band the notebook prints
     for T, window in ((16, 1), (10, 10), (12, 20)):  # one key only; a window that covers the sequence
@@ -59,7 +67,7 @@ def sliding_window_mask(T: int, window: int) -> torch.Tensor:
 register(Exercise(
     "sliding_window_mask", "The banded mask of sliding-window attention", NB, difficulty=1, importance=4,
     minutes=5, reference=_sliding_window_mask_by_tinylib, shown=sliding_window_mask, cases=_mask_cases,
-    wrong=(_mask_one_too_wide, _mask_not_causal)))
+    wrong=(_mask_one_too_wide, _mask_not_causal, _mask_as_float, _mask_as_int)))
 
 
 # --- logit soft-capping ------------------------------------------------------------------------------------
@@ -113,8 +121,16 @@ def _wsd_decay_after_warmup(step: int, *, warmup: int, total: int, floor: float)
     return 1 - (1 - floor) * min(1.0, max(0, step - start) / max(1, total - start))
 
 
+def _wsd_decay_inside_warmup(step: int, *, warmup: int, total: int, floor: float) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    start = total - round(0.2 * total)  # forgot max(warmup, ...): a long warmup runs into the decay
+    return 1 - (1 - floor) * min(1.0, max(0, step - start) / max(1, total - start))
+
+
 def _wsd_cases(gen: torch.Generator):
-    for warmup, total, floor in ((20, 200, 0.1), (10, 110, 0.0), (100, 1000, 0.05), (4, 13, 0.5)):
+    for warmup, total, floor in ((20, 200, 0.1), (10, 110, 0.0), (100, 1000, 0.05), (4, 13, 0.5),
+                                 (90, 100, 0.1)):  # warmup ends after 80% of the steps
         start = max(warmup, total - round(0.2 * total))
         mid = int(torch.randint(warmup, total, (1,), generator=gen))
         for step in sorted({0, warmup - 1, warmup, mid, start - 1, start, start + 1, (start + total) // 2,
@@ -134,4 +150,4 @@ def wsd_lr(step: int, *, warmup: int, total: int, floor: float) -> float:
 register(Exercise(
     "wsd_lr", "Warmup-stable-decay learning-rate schedule", NB, difficulty=2, importance=4, minutes=10,
     reference=_wsd_lr_by_tinylib, shown=wsd_lr,
-    cases=_wsd_cases, wrong=(_wsd_as_cosine, _wsd_decay_after_warmup)))
+    cases=_wsd_cases, wrong=(_wsd_as_cosine, _wsd_decay_after_warmup, _wsd_decay_inside_warmup)))

@@ -7,8 +7,8 @@ TransformerLens bridge:
 - `top_activations(model, tokens, layer, neuron, k)` -> the k strongest (token, context) examples
   over a batch;
 - `story_html(labels, acts)` -> one story with each token shaded by the activation (for a notebook cell);
-- `word_positions(tokenizer, tokens, words)` -> a mask of where the words occur
-  (last token of each occurrence);
+- `word_positions(tokenizer, tokens, words)` -> a mask of where the words occur as whole words
+  (last token of each occurrence: "sad" is not marked inside "Sadie", nor "Tom" inside "tomato");
 - `neuron_selectivity(model, tokens, mask)` -> every neuron ranked by how much more it fires on the masked
   positions than elsewhere (difference of means divided by the pooled standard deviation: Cohen's d).
 Caveat the notebooks teach: neurons are polysemantic; a high-selectivity neuron also fires on other things,
@@ -93,8 +93,9 @@ def story_html(labels: Sequence[str], acts: torch.Tensor, *, title: str = "",
 
 
 def word_positions(tokenizer: Any, tokens: torch.Tensor, words: Sequence[str]) -> torch.Tensor:
-    """Bool mask [B, T]: True at the last token of every occurrence of any word
-    (as " word", "word", capitalised)."""
+    """Bool mask [B, T]: True at the last token of every whole-word occurrence of any word (as " word",
+    "word", capitalised). Whole words: the tokens before and after the match do not continue it with a
+    letter or digit, so "sad" is not found in " Sadie", "Tom" in " tomato", "and" in " band"."""
     patterns = set()
     for w in words:
         for form in {w, w.capitalize(), w.lower()}:
@@ -102,15 +103,27 @@ def word_positions(tokenizer: Any, tokens: torch.Tensor, words: Sequence[str]) -
                 ids = tuple(tokenizer.encode(text))
                 if ids:
                     patterns.add(ids)
+    B, T = tokens.shape
+    # for every id present: does its text start, or end, with a letter or digit?
+    uniq, inv = tokens.unique(return_inverse=True)
+    texts = [tokenizer.decode([int(i)]) for i in uniq]
+    starts_word = torch.tensor([t[:1].isalnum() for t in texts], dtype=torch.bool)[inv]  # [B, T]
+    ends_word = torch.tensor([t[-1:].isalnum() for t in texts], dtype=torch.bool)[inv]
     mask = torch.zeros(tokens.shape, dtype=torch.bool)
     for ids in patterns:
         n = len(ids)
-        if n > tokens.shape[1]:
+        if n > T:
             continue
-        hit = torch.ones(tokens.shape[0], tokens.shape[1] - n + 1, dtype=torch.bool)
+        hit = torch.ones(B, T - n + 1, dtype=torch.bool)  # hit[:, s]: the pattern starts at s
         for j, t in enumerate(ids):
-            hit &= tokens[:, j: tokens.shape[1] - n + 1 + j] == t
-        mask[:, n - 1:] |= hit
+            hit &= tokens[:, j: T - n + 1 + j] == t
+        # not glued to the word before ("band" holds "and") ...
+        glued_before = torch.zeros_like(hit)
+        glued_before[:, 1:] = ends_word[:, : T - n] & starts_word[:, 1: T - n + 1]
+        # ... nor to the word after ("Sadie" holds "Sad"); a match at the end of a row counts
+        glued_after = torch.zeros_like(hit)
+        glued_after[:, : T - n] = starts_word[:, n:]
+        mask[:, n - 1:] |= hit & ~glued_before & ~glued_after
     return mask
 
 
