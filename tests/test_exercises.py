@@ -9,14 +9,16 @@ import json
 import sys
 import textwrap
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
 
 from tinylib.exercises.catalog import REGISTRY
-from tinylib.exercises.checks import CheckFailed, check, difference, get, run_check, shown_solution
+from tinylib.exercises.checks import CheckFailed, _copy, check, difference, get, run_check, shown_solution
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 
@@ -212,3 +214,131 @@ def test_whole_words_only_and_an_in_place_hook_returning_none_pass():
 
     assert run_check(get("zero_ablate_head"), zero_in_place) >= 3
     assert run_check(get("mean_ablate_head"), mean_in_place) >= 3
+
+
+# --- generic wrong answers, built from each reference's own result ------------------------------------------
+
+def _leaves(x: Any, leaf: Callable[[Any], Any], sequence: Callable[[Any], Any] | None = None) -> Any:
+    """`x` with `leaf` applied to every tensor, array and scalar in it (`sequence` to lists and tuples)."""
+    if sequence is not None and isinstance(x, (list, tuple)) and not hasattr(x, "_fields"):
+        return sequence(x)
+    if isinstance(x, tuple) and hasattr(x, "_fields"):
+        return type(x)(*(_leaves(v, leaf, sequence) for v in x))
+    if isinstance(x, (list, tuple)):
+        return type(x)(_leaves(v, leaf, sequence) for v in x)
+    if isinstance(x, dict):
+        if sequence is not None and len(x) > 1:  # each value moves to the next key
+            values = list(x.values())
+            return dict(zip(x, values[-1:] + values[:-1]))
+        return {k: _leaves(v, leaf, sequence) for k, v in x.items()}
+    return leaf(x)
+
+
+def _zeros(x):
+    if isinstance(x, torch.Tensor):
+        return torch.zeros_like(x)
+    if isinstance(x, np.ndarray):
+        return np.zeros_like(x)
+    return type(x)(0) if isinstance(x, (bool, int, float)) else "" if isinstance(x, str) else x
+
+
+def _constant(x):
+    if isinstance(x, torch.Tensor):
+        return torch.full_like(x, True if x.dtype == torch.bool else 3)
+    if isinstance(x, np.ndarray):
+        return np.full_like(x, 3)
+    return type(x)(3) if isinstance(x, (bool, int, float)) else "the" if isinstance(x, str) else x
+
+
+def _roll(x):
+    if isinstance(x, torch.Tensor) and x.ndim and x.shape[-1] > 1:
+        return x.roll(1, -1)
+    if isinstance(x, np.ndarray) and x.ndim and x.shape[-1] > 1:
+        return np.roll(x, 1, -1)
+    return x
+
+
+def _rotate(seq):
+    return type(seq)(list(seq[-1:]) + list(seq[:-1])) if len(seq) > 1 else type(seq)(_roll(v) for v in seq)
+
+
+def _one_unit(x):
+    """+1 on an integer, 1 + 1% on a float (a tolerance absorbs less), a bool flipped."""
+    if isinstance(x, torch.Tensor):
+        return ~x if x.dtype == torch.bool else x + 1 + 0.01 * x.abs() if x.is_floating_point() else x + 1
+    if isinstance(x, np.ndarray):
+        return ~x if x.dtype == bool else x + 1 + 0.01 * np.abs(x) if x.dtype.kind == "f" else x + 1
+    if isinstance(x, bool):
+        return not x
+    return x + 1 if isinstance(x, int) else x + 1 + 0.01 * abs(x) if isinstance(x, float) else x
+
+
+_OTHER_DTYPE = {torch.float32: torch.float64, torch.float64: torch.float32, torch.bool: torch.int64,
+                torch.int64: torch.int32, torch.int32: torch.int64, torch.uint8: torch.int64,
+                torch.float16: torch.float32, torch.bfloat16: torch.float32}
+
+
+def _other_dtype(x):
+    if isinstance(x, torch.Tensor):
+        return x.to(_OTHER_DTYPE.get(x.dtype, torch.float64))
+    if isinstance(x, np.ndarray):
+        return x.astype(np.int32 if x.dtype == np.int64 else np.int64)
+    if isinstance(x, np.dtype):  # a dtype as the answer: the other width
+        return np.dtype(np.uint32 if x == np.uint16 else np.uint16)
+    return float(x) if isinstance(x, int) and not isinstance(x, bool) else x
+
+
+GENERIC = {"zeros": lambda e: _leaves(e, _zeros), "constant": lambda e: _leaves(e, _constant),
+           "shifted_position": lambda e: _leaves(e, _roll, _rotate),
+           "shifted_unit": lambda e: _leaves(e, _one_unit), "wrong_dtype": lambda e: _leaves(e, _other_dtype)}
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Structurally identical: the mutation found nothing to change (a float has no dtype to get wrong)."""
+    return difference(a, b, 0.0, 0.0) is None and type(a) is type(b) and repr(a) == repr(b)
+
+
+def generic_wrong_answers_passed(ex) -> list[str]:
+    """The generic wrong answers `ex`'s check accepts, compared case by case exactly as `run_check` compares
+    (a harness exercise's answer is its harness's result). A mutation that changes nothing in any case (no
+    position in a scalar, no dtype in a float) does not apply."""
+    cases = list(ex.cases(torch.Generator().manual_seed(0)))
+    expected = [ex.reference(*_copy(args), **_copy(kwargs)) for args, kwargs in cases]
+
+    def rejected(gots) -> bool:
+        return any(difference(e, g, ex.atol, ex.rtol, any_dtype=ex.any_dtype) is not None
+                   for e, g in zip(expected, gots))
+
+    passed = [] if rejected([args[0] if args else None for args, _ in cases]) else ["identity"]
+    for kind, mutate in GENERIC.items():
+        gots = [mutate(e) for e in expected]
+        if not all(_same(e, g) for e, g in zip(expected, gots)) and not rejected(gots):
+            passed.append(kind)
+    return passed
+
+
+@pytest.mark.parametrize("name", sorted(REGISTRY))
+def test_every_check_rejects_generic_wrong_answers(name):
+    """Each check rejects the input returned unchanged, zeros, a constant, its own result shifted by one
+    position or one unit, and its result in another dtype; one that passes must be declared in the exercise's
+    `generic_exempt` with its reason."""
+    ex = get(name)
+    exempt = dict(ex.generic_exempt)
+    passed = generic_wrong_answers_passed(ex)
+    unexplained = [k for k in passed if k not in exempt]
+    assert not unexplained, f"{name}'s check accepts the generic wrong answers {unexplained}"
+    stale = [k for k in exempt if k not in passed]
+    assert not stale, f"{name} declares {stale} exempt, but its check rejects them: drop the declaration"
+
+
+def test_the_generic_wrong_answers_catch_a_weak_check():
+    from tinylib.exercises.checks import Exercise
+
+    def weak_cases(gen):  # every case expects zeros, of one dtype, the input's shape
+        for n in (3, 4, 5):
+            yield (torch.zeros(n),), {}
+
+    weak = Exercise("weak", "weak", "none", 1, 1, 1, reference=lambda x: torch.zeros_like(x),
+                    cases=weak_cases, any_dtype=True)
+    assert generic_wrong_answers_passed(weak) == ["identity", "wrong_dtype"]  # zeros: nothing to change
+    assert generic_wrong_answers_passed(get("token_dtype")) == []

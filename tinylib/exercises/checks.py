@@ -57,6 +57,9 @@ class Exercise:
     # For an answer that is not a plain function of the case (a class, a step that mutates a model):
     # `harness(fn)` is the function of the case that is compared with `reference`.
     harness: Callable[[Callable], Callable] | None = None
+    # Generic wrong answers (tests/test_exercises.py: the input unchanged, zeros, a constant, shifted by one
+    # position or one unit, another dtype) this check cannot reject, each with the reason: (kind, why).
+    generic_exempt: tuple[tuple[str, str], ...] = field(default=(), compare=False)
 
     def header(self) -> str:
         return (f"{self.title}: difficulty {'●' * self.difficulty}{'○' * (5 - self.difficulty)}, "

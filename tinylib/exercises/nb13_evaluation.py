@@ -90,6 +90,7 @@ def _is_right_cases(gen: torch.Generator):
         yield (scores, gold), {}
     yield ([1.0, 1.0], 0), {}
     yield ([1.0, 1.0], 1), {}
+    yield ([0.5, 2.0, 3.0], 0), {}  # a clear win: `return False` must not pass
 
 
 register(Exercise(
