@@ -206,3 +206,27 @@ def test_tensorboard_logs_the_metrics_and_a_resumed_run_continues_them(data_dir,
     assert [s for s, _ in logged] == [1, 2, 3, 4, 5, 6]  # steps 4 and 5 once: the crashed run's copies purged
     assert dict(logged) == pytest.approx(expected, rel=1e-6)  # TensorBoard stores float32
     assert [e.step for e in events.Scalars("val_loss")][-1] == 6
+
+
+def test_results_refuse_an_impossible_mfu():
+    """An MFU above 100%, or one over a device peak far below the other runs' (probed on a busy machine), is
+    shown as n/a with the reason; the shipped architecture-lab table had 137.2%, 44.8% and 37.2%."""
+    from tinylib.experiments.results import mfu_problems, results_markdown
+
+    def row(name, tokens_per_s, mfu):  # 1e7 FLOPs per token
+        return {"name": name, "preset": "llama_tiny", "style": "llama", "optimizer": "adamw", "params": 1e6,
+                "steps": 10, "tokens": 1e5, "flops": 1e12, "wall_s": 100.0, "tokens_per_s": tokens_per_s,
+                "mfu": mfu, "val_loss": 4.0, "val_bpb": 1.5, "done": True, "sample": ""}
+
+    rows = [row("a", 2000, 0.05), row("b", 2200, 0.055), row("c", 900, 0.36), row("d", 3800, 1.37)]
+    problems = mfu_problems(rows)  # a and b used a 4e11 FLOP/s peak; c and d one 16x lower
+    assert set(problems) == {"c", "d"} and "above 100%" in problems["d"] and "busy machine" in problems["c"]
+    table = results_markdown(rows)
+    assert table.count("n/a*") == 2 and "137.0%" not in table
+    assert "| 5.0% |" in table and "\\* MFU of d: MFU 137% is above 100%" in table
+    shipped, _ = read_results(Path(__file__).resolve().parents[1] / "experiments/results/architecture_lab")
+    assert set(mfu_problems(shipped)) == {"llama_tiny_seed2", "wsd_seed2", "relu2_seed2"}
+    for md in (Path(__file__).resolve().parents[1] / "experiments/results").glob("*/results.md"):
+        lines = [line for line in md.read_text().splitlines() if line.startswith("| ")]
+        cells = [c.strip() for line in lines for c in line.split("|")]
+        assert not [c for c in cells if c.endswith("%") and float(c[:-1]) > 100], md

@@ -123,17 +123,42 @@ def collect(runs: dict[str, str | os.PathLike]) -> tuple[list[dict], dict[str, l
     return [summarize(n, d) for n, d in present.items()], {n: run_curve(d) for n, d in present.items()}
 
 
+def mfu_problems(rows: list[dict]) -> dict[str, str]:
+    """{run: why its MFU cannot be right}: an MFU above 100%, or one measured against a device peak under half
+    the other runs' (a peak probed while the machine was busy reads too low, and every MFU over it too high).
+    The peak a run used is its FLOP/s over its MFU: tokens/s x FLOPs per token / MFU."""
+    peaks = {r["name"]: r["tokens_per_s"] * r["flops"] / r["tokens"] / r["mfu"] for r in rows
+             if r["tokens"] and r["mfu"] and r["mfu"] > 0 and not math.isnan(r["tokens_per_s"])}
+    typical = statistics.median(peaks.values()) if peaks else math.nan
+    problems = {}
+    for r in rows:
+        name, peak = r["name"], peaks.get(r["name"], math.nan)
+        if r["mfu"] > 1:
+            problems[name] = (f"MFU {r['mfu']:.0%} is above 100%, which cannot be: the device peak it "
+                              f"divides by ({peak:.3g} FLOP/s) was measured too low, on a busy machine")
+        elif peak < typical / 2:
+            problems[name] = (f"measured against a device peak of {peak:.3g} FLOP/s, under half the "
+                              f"other runs' {typical:.3g}: the peak was probed on a busy machine, so this "
+                              "MFU reads too high")
+    return problems
+
+
 def results_markdown(rows: list[dict], prompt: str = "") -> str:
-    """The table (Markdown), then each run's sample story."""
+    """The table (Markdown), then each run's sample story. An MFU that cannot be right (`mfu_problems`) is
+    shown as n/a, with the reason under the table."""
     head = ("| run | preset | style | optimizer | params | tokens | FLOPs | wall time | tokens/s | MFU "
             "| val loss | val bpb | benchmark [95% CI] |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    problems = mfu_problems(rows)
     for r in rows:
+        mfu = "n/a*" if r["name"] in problems else f"{r['mfu']:.1%}"
         mark = "" if r["done"] else " (unfinished)"
         lines.append(f"| {r['name']}{mark} | {r['preset']} | {r['style']} | {r['optimizer']} | "
                      f"{r['params'] / 1e6:.2f}M | {r['tokens'] / 1e6:.2f}M | {r['flops']:.3g} | "
-                     f"{r['wall_s']:.0f} s | {r['tokens_per_s']:,.0f} | {r['mfu']:.1%} | "
+                     f"{r['wall_s']:.0f} s | {r['tokens_per_s']:,.0f} | {mfu} | "
                      f"{r['val_loss']:.3f} | {r['val_bpb']:.3f} | {_benchmark(r)} |")
+    if problems:
+        lines += [""] + [f"\\* MFU of {name}: {why}." for name, why in problems.items()]
     samples = [f"- **{r['name']}**: {r['sample']!r}" for r in rows if r["sample"]]
     if samples:
         lines += ["", f"Samples (prompt {prompt!r}, temperature 0.8, top-k 50, seed 0):" if prompt else
