@@ -5,13 +5,13 @@ import math
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
+from tinylib import train as train_module
 from tinylib.checkpoint import (
     CheckpointError,
     find_reference_checkpoint,
@@ -67,9 +67,12 @@ def test_resumed_training_is_bitwise_identical_to_uninterrupted(data_dir, tmp_pa
     # the metrics log of the split run reads like one run
     steps = [r["step"] for r in read_metrics(tmp_path / "split") if "train_loss" in r]
     assert steps == list(range(1, 9))
-    # a new (not resumed) run in the same folder starts a new log instead of appending to the old one
-    train(small_config(data_dir, tmp_path / "split", max_steps=2, **kw))
+    # a new (not resumed) run in the same folder, allowed to overwrite, moves the old run aside and starts a
+    # new log instead of appending to the old one
+    train(small_config(data_dir, tmp_path / "split", max_steps=2, overwrite=True, **kw))
     assert [r["step"] for r in read_metrics(tmp_path / "split") if "train_loss" in r] == [1, 2]
+    [aside] = tmp_path.glob("split.old-*")
+    assert [r["step"] for r in read_metrics(aside) if "train_loss" in r] == list(range(1, 9))
 
 
 def test_gradient_accumulation_reaches_the_token_target(data_dir, tmp_path, capsys):
@@ -216,12 +219,34 @@ def test_a_time_budget_must_be_positive(data_dir, tmp_path):
         train(small_config(data_dir, tmp_path / "zero", max_steps=None, max_time_s=0))
 
 
-def test_time_budget_holds_when_the_machine_slows_down(data_dir, tmp_path, capsys):
+class Clock:
+    """Stands in for `time` in tinylib.train: each reading 0.01 s after the last, plus what `sleep` adds. The
+    time-budget tests then plan the same steps however busy the machine is (a shared CPU made real-time
+    budgets of 3 s end before their first plan)."""
+
+    def __init__(self):
+        self.t = 0.0
+
+    def perf_counter(self) -> float:
+        self.t += 0.01
+        return self.t
+
+    def process_time(self) -> float:
+        return self.t
+
+    def sleep(self, seconds: float) -> None:
+        self.t += seconds
+
+
+def test_time_budget_holds_when_the_machine_slows_down(data_dir, tmp_path, capsys, monkeypatch):
     """Steps that get 10x slower after the first plan: re-planning at each evaluation still ends on time,
     annealed."""
+    clock = Clock()
+    monkeypatch.setattr(train_module, "time", clock)
+
     def slow_down(record):
         if record["step"] > 8 and "train_loss" in record:
-            time.sleep(0.05)
+            clock.sleep(0.2)  # a step of ~0.02 s becomes 10x slower
 
     cfg = small_config(data_dir, tmp_path / "slow", max_steps=None, max_time_s=3.0, eval_every=5,
                        eval_batches=1)
@@ -233,8 +258,9 @@ def test_time_budget_holds_when_the_machine_slows_down(data_dir, tmp_path, capsy
     assert records[-1]["lr"] < cfg.lr * 0.2  # the schedule still annealed (floor: 0.1 x lr)
 
 
-def test_time_budget_caps_a_token_target(data_dir, tmp_path, capsys):
+def test_time_budget_caps_a_token_target(data_dir, tmp_path, capsys, monkeypatch):
     """max_time_s with max_steps: the steps that fit the time win, and the schedule ends there."""
+    monkeypatch.setattr(train_module, "time", Clock())
     result = train(small_config(data_dir, tmp_path / "timed", max_steps=100_000, max_time_s=3.0,
                                 eval_every=10**6))
     assert "steps fit in 3 s" in capsys.readouterr().out
