@@ -63,7 +63,7 @@ def train_config(name: str, data: str | Path, out: str | Path, plan: TrainPlan) 
                        out_dir=str(Path(out) / name), batch_size=plan.batch_size, seq_len=plan.seq_len,
                        max_tokens=plan.tokens, lr=plan.lr, warmup_steps=plan.warmup_steps, min_lr_ratio=0.1,
                        eval_every=10**9, eval_batches=8, sample_prompts=[], compile="off", seed=plan.seed,
-                       progress=False, log_every=50, resume=True)
+                       progress=False, log_every=50, resume=(Path(out) / name / "latest").is_dir())
 
 
 def cpu_seconds() -> float:
@@ -212,34 +212,41 @@ def table(rows: list[ModelStudy]) -> str:
     return "\n".join(lines)
 
 
-def differences(rows: list[ModelStudy]) -> list[dict]:
-    """The comparisons the study states, each with the numbers it rests on and whether it holds here.
+def differences(rows: list[ModelStudy], *, score_margin: float = 0.1,
+                loss_margin: float = 0.05) -> list[dict]:
+    """The comparisons the study states, each with the numbers it rests on and its verdict here.
 
-    Each one compares two models that differ in one thing (style at equal size, or size at equal style)."""
+    Each compares two models that differ in one thing (style at equal size, or size at equal style). With one
+    seed per model, a difference counts only beyond a margin (head scores: `score_margin`; losses and
+    ablation costs: `loss_margin` nats/token); `verdict` is "holds", "the opposite holds" or "no clear
+    difference" (a: the side the claim says is larger, b: the other)."""
     by = {r.name: r for r in rows}
     out = []
 
-    def claim(text, holds, **numbers):
-        out.append({"claim": text, "holds": bool(holds), **numbers})
+    def claim(text, a, b, margin, **numbers):
+        verdict = ("holds" if a > b + margin else "the opposite holds" if b > a + margin
+                   else "no clear difference")
+        out.append({"claim": text, "verdict": verdict, "holds": verdict == "holds", "a": a, "b": b,
+                    "margin": margin, **numbers})
 
     for style in ("gpt", "llama"):
         s, t = by.get(f"{style}_small"), by.get(f"{style}_tiny")
         if s and t:
-            claim(f"{style}: the bigger model reaches a lower loss", t.val_loss < s.val_loss,
-                  small=s.val_loss, tiny=t.val_loss)
-            claim(f"{style}: zeroing a whole MLP layer costs more than zeroing a whole attention layer, "
-                  "summed over layers, in both sizes",
-                  sum(s.mlp_cost) > sum(s.attn_cost) and sum(t.mlp_cost) > sum(t.attn_cost),
-                  small=(sum(s.mlp_cost), sum(s.attn_cost)), tiny=(sum(t.mlp_cost), sum(t.attn_cost)))
+            claim(f"{style}: the 4x128 model reaches a lower loss than the 2x64 one", s.val_loss, t.val_loss,
+                  loss_margin)
+            claim(f"{style}, 4x128: zeroing the MLPs (one layer at a time, summed) costs more than zeroing "
+                  "the attention layers", sum(t.mlp_cost), sum(t.attn_cost), loss_margin)
+            claim(f"{style}: the 4x128 model has a stronger previous-token head than the 2x64 one",
+                  t.best("previous_token")[2], s.best("previous_token")[2], score_margin)
     for size in ("small", "tiny"):
         g, ll = by.get(f"gpt_{size}"), by.get(f"llama_{size}")
         if g and ll:
             for key, what in (("previous_token", "previous-token"), ("induction", "induction")):
-                gb, lb = g.best(key), ll.best(key)
-                claim(f"{size}: the best {what} score is higher in the LLaMA-style (RoPE) model than in the "
-                      "GPT-style (learned positions) one", lb[2] > gb[2], gpt=gb, llama=lb)
-            claim(f"{size}: the LLaMA-style model reaches a lower loss", ll.val_loss < g.val_loss,
-                  gpt=g.val_loss, llama=ll.val_loss)
+                claim(f"{size}: the best {what} head is stronger in the LLaMA-style (RoPE) model than in the "
+                      "GPT-style (learned positions) one", ll.best(key)[2], g.best(key)[2], score_margin,
+                      gpt=g.best(key), llama=ll.best(key))
+            claim(f"{size}: the LLaMA-style model reaches a lower loss than the GPT-style one", g.val_loss,
+                  ll.val_loss, loss_margin)
     return out
 
 
@@ -292,8 +299,8 @@ def main(argv: list[str] | None = None) -> int:
     claims = differences(rows)
     write_atomic(out / "compare.json", json.dumps({"models": [asdict(r) for r in rows], "training": trained,
                                                    "differences": claims}, indent=1).encode())
-    md = table(rows) + "\n\n" + "\n".join(f"- {'holds' if c['holds'] else 'does NOT hold'}: {c['claim']}"
-                                          for c in claims) + "\n"
+    md = table(rows) + "\n\n" + "\n".join(f"- {c['verdict']}: {c['claim']} ({c['a']:.3f} vs {c['b']:.3f}, "
+                                          f"margin {c['margin']})" for c in claims) + "\n"
     write_atomic(out / "compare.md", md.encode())
     plot(rows).savefig(out / "compare.png", dpi=110)
     print(md)

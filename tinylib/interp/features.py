@@ -192,7 +192,7 @@ def context_entropy(tokenizer: Any, windows: torch.Tensor, acts: torch.Tensor, k
                 cats[i] = token_category(tokenizer.id_to_piece(i))
             labels.append(cats[i])
         out.append(entropy_bits(labels))
-    return torch.tensor(out)
+    return torch.tensor(out, dtype=torch.float64)
 
 
 @dataclass

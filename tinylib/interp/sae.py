@@ -336,6 +336,7 @@ def resample_dead(sae: SparseAutoencoder, opt: torch.optim.Optimizer, x: torch.T
     return len(idx)
 
 
+@torch.enable_grad()  # also inside a notebook that turned gradients off for its analyses
 def train_sae(model: Transformer, tokens: np.ndarray, cfg: SAEConfig, *, out_dir: str | Path | None = None,
               resume: bool = False, until_step: int | None = None, progress: bool = True,
               log_every: int = 50, max_time_s: float | None = None) -> SAERun:
