@@ -230,3 +230,41 @@ def test_results_refuse_an_impossible_mfu():
         lines = [line for line in md.read_text().splitlines() if line.startswith("| ")]
         cells = [c.strip() for line in lines for c in line.split("|")]
         assert not [c for c in cells if c.endswith("%") and float(c[:-1]) > 100], md
+
+
+def test_seeds_expand_to_one_run_each_and_results_show_mean_std_and_paired_differences(data_dir, tmp_path,
+                                                                                       capsys):
+    from tinylib.experiments.runner import main, run_all
+
+    path = write_list(tmp_path / "seeds.yaml", data_dir, [
+        {"name": "base", "preset": "llama_tiny", "seeds": [0, 1]},
+        {"name": "relu2", "preset": "llama_tiny", "overrides": {**SMALL, "mlp": "relu2"}},
+    ])
+    doc = yaml.safe_load(path.read_text())
+    doc["defaults"]["budget"] = {"steps": 2}
+    doc["defaults"]["seeds"] = [0, 1]  # every entry without its own seeds gets these
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    exps = load_experiments(path)
+    assert [(e.name, e.seed, e.group) for e in exps.experiments] == [
+        ("base_seed0", 0, "base"), ("base_seed1", 1, "base"), ("relu2_seed0", 0, "relu2"),
+        ("relu2_seed1", 1, "relu2")]
+    run_all(exps, progress=False)
+    capsys.readouterr()
+    assert main(["results", str(path), "--out", str(tmp_path / "results")]) == 0
+    out = capsys.readouterr().out
+    assert "| group | seeds | val loss | val bpb |" in out and "| base | 0, 1 |" in out and "±" in out
+    assert "- relu2 - base: " in out
+    rows, _ = read_results(tmp_path / "results")
+    bpb = {r["name"]: r["val_bpb"] for r in rows}
+    mean = (bpb["relu2_seed0"] - bpb["base_seed0"] + bpb["relu2_seed1"] - bpb["base_seed1"]) / 2
+    assert f"- relu2 - base: {mean:+.3f} ± " in out
+
+    for bad, why in (({"seeds": [0, 0]}, "distinct"), ({"seeds": "0,1"}, "list of distinct integers"),
+                     ({"seeds": [0, 1], "seed": 3}, "must not also set seed")):
+        write_list(tmp_path / "bad.yaml", data_dir, [{"name": "x", **bad}])
+        with pytest.raises(ValueError, match=rf"experiment 'x'.*{why}"):
+            load_experiments(tmp_path / "bad.yaml")
+    write_list(tmp_path / "dupe.yaml", data_dir, [{"name": "x", "seeds": [1], "budget": {"steps": 2}},
+                                                          {"name": "x_seed1", "budget": {"steps": 2}}])
+    with pytest.raises(ValueError, match="duplicate experiment names"):
+        load_experiments(tmp_path / "dupe.yaml")

@@ -143,9 +143,52 @@ def mfu_problems(rows: list[dict]) -> dict[str, str]:
     return problems
 
 
-def results_markdown(rows: list[dict], prompt: str = "") -> str:
-    """The table (Markdown), then each run's sample story. An MFU that cannot be right (`mfu_problems`) is
-    shown as n/a, with the reason under the table."""
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else math.nan
+
+
+def seed_summary(rows: list[dict], groups: dict[str, str]) -> tuple[list[dict], list[dict]]:
+    """(per group: runs, mean and std of val_loss and val_bpb over its seeds; paired differences: for each
+    group with the same seeds as the first group, the mean and std over seeds of its val_bpb minus the first
+    group's at the same seed). `groups` maps a run's name (`<group>_seed<s>`) to its group."""
+    by_group: dict[str, dict[int, dict]] = {}
+    for r in rows:
+        group = groups.get(r["name"])
+        if group and r["name"].startswith(f"{group}_seed"):
+            by_group.setdefault(group, {})[int(r["name"][len(group) + 5:])] = r
+    summary = []
+    for group, runs in by_group.items():
+        loss, bpb = (_mean_std([r[k] for r in runs.values()]) for k in ("val_loss", "val_bpb"))
+        summary.append({"group": group, "seeds": sorted(runs), "val_loss": loss, "val_bpb": bpb})
+    paired = []
+    if summary:
+        first = by_group[summary[0]["group"]]
+        for s in summary[1:]:
+            runs = by_group[s["group"]]
+            if set(runs) == set(first) and len(runs) > 1:
+                diffs = [runs[seed]["val_bpb"] - first[seed]["val_bpb"] for seed in sorted(runs)]
+                paired.append({"group": s["group"], "vs": summary[0]["group"], "diff": _mean_std(diffs)})
+    return summary, paired
+
+
+def _seed_markdown(rows: list[dict], groups: dict[str, str]) -> list[str]:
+    summary, paired = seed_summary(rows, groups)
+    if not summary:
+        return []
+    lines = ["", "Seeds: mean ± standard deviation over each group's runs (a difference smaller than the "
+             "spread is not a result):", "", "| group | seeds | val loss | val bpb |", "|---|---|---|---|"]
+    lines += [f"| {s['group']} | {', '.join(map(str, s['seeds']))} | {s['val_loss'][0]:.3f} ± "
+              f"{s['val_loss'][1]:.3f} | {s['val_bpb'][0]:.3f} ± {s['val_bpb'][1]:.3f} |" for s in summary]
+    if paired:
+        lines += ["", "Paired by seed (val bpb, this group minus the first at each seed, mean ± std):", ""]
+        lines += [f"- {p['group']} - {p['vs']}: {p['diff'][0]:+.3f} ± {p['diff'][1]:.3f}" for p in paired]
+    return lines
+
+
+def results_markdown(rows: list[dict], prompt: str = "", groups: dict[str, str] | None = None) -> str:
+    """The table (Markdown), the seed groups' mean ± std and paired differences (`groups`: run name -> the
+    group a `seeds:` list expanded it from), then each run's sample story. An MFU that cannot be right
+    (`mfu_problems`) is shown as n/a, with the reason under the table."""
     head = ("| run | preset | style | optimizer | params | tokens | FLOPs | wall time | tokens/s | MFU "
             "| val loss | val bpb | benchmark [95% CI] |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
@@ -159,6 +202,7 @@ def results_markdown(rows: list[dict], prompt: str = "") -> str:
                      f"{r['val_loss']:.3f} | {r['val_bpb']:.3f} | {_benchmark(r)} |")
     if problems:
         lines += [""] + [f"\\* MFU of {name}: {why}." for name, why in problems.items()]
+    lines += _seed_markdown(rows, groups or {})
     samples = [f"- **{r['name']}**: {r['sample']!r}" for r in rows if r["sample"]]
     if samples:
         lines += ["", f"Samples (prompt {prompt!r}, temperature 0.8, top-k 50, seed 0):" if prompt else
@@ -214,8 +258,10 @@ def plot_curves(curves: dict[str, list[dict]], x: str = "flops", metric: str = "
     return ax
 
 
-def write_results(runs: dict[str, str | os.PathLike], out: str | os.PathLike, *, prompt: str = "") -> str:
-    """Write results.md, results.csv, curves/<name>.jsonl and loss_vs_{tokens,flops,wall_s}.png into `out`;
+def write_results(runs: dict[str, str | os.PathLike], out: str | os.PathLike, *, prompt: str = "",
+                  groups: dict[str, str] | None = None) -> str:
+    """Write results.md (with `groups`' seed summary: see `results_markdown`), results.csv,
+    curves/<name>.jsonl and loss_vs_{tokens,flops,wall_s}.png into `out`;
     returns the Markdown."""
     from matplotlib.figure import Figure  # only when plotting; a bare Figure needs no GUI backend
 
@@ -223,7 +269,7 @@ def write_results(runs: dict[str, str | os.PathLike], out: str | os.PathLike, *,
     rows, curves = collect(runs)
     if not rows:
         raise FileNotFoundError(f"none of {sorted(runs)} has a checkpoint yet: run them first")
-    markdown = results_markdown(rows, prompt)
+    markdown = results_markdown(rows, prompt, groups)
     write_atomic(out / "results.md", (markdown + "\n").encode())
     write_atomic(out / "results.csv", results_csv(rows).encode())
     for name, curve in curves.items():

@@ -23,9 +23,11 @@ The file (experiments/README.md has the full reference):
         overrides: {n_kv_head: 2}           # ModelConfig fields
         train: {muon_lr: 0.02}              # any other TrainConfig field
 
-Experiment fields: name, description, preset, overrides, optimizer, budget, data, seed, train. Relative paths
-are relative to the repository root. A FLOP budget gives each run `max_tokens = flops / its training FLOPs per
-token` (tinylib.budget.token_target), so runs of different shapes compare at equal compute.
+Experiment fields: name, description, preset, overrides, optimizer, budget, data, seed, train; or `seeds:
+[0, 1, 2]` instead of `seed`, which expands to one run per seed named `<name>_seed<s>` (their group is <name>:
+the results show each group's mean +- std and, between groups with the same seeds, paired differences).
+Relative paths are relative to the repository root. A FLOP budget gives each run `max_tokens = flops / its
+training FLOPs per token` (tinylib.budget.token_target), so runs of different shapes compare at equal compute.
 
 A run's status comes from its folder: not started; running (another process holds `experiment.lock`, an
 flock the OS drops when that process dies, even on SIGKILL); interrupted at step N (its `latest/` checkpoint
@@ -87,13 +89,15 @@ class Experiment:
     seed: int = 1337
     train: dict = field(default_factory=dict)  # any other TrainConfig field
     description: str = ""
+    group: str = ""  # the entry a `seeds:` list expanded into this run ("" for a run of its own)
 
     def spec(self) -> dict:
         """What defines the run (a resumed run must have the same)."""
-        return {k: v for k, v in dataclasses.asdict(self).items() if k not in ("run_dir", "description")}
+        return {k: v for k, v in dataclasses.asdict(self).items()
+                if k not in ("run_dir", "description", "group")}
 
 
-FIELDS = tuple(f.name for f in dataclasses.fields(Experiment) if f.name != "run_dir")
+FIELDS = tuple(f.name for f in dataclasses.fields(Experiment) if f.name not in ("run_dir", "group"))
 
 
 @dataclass
@@ -178,17 +182,30 @@ def load_experiments(path: str | os.PathLike) -> ExperimentList:
         raise ValueError(f"{path}: expected a mapping with a non-empty list under 'experiments:'")
     _check_keys(str(path), raw, TOP_FIELDS, "top-level field(s)")
     defaults = raw.get("defaults") or {}
-    _check_keys(f"{path}: defaults", defaults, set(FIELDS) - {"name"}, "field(s)")
+    _check_keys(f"{path}: defaults", defaults, set(FIELDS) - {"name"} | {"seeds"}, "field(s)")
     out_dir = _resolve(raw.get("out_dir", f"runs/experiments/{path.stem}"))
-    names = [e.get("name") if isinstance(e, dict) else None for e in raw["experiments"]]
-    dupes = sorted({n for n in names if n is not None and names.count(n) > 1})
-    if dupes:
-        raise ValueError(f"{path}: duplicate experiment names {dupes}; each run needs its own name")
     experiments = []
     for i, entry in enumerate(raw["experiments"]):
         if not isinstance(entry, dict) or "name" not in entry:
             raise ValueError(f"{path}: experiment #{i + 1} must be a mapping with a 'name'")
-        experiments.append(_experiment(f"{path}: experiment {entry['name']!r}", entry, defaults, out_dir))
+        where = f"{path}: experiment {entry['name']!r}"
+        seeds = entry.get("seeds", defaults.get("seeds"))
+        entry, base = {k: v for k, v in entry.items() if k != "seeds"}, {k: v for k, v in defaults.items()
+                                                                        if k != "seeds"}
+        if seeds is None:
+            experiments.append(_experiment(where, entry, base, out_dir))
+            continue
+        integers = isinstance(seeds, list) and all(type(s) is int for s in seeds)
+        if "seed" in entry or not integers or not seeds or len(set(seeds)) != len(seeds):
+            raise ValueError(f"{where}: seeds={seeds!r} must be a list of distinct integers, e.g. [0, 1, 2], "
+                             "and the entry must not also set seed")
+        for s in seeds:  # one run per seed; the group is the entry's name
+            exp = _experiment(where, {**entry, "name": f"{entry['name']}_seed{s}", "seed": s}, base, out_dir)
+            experiments.append(dataclasses.replace(exp, group=entry["name"]))
+    names = [e.name for e in experiments]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ValueError(f"{path}: duplicate experiment names {dupes}; each run needs its own name")
     return ExperimentList(path, out_dir, experiments, str(raw.get("sample_prompt", "Once upon a time")))
 
 
@@ -333,8 +350,11 @@ def main(argv: list[str] | None = None) -> int:
         exps = load_experiments(args.file)
         if args.command == "results":
             out = _resolve(args.out) if args.out else ROOT / "experiments" / "results" / exps.path.stem
-            runs = {e.name: e.run_dir for e in exps.experiments if not args.only or e.name in args.only}
-            print(write_results(runs, out, prompt=exps.sample_prompt))
+            chosen = [e for e in exps.experiments
+                      if not args.only or e.name in args.only or e.group in args.only]
+            groups = {e.name: e.group for e in chosen if e.group}
+            print(write_results({e.name: e.run_dir for e in chosen}, out, prompt=exps.sample_prompt,
+                                groups=groups))
             return 0
         kw = dict(log_to=args.log_to, progress=not args.no_progress) if args.command != "list" else {}
         if args.command == "run":
