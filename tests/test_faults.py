@@ -7,11 +7,13 @@ The data: 300 TinyStories stories tokenized with our 512-id BPE; the model: a 2-
 it), one thread per process (the same arithmetic in every process). `reference` is that run uninterrupted.
 """
 
+import dataclasses
 import json
 import os
 import random
 import re
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -25,11 +27,20 @@ import pytest
 import torch
 
 from tests.test_train import small_config, weights
-from tinylib.checkpoint import CheckpointError, CheckpointMismatchError, load_model, load_state, step_of
-from tinylib.data import prepare_dataset
-from tinylib.faults import RunLockedError
+from tinylib.batches import RandomBatches
+from tinylib.checkpoint import (
+    CheckpointError,
+    CheckpointMismatchError,
+    TrainState,
+    load_model,
+    load_state,
+    step_of,
+)
+from tinylib.data import open_split, prepare_dataset, read_meta
+from tinylib.faults import DivergenceGuard, RunExistsError, RunLockedError, free_run_folder
 from tinylib.metrics import read_metrics
-from tinylib.optim import lr_scale
+from tinylib.model import build_model
+from tinylib.optim import configure_optimizer, lr_scale
 from tinylib.train import train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -148,12 +159,16 @@ def test_a_second_run_in_the_same_folder_is_refused_and_the_first_is_untouched(d
 
 
 def test_nan_loss_is_not_applied_and_the_run_rolls_back_with_a_lower_lr(data_dir, tmp_path, capsys):
-    """Step 7's loss forced to NaN (three tries): the run returns to latest/ (step 6) with lr x 0.5."""
+    """Step 7's loss forced to NaN (three tries). latest/ holds step 6, whose weights no step has judged yet
+    (step 7's loss is the first computed on them), so the run returns to previous/ (step 4) with lr x 0.5."""
     cfg = config(data_dir, tmp_path / "nan", max_steps=12, eval_every=4, save_every=2, nan_at_steps=[7])
     result = train(cfg)
     assert result.step == 12
+    printed = capsys.readouterr().out
     assert ("training diverged at step 7: 3 steps in a row were not applied (last: loss nan, gradient norm "
-            in capsys.readouterr().out)
+            in printed)
+    assert (f"rolled back to {tmp_path / 'nan' / 'previous' / 'latest-step4'} (step 4) with the peak lr x "
+            f"0.5: {cfg.lr:.3g} -> {cfg.lr / 2:.3g} (rollback 1 of 2)" in printed)
     for folder in ("latest", "best"):
         assert all(torch.isfinite(w).all() for w in weights(tmp_path / "nan" / folder).values())
     lr = {r["step"]: r["lr"] for r in read_metrics(tmp_path / "nan") if "train_loss" in r}
@@ -162,16 +177,73 @@ def test_nan_loss_is_not_applied_and_the_run_rolls_back_with_a_lower_lr(data_dir
     def scheduled(step: int) -> float:  # the lr of step `step` (it is set from the step count before it)
         return cfg.lr * lr_scale(step - 1, warmup=cfg.warmup_steps, floor=cfg.min_lr_ratio, total=12)
 
-    assert [lr[s] for s in (5, 6)] == pytest.approx([scheduled(s) for s in (5, 6)], rel=1e-12)
-    assert [lr[s] for s in (7, 12)] == pytest.approx([0.5 * scheduled(s) for s in (7, 12)], rel=1e-12)
+    assert [lr[s] for s in (3, 4)] == pytest.approx([scheduled(s) for s in (3, 4)], rel=1e-12)
+    assert [lr[s] for s in (5, 12)] == pytest.approx([0.5 * scheduled(s) for s in (5, 12)], rel=1e-12)
+
+
+def test_a_second_rollback_runs_at_a_quarter_of_the_lr_and_a_resumed_run_keeps_it(data_dir, tmp_path, capsys):
+    """NaN at steps 7 and 11: the first rollback halves the peak lr, the second halves it again (it used to
+    restore the optimizer's saved peak and halve that, retrying at x 0.5 twice)."""
+    out = tmp_path / "nan2"
+    cfg = config(data_dir, out, max_steps=14, eval_every=4, save_every=2, nan_at_steps=[7, 11])
+    train(cfg)
+    printed = capsys.readouterr().out
+    assert f"with the peak lr x 0.5: {cfg.lr:.3g} -> {cfg.lr / 2:.3g} (rollback 1 of 2)" in printed
+    assert "training diverged at step 11" in printed
+    assert f"with the peak lr x 0.5: {cfg.lr / 2:.3g} -> {cfg.lr / 4:.3g} (rollback 2 of 2)" in printed
+    lr = {r["step"]: r["lr"] for r in read_metrics(out) if "train_loss" in r}
+    assert sorted(lr) == list(range(1, 15))
+    scheduled = {s: cfg.lr * lr_scale(s - 1, warmup=cfg.warmup_steps, floor=cfg.min_lr_ratio, total=14)
+                 for s in lr}
+    assert [lr[s] / scheduled[s] for s in (4, 5, 8, 9, 14)] == pytest.approx([1, 0.5, 0.5, 0.25, 0.25])
+    # saved with the checkpoint: the optimizer's peaks and the guard's count, which a resumed run takes up
+    assert {g["base_lr"] for g in load_state(out / "latest")["optimizer"]["param_groups"]} == {cfg.lr / 4}
+    assert json.loads((out / "latest" / "config.json").read_text())["guard_rollbacks"] == 2
+    train(dataclasses.replace(cfg, resume=True, nan_at_steps=[]))
+    printed = capsys.readouterr().out
+    assert f"the divergence guard rolled back 2 time(s): peak lr {cfg.lr / 4:.3g}" in printed
+    assert f"the run in {out} is finished: step 14 of the 14 it planned, so there is nothing left" in printed
 
 
 def test_a_learning_rate_that_diverges_stops_with_a_message_and_no_nan_weights(data_dir, tmp_path):
-    """lr 10000 (the issue's case): nothing to roll back to before the first save, so the run stops."""
-    with pytest.raises(RuntimeError, match=r"training diverged at step \d+: 3 steps in a row were not "
-                                           r"applied .*no checkpoint to roll back to yet. Lower the"):
+    """lr 10000 (the issue's case): step 1's update multiplies the weights' norm by ~10^5 and leaves a finite
+    loss (it used to be accepted and saved); the next verdict sees it, and with nothing saved yet the run
+    stops."""
+    with pytest.raises(RuntimeError, match=r"training diverged at step 2: the weights' norm went from "
+                                           r"[\d.]+ to [\d.e+]+ in step 1 \(more than x 2\): that update "
+                                           r"wrecked them.*no checkpoint to roll back to yet .*Lower the"):
         train(config(data_dir, tmp_path / "lr", lr=1e4))
     assert not (tmp_path / "lr" / "latest").exists()
+
+
+def test_a_rollback_never_lands_on_the_weights_the_diverging_update_wrote(data_dir, tmp_path):
+    """An update that wrecks the weights is applied (its own loss was computed before it) and may be saved:
+    here latest/ holds step 7, weights x 1000. The next verdict reads their norm, refuses, and rolls back at
+    once to step 6 (the newest checkpoint a later step confirmed), never to the wrecked latest/."""
+    out = tmp_path / "run"
+    cfg = config(data_dir, out, until_step=6, save_every=1, keep_previous=2)
+    train(cfg)
+    healthy = weights(out / "latest")
+    model = build_model(cfg, read_meta(data_dir)["vocab_size"])
+    batches = RandomBatches(open_split(data_dir, "train"), cfg.batch_size, cfg.seq_len, seed=cfg.seed)
+    state = TrainState(model, configure_optimizer(model, cfg, torch.device("cpu")), batches)
+    state.resume(out)
+    guard = DivergenceGuard(cfg)
+    guard.watch(model)
+    assert guard.accept(7, torch.tensor(5.0), torch.tensor(1.0))  # step 7's loss judges step 6's weights
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(1000)  # what step 7's update did
+    state.step = 7
+    state.save(out / "latest", {"tokenizer": "tinystories-512"}, keep_previous=2)
+    guard.watch(model)
+    assert not guard.accept(8, torch.tensor(5.0), torch.tensor(1.0)) and guard.must_roll_back()
+    said = guard.roll_back(state, out, "tinystories-512", None)
+    assert re.match(r"training diverged at step 8: the weights' norm went from [\d.]+ to [\d.e+]+ in step 7 "
+                    r"\(more than x 2\): that update wrecked them", said), said
+    assert f"rolled back to {out / 'previous' / 'latest-step6'} (step 6)" in said
+    assert state.step == 6
+    assert_same({k: v for k, v in model.state_dict().items() if k in healthy}, healthy)
 
 
 @pytest.mark.parametrize("fault", ["truncated weights", "bit flip in state.pt"])
@@ -266,9 +338,11 @@ def test_a_full_disk_leaves_no_partial_file_and_names_the_folder_and_bytes(data_
         pytest.skip(f"this machine cannot mount a small tmpfs in a private namespace: {proc.stderr.strip()}")
     lines = proc.stdout.splitlines()
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    exit_line = next(line for line in lines if line.startswith("EXIT"))
-    assert exit_line.startswith(f"EXIT error: disk full: checkpoint {mnt / 'run' / 'latest'} needs about ")
-    assert "bytes free; nothing was written (the files already there are intact)" in exit_line
+    assert next(line for line in lines if line.startswith("EXIT")) == "EXIT 2"
+    error = next(line for line in proc.stderr.splitlines() if line.startswith("error:"))
+    assert error.startswith(f"error: disk full: checkpoint {mnt / 'run' / 'latest'} needs about ")
+    assert "bytes free; nothing was written (the files already there are intact)" in error
+    assert "Traceback" not in proc.stderr
     files = next(line for line in lines if line.startswith("FILES"))
     assert ".tmp" not in files and "latest/model.safetensors" in files  # the earlier latest/ is whole
     write = next(line for line in lines if line.startswith("WRITE"))
@@ -299,3 +373,152 @@ def test_a_killed_ddp_rank_ends_the_run_in_bounded_time_and_resume_continues(dat
     assert train_steps(out) == list(range(1, STEPS + 1))
     for k, v in weights(out / "latest").items():  # 2 x 2 rows all-reduced == 4 rows, to rounding
         torch.testing.assert_close(v, reference[k], atol=1e-5, rtol=1e-4)
+
+
+# --- a new run never destroys an old one; a torn log line ---------------------------------------------------
+
+def test_a_new_run_in_a_folder_holding_one_is_refused_and_overwrite_moves_it_aside(data_dir, tmp_path):
+    out = tmp_path / "run"
+    train(config(data_dir, out, max_steps=8, eval_every=4))
+    before = weights(out / "latest")
+    log = (out / "metrics.jsonl").read_text()
+    with pytest.raises(RunExistsError, match=re.escape(f"{out} already holds a run (latest/ (step 8), best/ "
+                                                       "(step 8)") + r".*--resume.*--overwrite"):
+        train(config(data_dir, out, max_steps=4))
+    assert_same(weights(out / "latest"), before)  # untouched
+    assert (out / "metrics.jsonl").read_text() == log
+    train(config(data_dir, out, max_steps=4, eval_every=2, overwrite=True))
+    [aside] = tmp_path.glob("run.old-*")
+    assert_same(weights(aside / "latest"), before)  # moved, not deleted
+    assert (aside / "metrics.jsonl").read_text() == log
+    assert step_of(out / "latest") == 4 and train_steps(out) == [1, 2, 3, 4]
+
+
+def test_default_run_folders_do_not_collide_and_resume_finds_the_newest(tmp_path):
+    base = tmp_path / "tiny-ts"
+    assert free_run_folder(base, resume=False) == base
+    (base / "latest").mkdir(parents=True)
+    assert free_run_folder(base, resume=False) == tmp_path / "tiny-ts-2"
+    (tmp_path / "tiny-ts-2" / "best").mkdir(parents=True)
+    assert free_run_folder(base, resume=False) == tmp_path / "tiny-ts-3"
+    assert free_run_folder(base, resume=True) == tmp_path / "tiny-ts-2"
+
+
+def test_a_torn_last_line_in_the_metrics_log_is_dropped_with_a_warning_and_resume_works(data_dir, tmp_path,
+                                                                                         reference):
+    out = tmp_path / "run"
+    train(config(data_dir, out, until_step=12))
+    with (out / "metrics.jsonl").open("a") as f:  # a crash or a full disk cut this write off
+        f.write('{"step": 13, "tokens": 1664, "train_lo')
+    torn = re.escape(f"{out / 'metrics.jsonl'}:") + r"\d+: dropped a torn last line"
+    with pytest.warns(UserWarning, match=torn):
+        assert train_steps(out) == list(range(1, 13))
+    with pytest.warns(UserWarning, match="dropped a torn last line"):
+        train(config(data_dir, out, resume=True))
+    assert_same(weights(out / "latest"), reference)
+    assert train_steps(out) == list(range(1, STEPS + 1))
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    lines.insert(3, "{not json")
+    (out / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    with pytest.raises(ValueError, match=re.escape(f"{out / 'metrics.jsonl'}:4: not a JSON record")):
+        read_metrics(out)  # damage inside the log is not a torn write: it is named, not skipped
+
+
+# --- one clear error per user mistake -----------------------------------------------------------------------
+
+def run_cli(*args, cwd=None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", *map(str, args)], env=ENV, capture_output=True, text=True,
+                          timeout=300, cwd=cwd or Path(__file__).resolve().parents[1])
+
+
+def assert_user_error(proc: subprocess.CompletedProcess, message: str) -> None:
+    """Exit status 2, `error: ...` with the message on stderr, no traceback."""
+    assert proc.returncode == 2, proc.stdout[-1000:] + proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert re.search(message, proc.stderr), proc.stderr[-2000:]
+    assert proc.stderr.count("error: ") == 1 and proc.stderr.rstrip().splitlines()[-1].startswith("error: ")
+
+
+def liar(data_dir, data_4096, tmp_path) -> Path:
+    """Tokens of the 4096-id BPE under a meta.json copied from the 512-id folder."""
+    folder = tmp_path / "liar"
+    shutil.copytree(data_4096, folder)
+    meta = json.loads((folder / "meta.json").read_text())
+    true = json.loads((Path(data_dir) / "meta.json").read_text())
+    (folder / "meta.json").write_text(json.dumps({**meta, "tokenizer": true["tokenizer"], "vocab_size": 512}))
+    return folder
+
+
+TRAIN_MISTAKES = {  # case: (flags, message)
+    "--config with invalid JSON": (["--config", "{bad}"], r"--config \S+bad.json: not valid JSON: Expecting"),
+    "a typo in model_overrides": (["--model-overrides", '{"d_modle": 64}'],
+                                  r"unknown ModelConfig fields \['d_modle'\]"),
+    "a typo in --config's model_overrides": (["--config", '{"model_overrides": {"d_modle": 64}}'],
+                                             r"unknown ModelConfig fields \['d_modle'\]"),
+    "--max-steps 0": (["--max-steps", "0"], r"--max-steps 0 must be an integer >= 1"),
+    "--max-steps -5": (["--max-steps", "-5"], r"--max-steps -5 must be an integer >= 1"),
+    "--eval-every -1": (["--eval-every", "-1"], r"--eval-every -1 must be an integer >= 0 \(0: evaluate at"),
+    "an unknown preset": (["--preset", "llama_huge"], r"preset='llama_huge' is not a preset; choose one of"),
+    "--resume on a missing folder": (["--resume"], r"--resume: \S+ does not exist, so there is no run to "
+                                                   r"continue"),
+    "a model too large for the memory": (["--model-overrides", '{"d_model": 1000000, "n_head": 1}'],
+                                         r"has [\d,]+ parameters \(d_model 1000000, .* need [\d,.]+ GiB \(16 "
+                                         r"bytes per parameter\) but cpu has [\d,.]+ GiB available"),
+    "meta.json lying about its tokenizer": (["--data", "LIAR"], r"train.bin holds token id [\d,]+ but "
+                                            r"meta.json's vocabulary has 512 ids"),
+    "a truncated token file": (["--data", "CUT"], r"train.bin has [\d,]+ bytes but meta.json says"),
+}
+
+
+@pytest.mark.parametrize("case", list(TRAIN_MISTAKES))
+def test_a_training_mistake_prints_one_error_and_exits_2(data_dir, data_4096, tmp_path, case):
+    flags, message = TRAIN_MISTAKES[case]
+    out = tmp_path / "run"
+    if "--config" in flags:
+        text = flags[flags.index("--config") + 1]
+        file = tmp_path / ("bad.json" if text == "{bad}" else "cfg.json")
+        file.write_text(text if text == "{bad}" else json.dumps({**json.loads(text), "data": str(data_dir)}))
+        flags = ["--config", str(file)]
+    if "LIAR" in flags:
+        flags = ["--data", str(liar(data_dir, data_4096, tmp_path))]
+    if "CUT" in flags:
+        cut = tmp_path / "cut"
+        shutil.copytree(data_dir, cut)
+        (cut / "train.bin").write_bytes((cut / "train.bin").read_bytes()[:-3])
+        flags = ["--data", str(cut)]
+    base = ["--data", str(data_dir), "--preset", "llama_tiny", "--out-dir", str(out), "--max-steps", "2",
+            "--batch-size", "2", "--seq-len", "16", "--compile", "off", "--no-progress"]
+    proc = run_cli("tinylib.train", *base, *flags)
+    assert_user_error(proc, message)
+    assert not out.exists()  # nothing made: no empty folder with a .lock
+
+
+def test_mistakes_at_the_other_entry_points_print_one_error_and_exit_2(data_dir, tmp_path):
+    (tmp_path / "defaults5.yaml").write_text("defaults: 5\nexperiments:\n  - name: a\n")
+    cases = [
+        (("tinylib.data", "--tokenizer", "nope", "--out", tmp_path / "d"), r"unknown tokenizer 'nope'"),
+        (("tinylib.finetune", "--parent", tmp_path / "none"), r"no checkpoint at \S+none"),
+        (("tinylib.finetune", "--max-steps", "0"), r"--max-steps 0 must be an integer >= 1"),
+        (("tinylib.experiments", "list", tmp_path / "defaults5.yaml"),
+         r"defaults5.yaml: defaults: expected a mapping of field\(s\) \(key: value lines\), got 5"),
+        (("tinylib.interp.induction", "--data", tmp_path / "none"), r"no meta.json in \S+none"),
+    ]
+    for args, message in cases:
+        assert_user_error(run_cli(*args), message)
+
+
+def test_resume_edge_cases(data_dir, tmp_path, capsys):
+    """A config.json without its step falls back to previous/; --resume on a finished run says so."""
+    out = tmp_path / "run"
+    train(config(data_dir, out, max_steps=8, save_every=2, eval_every=4))
+    meta = json.loads((out / "latest" / "config.json").read_text())
+    (out / "latest" / "config.json").write_text(json.dumps({k: v for k, v in meta.items() if k != "step"}))
+    capsys.readouterr()
+    train(config(data_dir, out, max_steps=8, save_every=2, eval_every=4, resume=True))
+    printed = capsys.readouterr().out
+    assert f"skipped damaged checkpoint {out / 'latest'}: {out / 'latest' / 'config.json'} lacks ['step']" \
+        in printed
+    assert f"resumed from {out / 'previous' / 'latest-step6'} at step 6" in printed
+    train(config(data_dir, out, max_steps=60, resume=True))
+    assert (f"the run in {out} is finished: step 8 of the 8 it planned, so there is nothing left to train"
+            in capsys.readouterr().out)

@@ -94,6 +94,54 @@ def test_request_prompt_is_the_training_prompt():
     assert not is_instruct_checkpoint({"step": 3}) and not is_instruct_checkpoint(None)
 
 
+# Records in the published format (TinyStories-Instruct-valid.txt): fields in varying order, a "Summary:"
+# after the story, records separated by <|endoftext|>, CRLF line ends; the last one has an unknown header.
+PUBLISHED = """Features: Dialogue
+Words: quit, oak, gloomy
+Summary: Sara and Ben were playing in the park, but Sara did not want to quit.
+Story:<sp>
+
+Sara and Ben were playing in the park. They liked to climb the big oak tree.
+"Let's not quit," said Ben.
+<|endoftext|>
+Random sentence: The sun was hot.
+Words: dog, hat, run
+Story:<sp>
+
+Lily's dog found a red hat. It ran to Lily with it.
+Summary: A dog finds a hat and brings it to Lily.
+Features: Twist
+<|endoftext|>
+Words: frog, jump, green
+Moral: always be kind
+Story:<sp>
+
+The green frog liked to jump.
+<|endoftext|>
+""".replace("<sp>", " ").replace("\n", "\r\n")
+
+
+def test_published_records_read_by_header_in_any_order_with_crlf(tmp_path):
+    for parsed in (parse_instruct(PUBLISHED, "v.txt"),
+                   read_instruct(write_bytes(tmp_path / "TinyStories-Instruct-valid.txt", PUBLISHED))):
+        a, b, c = parsed.examples
+        assert a.summary.startswith("Sara and Ben were playing") and a.features == ("Dialogue",)
+        assert a.story.endswith('"Let\'s not quit," said Ben.') and "\r" not in a.story
+        assert (b.words, b.features, b.sentence) == (("dog", "hat", "run"), ("Twist",), "The sun was hot.")
+        assert b.summary == "A dog finds a hat and brings it to Lily."  # after the story: the summary ...
+        assert b.story == "Lily's dog found a red hat. It ran to Lily with it."  # ... not story text
+        assert c.words == ("frog", "jump", "green")  # the unknown header is not glued onto Words
+        assert c.story == "The green frog liked to jump."
+        name = "v.txt" if parsed.examples[0].source == "v.txt" else "TinyStories-Instruct-valid.txt"
+        assert parsed.problems == [f"{name}:18: unknown header 'Moral:' (known: Words:, Features:, Summary:, "
+                                   "Random sentence:, Story:); line left out"]
+
+
+def write_bytes(path, text: str):
+    path.write_bytes(text.encode())  # CRLF kept as written
+    return path
+
+
 def test_bad_examples_are_reported_with_their_line_and_skipped(tok, tmp_path):
     parsed = parse_instruct(TEXT, "t.txt")
     assert [e.line for e in parsed.examples] == [1, 17]

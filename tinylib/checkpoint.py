@@ -36,6 +36,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from tinylib.config import ModelConfig
+from tinylib.device import check_fits
 from tinylib.model import Transformer
 from tinylib.paths import REFERENCE_DIR
 from tinylib.tokenizer import Tokenizer, get_tokenizer
@@ -278,7 +279,9 @@ def load_weights_into(model: Transformer, folder: Path) -> None:
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> Transformer:
     """Build the model from config.json and load its safetensors weights (no pickled code runs)."""
     folder = resolve(path)
-    model = Transformer(model_config(folder, load_meta(folder)))
+    model_cfg = model_config(folder, load_meta(folder))
+    check_fits(model_cfg, torch.device("cpu"), training=False, what=str(folder / "config.json"))
+    model = Transformer(model_cfg)
     try:
         load_weights_into(model, folder)
     except RuntimeError as e:  # a tensor of the wrong shape
@@ -395,6 +398,10 @@ class TrainState:
         after checking that it was saved by this model (and, when given, this tokenizer)."""
         folder = resolve(folder)
         meta = load_meta(folder)
+        missing = [k for k in ("step", "tokens_seen", "best_val_loss", "total_steps") if k not in meta]
+        if missing:  # resume() then passes it over for an older one
+            raise CheckpointError(f"{folder / 'config.json'} lacks {missing}: not a resumable checkpoint "
+                                  "(edited, or written by another tool)")
         saved = model_config(folder, meta).to_dict()
         diff = [f"{k}={saved.get(k)!r} (this run: {v!r})" for k, v in self.model.cfg.to_dict().items()
                 if saved.get(k) != v]
@@ -419,9 +426,10 @@ class TrainState:
         self.step, self.tokens_seen = meta["step"], meta["tokens_seen"]
         self.best_val_loss, self.total_steps = meta["best_val_loss"], meta["total_steps"]
 
-    def resume(self, run_dir: str | os.PathLike,
-               tokenizer: str | None = None) -> tuple[Path | None, list[str]]:
-        """Restore the newest intact checkpoint of a run (latest/, then previous/ newest first).
+    def resume(self, run_dir: str | os.PathLike, tokenizer: str | None = None,
+               at_most: int | None = None) -> tuple[Path | None, list[str]]:
+        """Restore the newest intact checkpoint of a run (latest/, then previous/ newest first), of a step no
+        later than `at_most` when given (the divergence guard: only checkpoints a later step confirmed).
 
         Returns the folder (None: the run has none, start afresh) and why each newer one was passed over.
         A damaged one is skipped and moved to <run>/damaged/ (by rank 0); one that does not fit this run
@@ -432,6 +440,8 @@ class TrainState:
         damaged: list[Path] = []
         for folder in [latest, *history(latest)]:
             if not folder.exists():
+                continue
+            if at_most is not None and (step_of(folder) or 0) > at_most:
                 continue
             try:
                 problem = damage(folder)

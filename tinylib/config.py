@@ -19,8 +19,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import math
+import os
+import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -200,7 +204,7 @@ class TrainConfig:
     preset: str = "tiny"
     model_overrides: dict = field(default_factory=dict)  # any ModelConfig field, e.g. {"dropout": 0.1}
     vocab_multiple: int = 64  # round the embedding up for faster matmuls; extra ids are never targets
-    out_dir: str | None = None  # default: checkpoints/<preset>-<data folder name>
+    out_dir: str | None = None  # default: checkpoints/<preset>-<data folder name>, -2, -3, ... if taken
     # batch: tokens per optimizer step = batch_size x seq_len x grad_accum x world_size
     batch_size: int = 16  # micro-batch per process
     seq_len: int = 256
@@ -239,6 +243,7 @@ class TrainConfig:
     log_every: int = 10
     save_every: int | None = None  # latest/ at this interval (and at every eval and at the end)
     resume: bool = False  # continue from <out_dir>/latest when it exists
+    overwrite: bool = False  # a new run in a folder holding one moves the old run to <out_dir>.old-<time>
     progress: bool = True
     log_to: str | None = None  # also log to "tensorboard", "trackio" or "wandb" (tinylib.metrics)
     # surviving faults (tinylib.faults): checkpoint history, the divergence guard, a lost DDP rank
@@ -247,8 +252,37 @@ class TrainConfig:
     guard_bad_steps: int = 3  # this many unapplied (non-finite or spiking) steps in a row: roll back ...
     guard_rollbacks: int = 2  # ... to the last good checkpoint, lr x guard_lr_factor, this often; then stop
     guard_lr_factor: float = 0.5
+    guard_weight_growth: float | None = 2.0  # the weights' norm grew more than this x in one step: roll back
     nan_at_steps: list[int] = field(default_factory=list)  # fault injection: these steps' loss is made NaN
     dist_timeout_s: float = 600.0  # DDP: a collective waiting this long (a step: twice) ends the run
+
+    def __post_init__(self) -> None:
+        """Refuse values that would fail later, far from the flag that set them (or silently do nothing)."""
+        problems = []
+        if self.preset not in PRESETS:
+            problems.append(f"preset={self.preset!r} is not a preset; choose one of {sorted(PRESETS)}")
+        if not isinstance(self.model_overrides, dict):
+            problems.append(f"model_overrides={self.model_overrides!r} must be a JSON object of ModelConfig "
+                            'fields, e.g. {"dropout": 0.1}')
+        else:
+            known = {f.name for f in dataclasses.fields(ModelConfig)}
+            unknown = sorted(set(self.model_overrides) - known)
+            if unknown:
+                problems.append(f"model_overrides has unknown ModelConfig fields {unknown}; known fields are "
+                                f"{sorted(known)}")
+        for name, low in (("max_steps", 1), ("max_tokens", 1), ("save_every", 1), ("until_step", 1),
+                          ("batch_size", 1), ("seq_len", 1), ("log_every", 1), ("eval_batches", 1),
+                          ("eval_batch_size", 1), ("eval_every", 0), ("warmup_steps", 0),
+                          ("keep_previous", 0), ("tokens_per_step", 1)):
+            value = getattr(self, name)
+            if value is not None and not (isinstance(value, int) and value >= low):
+                flag = "--" + name.replace("_", "-")
+                problems.append(f"{flag} {value!r} must be an integer >= {low}"
+                                + (" (0: evaluate at the end only)" if name == "eval_every" else ""))
+        if not self.lr > 0:
+            problems.append(f"--lr {self.lr!r} must be > 0")
+        if problems:
+            raise ValueError(f"invalid {type(self).__name__}: " + "; ".join(problems))
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
@@ -296,6 +330,29 @@ class TrainConfig:
 
 # --- the command line ---------------------------------------------------------------------------------------
 
+class UserError(Exception):
+    """A mistake or a fault the user can act on (a lock held, a run in the way, divergence): an entry point
+    prints its message without a traceback. ValueError and OSError are treated the same way."""
+
+
+def entry_point(main: Callable[..., int | None]) -> Callable[..., int | None]:
+    """The error boundary of a `python -m tinylib...` command: a user's mistake (a bad flag, file or value:
+    ValueError, OSError, UserError) prints `error: <message>` and exits with status 2, no traceback; any
+    other exception is a bug and keeps its traceback. TINYLIB_TRACEBACK=1 shows the traceback of all."""
+
+    @functools.wraps(main)
+    def boundary(*args, **kwargs):
+        try:
+            return main(*args, **kwargs)
+        except (UserError, ValueError, OSError) as e:
+            if os.environ.get("TINYLIB_TRACEBACK"):
+                raise
+            print(f"error: {e}", file=sys.stderr, flush=True)
+            raise SystemExit(2) from None
+
+    return boundary
+
+
 def config_parser(cls: type[TrainConfig] = TrainConfig, prog: str = "python -m tinylib.train",
                   description: str | None = None) -> argparse.ArgumentParser:
     """`--config file.json` and one flag per field of `cls` (TrainConfig, or fine-tuning's subclass)."""
@@ -315,6 +372,19 @@ def config_parser(cls: type[TrainConfig] = TrainConfig, prog: str = "python -m t
     return parser
 
 
+def read_config_file(path: str | Path) -> dict:
+    """The fields in a `--config` JSON file, with a message naming the file and the place that is wrong."""
+    path = Path(path)
+    try:
+        base = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"--config {path}: not valid JSON: {e.msg} at line {e.lineno}, column {e.colno}"
+                         ) from None
+    if not isinstance(base, dict):
+        raise ValueError(f"--config {path}: expected a JSON object of fields, got {type(base).__name__}")
+    return base
+
+
 def config_from_args(argv: list[str] | argparse.Namespace | None = None, cls: type[TrainConfig] = TrainConfig,
                      description: str | None = None) -> TrainConfig:
     """A `cls` from `--config file.json` and one flag per field (flags win over the file). `argv` may also be
@@ -323,6 +393,6 @@ def config_from_args(argv: list[str] | argparse.Namespace | None = None, cls: ty
         argv = config_parser(cls, description=description).parse_args(argv)
     fields = {f.name for f in dataclasses.fields(cls)}
     args = {k: v for k, v in vars(argv).items() if k in fields or k == "config"}
-    base = json.loads(Path(args.pop("config")).read_text()) if args.get("config") else {}
+    base = read_config_file(args.pop("config")) if args.get("config") else {}
     base.update({k: v for k, v in args.items() if v is not None})
     return cls.from_dict(base)

@@ -36,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tinylib.config import entry_point
 from tinylib.paths import DATA_DIR, atomic_writer, write_atomic
 from tinylib.stories import EOT, check_text_file, check_version, file_sha256, find_tinystories, iter_stories
 from tinylib.tokenizer import Tokenizer, get_tokenizer
@@ -336,7 +337,26 @@ def open_split(
         )
     if n == 0:
         raise ValueError(f"{path} holds no tokens; {_prepare_hint(data_dir)}")
-    return np.memmap(path, dtype=expected, mode="r", shape=(n,))
+    tokens = np.memmap(path, dtype=expected, mode="r", shape=(n,))
+    check_ids(tokens, meta["vocab_size"], path, data_dir)
+    return tokens
+
+
+ID_SAMPLE = 1 << 20  # tokens read at each of the start, the middle and the end of a split
+
+
+def check_ids(tokens: np.ndarray, vocab_size: int, path: Path, data_dir: Path) -> None:
+    """Refuse a token file whose ids do not fit meta.json's vocabulary (a meta.json copied from another
+    folder, a file written by another tokenizer): the model would fail deep inside its embedding. Reads
+    3 x ID_SAMPLE tokens, so a large split opens at once; a lying meta.json shows within them."""
+    n = len(tokens)
+    spots = sorted({0, max(0, n // 2 - ID_SAMPLE // 2), max(0, n - ID_SAMPLE)})
+    top = max(int(tokens[s: s + ID_SAMPLE].max()) for s in spots)
+    if top >= vocab_size:
+        raise ValueError(f"{path} holds token id {top:,} but meta.json's vocabulary has {vocab_size:,} ids "
+                         f"(tokenizer {read_meta(data_dir)['tokenizer'].get('name')!r}): the tokens were "
+                         f"written by another tokenizer, or meta.json belongs to another folder; "
+                         f"{_prepare_hint(data_dir)}")
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -374,6 +394,7 @@ def data_report(data_dir: str | os.PathLike) -> str:
     return "\n".join(lines)
 
 
+@entry_point
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         prog="python -m tinylib.data", description="Tokenize TinyStories into train.bin/val.bin/meta.json."

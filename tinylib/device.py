@@ -12,11 +12,12 @@ import datetime
 import os
 import platform
 from contextlib import nullcontext
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
-from tinylib.config import TrainConfig, param_counts
+from tinylib.config import ModelConfig, TrainConfig, param_counts
 
 # The short names used in configs, checkpoints and tables, and the torch dtypes they stand for.
 DTYPES: dict[str, torch.dtype] = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -133,12 +134,35 @@ def compile_plan(cfg: TrainConfig, device: torch.device) -> tuple[bool, str]:
     return use, "eager" if use and device.type == "cpu" else "sdpa"
 
 
-def check_fits(model: torch.nn.Module, device: torch.device, cfg: TrainConfig) -> None:
-    """Fail early, with numbers, when weights + AdamW state clearly cannot fit on the device."""
-    if device.type != "cuda":
-        return
-    need = param_counts(model.cfg).total * 16  # fp32 weights + grads + two Adam moments
-    free, _ = torch.cuda.mem_get_info(device)
-    if need > free:
-        raise RuntimeError(f"preset {cfg.preset!r} needs ~{need / 2**30:.1f} GiB for weights, gradients and "
-                           f"AdamW state but {device} has {free / 2**30:.1f} GiB free; pick a smaller preset")
+def available_memory(device: torch.device) -> int | None:
+    """Bytes a new allocation can take on `device`: free GPU memory, or the host's MemAvailable (None: not
+    known here, e.g. MPS or a system without /proc/meminfo)."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    if device.type != "cpu":
+        return None
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_fits(model_cfg: ModelConfig, device: torch.device, *, training: bool, what: str) -> None:
+    """Before a model is allocated: refuse, with numbers, one whose parameters cannot fit the memory
+    available (fp32 weights; when training also their gradients and AdamW's two moments: 16 bytes each). A
+    config.json or a typo can ask for terabytes; allocating first would take the machine's memory with it."""
+    n = param_counts(model_cfg).total
+    per = 16 if training else 4
+    need, free = n * per, available_memory(device)
+    if free is not None and need > free:
+        parts = "weights, gradients and AdamW state" if training else "weights"
+        raise ValueError(
+            f"{what} has {n:,} parameters (d_model {model_cfg.d_model}, {model_cfg.n_layer} layers, vocab "
+            f"{model_cfg.vocab_size:,}): its {parts} need {need / 2**30:,.1f} GiB ({per} bytes per "
+            f"parameter) but {device} has {free / 2**30:,.1f} GiB available; pick a smaller model")

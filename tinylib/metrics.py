@@ -18,6 +18,7 @@ from __future__ import annotations
 import atexit
 import json
 import os
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
@@ -55,7 +56,20 @@ def read_metrics(path: str | os.PathLike) -> list[dict]:
         path = path / "metrics.jsonl"
     if not path.is_file():
         raise FileNotFoundError(f"no metrics log at {path}: train a run first (python -m tinylib.train ...)")
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = path.read_text().splitlines()
+    records = []
+    for i, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except ValueError as e:
+            if any(rest.strip() for rest in lines[i:]):  # damage inside the log is not a torn write: say so
+                raise ValueError(f"{path}:{i}: not a JSON record ({e}); repair or delete that line") from None
+            # a crash or a full disk mid-write leaves a torn last line: it held one record, the rest is sound
+            warnings.warn(f"{path}:{i}: dropped a torn last line (a write cut off by a crash or a full "
+                          f"disk): {line[:60]!r}", stacklevel=2)
+    return records
 
 
 def plot_runs(runs, metrics=("train_loss", "val_loss"), x: str = "tokens", ax=None, labels=None):

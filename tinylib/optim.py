@@ -3,7 +3,7 @@
 `configure_optimizer(model, cfg)` builds what a run trains with: AdamW with weight decay on matrices only, or
 with `cfg.optimizer == "muon"` Muon for the matrices inside the blocks and AdamW for the rest. Every group
 records its peak lr; `lr_scale` is the schedule, one factor on every peak, `set_lr_factor` the one place the
-lr is written (the divergence guard lowers the peaks with `lower_peak_lr`), and `TimePlan` plans how many
+lr is written (the divergence guard lowers the peaks with `set_peak_lrs`), and `TimePlan` plans how many
 steps the schedule spans when a run is given a time instead of a step count. What it leaves to others: the
 step itself (`tinylib.train`).
 
@@ -159,10 +159,10 @@ def set_lr_factor(optimizer: torch.optim.Optimizer, factor: float) -> None:
         group["lr"] = group["base_lr"] * factor
 
 
-def lower_peak_lr(optimizer: torch.optim.Optimizer, factor: float) -> None:
-    """Multiply every group's peak lr by factor (the divergence guard, after a rollback)."""
-    for group in optimizer.param_groups:
-        group["base_lr"] *= factor
+def set_peak_lrs(optimizer: torch.optim.Optimizer, peaks: list[float]) -> None:
+    """Set every group's peak lr (the divergence guard, after a rollback has restored the optimizer)."""
+    for group, peak in zip(optimizer.param_groups, peaks, strict=True):
+        group["base_lr"] = peak
 
 
 def current_lr(optimizer: torch.optim.Optimizer) -> float:

@@ -39,8 +39,13 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm.auto import tqdm
 
 from tinylib.batches import RandomBatches
-from tinylib.checkpoint import CheckpointError, DiskFullError, TrainState, rng_state, set_rng_state
-from tinylib.config import TrainConfig, config_from_args, param_counts
+from tinylib.checkpoint import (
+    TrainState,
+    load_meta,
+    rng_state,
+    set_rng_state,
+)
+from tinylib.config import TrainConfig, config_from_args, entry_point, param_counts
 from tinylib.data import open_split, read_meta
 from tinylib.device import (
     autocast_context,
@@ -52,12 +57,11 @@ from tinylib.device import (
 )
 from tinylib.evaluate import bits_per_byte, evaluate_loss
 from tinylib.faults import (
-    DivergenceError,
     DivergenceGuard,
-    LostRankError,
-    RunLockedError,
     StopSignals,
     Watchdog,
+    claim_run_folder,
+    free_run_folder,
     lost_rank,
     run_lock,
 )
@@ -66,7 +70,7 @@ from tinylib.fp8 import to_float8_training
 from tinylib.generate import generate
 from tinylib.metrics import MetricsLog, tracking_hook
 from tinylib.model import Transformer, build_model
-from tinylib.optim import TimePlan, configure_optimizer, current_lr, lr_scale, set_lr_factor
+from tinylib.optim import TimePlan, configure_optimizer, current_lr, lr_scale, peak_lrs, set_lr_factor
 from tinylib.paths import CHECKPOINTS_DIR
 from tinylib.tokenizer import Tokenizer, get_tokenizer
 
@@ -203,6 +207,13 @@ def validation_loss(val_tokens: np.ndarray, data_meta: dict) -> Callable[[Run, T
     return evaluate
 
 
+def run_folder(cfg: TrainConfig) -> Path:
+    """cfg.out_dir, else checkpoints/<preset>-<data>: -2, -3, ... when taken (with resume: the newest)."""
+    if cfg.out_dir:
+        return Path(cfg.out_dir)
+    return free_run_folder(CHECKPOINTS_DIR / f"{cfg.preset}-{Path(cfg.data).name}", cfg.resume)
+
+
 def setup(cfg: TrainConfig, on_record: Callable[[dict], None] | None,
           stack: ExitStack) -> tuple[Run, TrainState]:
     """Devices, data, model, optimizer and data stream; the saved state when resuming. `stack` holds the
@@ -213,9 +224,14 @@ def setup(cfg: TrainConfig, on_record: Callable[[dict], None] | None,
     meta = read_meta(cfg.data)
     tokenizer = get_tokenizer(meta["tokenizer"]["name"])
     train_tokens = open_split(cfg.data, "train", tokenizer)
-    out_dir = Path(cfg.out_dir) if cfg.out_dir else CHECKPOINTS_DIR / f"{cfg.preset}-{Path(cfg.data).name}"
-    if rank == 0:  # before anything in out_dir is touched: one run per folder
+    # a bad preset or override, or a model too large for the memory, is refused before out_dir is made
+    check_fits(cfg.model_config(meta["vocab_size"]), device, training=True, what=f"preset {cfg.preset!r}")
+    out_dir = run_folder(cfg)
+    if rank == 0:  # before anything in out_dir is touched: one run per folder, and never over another
         stack.enter_context(run_lock(out_dir))
+        moved = claim_run_folder(out_dir, resume=cfg.resume, overwrite=cfg.overwrite)
+        if moved:
+            print(moved)
     run = Run(cfg, rank, world, device, dtype, out_dir, tokenizer, accum=cfg.grad_accum_steps(world),
               evaluate=validation_loss(open_split(cfg.data, "val", tokenizer), meta),
               peak_flops=peak_flops(device, dtype_name(dtype)),  # before seeding: a CPU peak is measured
@@ -227,12 +243,15 @@ def setup(cfg: TrainConfig, on_record: Callable[[dict], None] | None,
     model = build_model(cfg, meta["vocab_size"], attn_impl).to(device)
     if cfg.fp8:  # torchao float8 for the block matmuls; refuses on hardware without FP8 units
         to_float8_training(model)
-    check_fits(model, device, cfg)
     batches = RandomBatches(train_tokens, cfg.batch_size, cfg.seq_len, seed=cfg.seed, rank=rank,
                             world_size=world)
     state = TrainState(model, configure_optimizer(model, cfg, device), batches,
                        total_steps=cfg.planned_steps(run.tokens_per_step))
     resume(run, state)
+    if cfg.resume and state.step and state.total_steps is not None and state.step >= state.total_steps:
+        run.say(f"the run in {out_dir} is finished: step {state.step} of the {state.total_steps} it planned, "
+                "so there is nothing left to train (a resumed run keeps the schedule it began with; "
+                "--max-steps does not extend it). To train further, start a new run in another --out-dir")
     module = torch.compile(model) if use_compile else model
     if world > 1:
         module = DDP(module, device_ids=[device.index] if device.type == "cuda" else None)
@@ -258,8 +277,14 @@ def resume(run: Run, state: TrainState) -> None:
     if resumed:
         run.budget = None  # a resumed run keeps the schedule it was given
         run.done_at = state.step  # evaluated and saved before the interruption
+        rollbacks = load_meta(resumed).get("guard_rollbacks", 0)
+        if run.guard and rollbacks:  # the guard's lowered lr is in the optimizer state restored above
+            run.guard.rollbacks = run.meta["guard_rollbacks"] = rollbacks
         run.say("".join(f"skipped damaged checkpoint {note}\n" for note in passed_over)
-                + f"resumed from {resumed} at step {state.step} ({state.tokens_seen:,} tokens)")
+                + f"resumed from {resumed} at step {state.step} ({state.tokens_seen:,} tokens)"
+                + (f"; the divergence guard rolled back {rollbacks} time(s): peak lr "
+                   f"{', '.join(f'{lr:.3g}' for lr in dict.fromkeys(peak_lrs(state.optimizer)))}"
+                   if rollbacks else ""))
     if run.master and run.log:  # a resumed run redoes the steps logged after its save; a new run starts anew
         run.log.truncate_after(state.step if state.step else -1)
     if run.master and cfg.log_to:  # the same records to TensorBoard/trackio/W&B; a resumed run continues
@@ -400,15 +425,19 @@ def take_step(run: Run, state: TrainState) -> tuple[bool, torch.Tensor | None]:
     set_lr_factor(state.optimizer, lr_scale(
         state.step, warmup=cfg.warmup_steps, floor=cfg.min_lr_ratio, schedule=cfg.schedule,
         total=state.total_steps if state.total_steps is not None else 10**9))
+    if run.guard.pending is None:  # the weights the first step (or the first after a rollback) starts from
+        run.guard.watch(state.model)
     _, grad_norm = train_step(state, micro, grad_clip=cfg.grad_clip, dtype=run.dtype,
                               accept=partial(run.guard.accept, step))
     run.train_loss = run.guard.loss  # the guard's verdict waited for the device: honest timing
     if run.watchdog:
         run.watchdog.beat()
     if state.step == step:
+        run.guard.watch(state.model)  # judged with the next step's verdict
         return True, grad_norm
     if run.guard.must_roll_back():
         run.say(run.guard.roll_back(state, run.out_dir, run.tokenizer.name, run.log))
+        run.meta["guard_rollbacks"] = run.guard.rollbacks  # with the lowered peak lrs, in every checkpoint
         run.done_at = state.step
     return False, grad_norm
 
@@ -459,16 +488,21 @@ def run_loop(run: Run, state: TrainState) -> TrainResult:
 
 # --- command line -------------------------------------------------------------------------------------------
 
+@entry_point  # a user's mistake or a fault they can act on: `error: ...`, exit status 2, no traceback
 def main(argv: list[str] | None = None) -> None:
-    try:
-        result = train(config_from_args(argv, description=__doc__.split("\n\n")[0]))
-    except (RunLockedError, CheckpointError, DiskFullError, DivergenceError, LostRankError) as e:
-        sys.exit(f"error: {e}")  # a fault the user can act on: the message, no traceback, exit status 1
+    cfg = config_from_args(argv, description=__doc__.split("\n\n")[0])
+    if cfg.resume and not run_folder(cfg).is_dir():
+        raise FileNotFoundError(f"--resume: {run_folder(cfg)} does not exist, so there is no run to "
+                                "continue; check --out-dir, or leave out --resume to start a new run")
+    result = train(cfg)
     if int(os.environ.get("RANK", "0")) == 0:
         figures = {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(result).items()}
         print(json.dumps(figures))
         if result.stopped_by:
-            args = [a for a in (sys.argv[1:] if argv is None else argv) if a != "--resume"]
+            given = sys.argv[1:] if argv is None else argv
+            args = [a for a in given if a not in ("--resume", "--overwrite")]
+            if not any(a.startswith("--out-dir") for a in args):  # the default folder may have been -2, -3
+                args += ["--out-dir", str(result.out_dir)]
             print(f"stopped by {result.stopped_by} at step {result.step}, saved in {result.out_dir}/latest; "
                   f"resume with: python -m tinylib.train {shlex.join(args)} --resume", flush=True)
     if dist.is_initialized():

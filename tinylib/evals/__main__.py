@@ -10,6 +10,7 @@ import argparse
 import json
 import sys
 
+from tinylib.config import entry_point
 from tinylib.evals.families import Benchmark, build_benchmark
 from tinylib.evals.items import ItemFileError, read_items
 from tinylib.evals.models import NAMES, VocabMismatchError, available, run_folder
@@ -17,6 +18,7 @@ from tinylib.evals.report import comparison_markdown, evaluate, write_reports
 from tinylib.paths import write_atomic
 
 
+@entry_point
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m tinylib.evals", description=__doc__.splitlines()[0])
     p.add_argument("--model", action="append", default=[],

@@ -55,7 +55,7 @@ import yaml
 
 from tinylib.budget import token_target
 from tinylib.checkpoint import load_meta, load_model, load_tokenizer
-from tinylib.config import PRESETS, ModelConfig, TrainConfig, get_config
+from tinylib.config import PRESETS, ModelConfig, TrainConfig, entry_point, get_config
 from tinylib.data import read_meta
 from tinylib.experiments.results import Clock, last_values, write_results
 from tinylib.experiments.status import Status, run_status
@@ -126,6 +126,8 @@ def _numbers(d: dict) -> dict:
 
 
 def _check_keys(where: str, got: dict, known, what: str) -> None:
+    if not isinstance(got, dict):
+        raise ValueError(f"{where}: expected a mapping of {what} (key: value lines), got {got!r}")
     unknown = sorted(set(got) - set(known))
     if unknown:
         raise ValueError(f"{where}: unknown {what} {unknown}; known: {sorted(known)}")
@@ -330,6 +332,7 @@ def run_next(exps: ExperimentList, *, log_to: str | None = None, progress: bool 
     return results[0] if results else None
 
 
+@entry_point
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tinylib.experiments", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)

@@ -6,9 +6,10 @@ What this module does:
   story begins. Training prompts are built by the same function, so a request looks exactly like training.
 - Downloads `TinyStories-Instruct-{train,valid}.txt` from the Hugging Face dataset
   `roneneldan/TinyStoriesInstruct` with tinylib.download (resume, size check, renamed when whole).
-- Parses the files: each example is some of "Features:", "Words:", "Summary:", "Random sentence:" lines, then
-  "Story:" and the story, then `<|endoftext|>`. Fields come in any order; prompts write them in one order.
-  An example without a "Story:" part, or with an empty story, is reported with its line number and skipped.
+- Parses the files: each example is some of "Features:", "Words:", "Summary:", "Random sentence:" lines and
+  "Story:" with the story, then `<|endoftext|>`. Fields are read by header in any order (a "Summary:" after
+  the story is the summary); prompts write them in one order. An unknown header is reported with its
+  file:line and left out; an example without a "Story:" part, or with an empty story, is reported and skipped.
 - `derived_examples`: when the official files are out of reach, a clearly labelled derived set built from
   plain stories (../shared): words drawn from the story, features detected from its text (dialogue by quotes).
   It teaches the format and word inclusion, not the real constraints: summaries are left out.
@@ -110,29 +111,46 @@ def _split_list(value: str) -> tuple[str, ...]:
     return tuple(v.strip() for v in value.split(",") if v.strip())
 
 
+HEADER = re.compile(r"([A-Z][A-Za-z ]{0,29}):(?=\s|$)")  # what a field's header looks like: "Moral: ..."
+
+
 def _example(lines: list[tuple[int, str]], source: str, problems: list[str]) -> Example | None:
-    """One example's (line number, text) lines as an Example, or None and a problem naming its first line."""
+    """One example's (line number, text) lines as an Example, or None and a problem naming its first line.
+
+    Fields are read by their headers, in any order, before or after the story: the story runs from "Story:"
+    to the next known header (the official files put "Summary:" after the story in some records). A line
+    that looks like an unknown header ("Moral: ...") is reported with its line and left out, not glued onto
+    the field before it."""
     first = next((n for n, s in lines if s.strip()), None)
     if first is None:
         return None  # blank space between examples
+    where = f"{source}:{first}"
     fields_: dict[str, list[str]] = {}
     story: list[str] | None = None
-    current: str | None = None
+    current: str | None = None  # the part the next line without a header continues ("" : an ignored one)
     for n, text in lines:
-        if story is not None:
+        name = next((f for f in (*FIELDS, STORY) if text.startswith(f)), None)
+        if name is not None and (name in fields_ or (name == STORY and story is not None)):
+            problems.append(f"{source}:{n}: a second {name!r} in the example that starts at line {first}; "
+                            "example skipped (is an <|endoftext|> missing before it?)")
+            return None
+        if name == STORY:
+            story, current = [text[len(STORY):]], STORY
+        elif name is not None:
+            current, fields_[name] = name, [text[len(name):].strip()]
+        elif current == STORY:
             story.append(text)
-        elif text.startswith(STORY):
-            story = [text[len(STORY):]]
-        elif (name := next((f for f in FIELDS if text.startswith(f)), None)) is not None:
-            current = name
-            fields_[name] = [text[len(name):].strip()]
+        elif (header := HEADER.match(text)) is not None:
+            problems.append(f"{source}:{n}: unknown header {header.group(1) + ':'!r} (known: "
+                            f"{', '.join(FIELDS + (STORY,))}); line left out")
+            current = ""
         elif current is not None:
-            fields_[current].append(text.strip())  # a field that runs over several lines
+            if current:
+                fields_[current].append(text.strip())  # a field that runs over several lines
         elif text.strip():
             problems.append(f"{source}:{n}: text before any field ({text.strip()[:40]!r}); expected lines "
                             f"like 'Words: ...' and then 'Story:'; example skipped")
             return None
-    where = f"{source}:{first}"
     if story is None:
         problems.append(f"{where}: example without a 'Story:' part; skipped (there is no response to train "
                         f"on)")

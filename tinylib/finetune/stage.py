@@ -32,10 +32,10 @@ from pathlib import Path
 import torch
 
 from tinylib.checkpoint import TrainState, load_meta, load_model, load_tokenizer, resolve
-from tinylib.config import TrainConfig, config_from_args, config_parser
+from tinylib.config import TrainConfig, config_from_args, config_parser, entry_point
 from tinylib.device import pick_device, pick_dtype
 from tinylib.evaluate import mean_loss
-from tinylib.faults import DivergenceGuard, StopSignals, run_lock
+from tinylib.faults import DivergenceGuard, StopSignals, claim_run_folder, free_run_folder, run_lock
 from tinylib.finetune import instruct
 from tinylib.finetune.batches import LAYOUTS, WindowBatches, Windows, encode_examples, make_windows
 from tinylib.finetune.instruct import Example, Parsed
@@ -199,7 +199,9 @@ def finetune(cfg: FinetuneConfig, on_record: Callable[[dict], None] | None = Non
               f"{evals['before']['word_inclusion']:.1%}")
 
     run_name = parent.parent.name if parent.name in ("best", "latest") else parent.name
-    out_dir = None if cfg.out_dir == "" else Path(cfg.out_dir or CHECKPOINTS_DIR / f"instruct-{run_name}")
+    default = CHECKPOINTS_DIR / f"instruct-{run_name}"
+    out_dir = None if cfg.out_dir == "" else (Path(cfg.out_dir) if cfg.out_dir else
+                                               free_run_folder(default, cfg.resume))
     if out_dir is None and (cfg.log_to or cfg.resume):
         raise ValueError(f"out_dir='' saves nothing, so log_to={cfg.log_to!r} and resume={cfg.resume} have "
                          "no run folder to use; give an out_dir")
@@ -226,6 +228,9 @@ def finetune(cfg: FinetuneConfig, on_record: Callable[[dict], None] | None = Non
     with ExitStack() as stack:
         if out_dir:
             stack.enter_context(run_lock(out_dir))
+            moved = claim_run_folder(out_dir, resume=cfg.resume, overwrite=cfg.overwrite)
+            if moved:
+                _say(cfg, moved)
         run = Run(cfg, 0, 1, device, dtype, out_dir, tok, accum=cfg.grad_accum_steps(1), evaluate=evaluate,
                   log=MetricsLog(out_dir / "metrics.jsonl") if out_dir else None, on_record=record, draw=draw,
                   save_best=False, guard=DivergenceGuard(cfg, 1, stack.enter_context(StopSignals())),
@@ -277,6 +282,7 @@ def compare_packing(cfg: FinetuneConfig, steps: int, layouts: Sequence[str] = LA
 
 # --- command line -------------------------------------------------------------------------------------------
 
+@entry_point
 def main(argv: list[str] | None = None) -> None:
     parser = config_parser(FinetuneConfig, "python -m tinylib.finetune", __doc__.split("\n\n")[0])
     parser.add_argument("--compare-steps", type=int, default=0,

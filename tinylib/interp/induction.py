@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 
 from tinylib.batches import RandomBatches, sequential_batches
 from tinylib.checkpoint import TrainState, load_model, save_checkpoint
-from tinylib.config import TrainConfig
+from tinylib.config import TrainConfig, entry_point
 from tinylib.data import open_split, read_meta
 from tinylib.device import pick_dtype
 from tinylib.interp.attention import ordinary_ids, repeated_tokens, scores_from_patterns
@@ -318,6 +318,7 @@ def plot_phase_change(runs: dict[str, list[dict]], threshold: float = 0.5):
 
 # --- command line --------------------------------------------------------------------------------------
 
+@entry_point
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m tinylib.interp.induction",
                                      description=__doc__.split("\n")[0])
