@@ -268,3 +268,20 @@ def test_seeds_expand_to_one_run_each_and_results_show_mean_std_and_paired_diffe
                                                           {"name": "x_seed1", "budget": {"steps": 2}}])
     with pytest.raises(ValueError, match="duplicate experiment names"):
         load_experiments(tmp_path / "dupe.yaml")
+
+
+def test_list_reads_a_metrics_log_with_a_torn_last_line(tmp_path):
+    """A crash or a full disk mid-write leaves a torn last line: list warns and shows the records before it
+    (it failed with a JSONDecodeError naming no file)."""
+    file = tmp_path / "torn.yaml"
+    file.write_text(yaml.safe_dump({"out_dir": str(tmp_path / "runs"),
+                                    "experiments": [{"name": "a", "budget": {"steps": 2}}]}))
+    run = tmp_path / "runs" / "a"
+    run.mkdir(parents=True)
+    (run / "metrics.jsonl").write_text('{"step": 1, "tokens": 512, "val_loss": 5.5, "val_bpb": 3.1}\n'
+                                       '{"step": 2, "tokens": 1024, "train_lo')
+    proc = subprocess.run([sys.executable, "-m", "tinylib.experiments", "list", str(file)],
+                          capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    assert f"{run / 'metrics.jsonl'}:2: dropped a torn last line" in proc.stderr
+    assert "5.500" in proc.stdout and "interrupted" in proc.stdout
