@@ -180,7 +180,8 @@ def word_mask(tokenizer: Any, tokens: torch.Tensor, words: Sequence[str]) -> tor
     """Bool mask [B, T]: True at the LAST token of every whole-word occurrence of any of `words` in tokens
     [B, T], in the forms word, Word (capitalised), word in lower case, with and without a leading space."""
     B, T = tokens.shape
-    text = [[tokenizer.decode([int(i)]) for i in row] for row in tokens]  # each token's own text
+    # each token's own text, its leading space kept (SentencePiece's decode([i]) would drop it)
+    text = [[tokenizer.token_bytes(int(i)).decode("utf-8", "replace") for i in row] for row in tokens]
     mask = torch.zeros(B, T, dtype=torch.bool)
     for word in words:
         for form in {word, word.capitalize(), word.lower()}:

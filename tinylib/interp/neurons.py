@@ -92,6 +92,13 @@ def story_html(labels: Sequence[str], acts: torch.Tensor, *, title: str = "",
             f'{head}{"".join(spans)}</div>')
 
 
+def _piece(tokenizer: Any, i: int) -> str:
+    """One token's own text, its leading space kept (SentencePiece's `decode([i])` drops it)."""
+    if hasattr(tokenizer, "token_bytes"):
+        return tokenizer.token_bytes(i).decode("utf-8", errors="replace")
+    return tokenizer.decode([i])
+
+
 def word_positions(tokenizer: Any, tokens: torch.Tensor, words: Sequence[str]) -> torch.Tensor:
     """Bool mask [B, T]: True at the last token of every whole-word occurrence of any word (as " word",
     "word", capitalised). Whole words: the tokens before and after the match do not continue it with a
@@ -106,7 +113,7 @@ def word_positions(tokenizer: Any, tokens: torch.Tensor, words: Sequence[str]) -
     B, T = tokens.shape
     # for every id present: does its text start, or end, with a letter or digit?
     uniq, inv = tokens.unique(return_inverse=True)
-    texts = [tokenizer.decode([int(i)]) for i in uniq]
+    texts = [_piece(tokenizer, int(i)) for i in uniq]
     starts_word = torch.tensor([t[:1].isalnum() for t in texts], dtype=torch.bool)[inv]  # [B, T]
     ends_word = torch.tensor([t[-1:].isalnum() for t in texts], dtype=torch.bool)[inv]
     mask = torch.zeros(tokens.shape, dtype=torch.bool)
