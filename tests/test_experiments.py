@@ -285,3 +285,17 @@ def test_list_reads_a_metrics_log_with_a_torn_last_line(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert f"{run / 'metrics.jsonl'}:2: dropped a torn last line" in proc.stderr
     assert "5.500" in proc.stdout and "interrupted" in proc.stdout
+
+
+def test_a_run_killed_before_its_result_is_finished_by_run_next(data_dir, tmp_path, capsys):
+    """Trained to its last step, killed while sampling (no result.json): interrupted, not done; run-next
+    writes its sample and result.json without training again."""
+    exps = load_experiments(write_list(tmp_path / "e.yaml", data_dir,
+                                       [{"name": "a", "budget": {"steps": 2}}]))
+    run_experiment(exps["a"], progress=False)
+    (exps["a"].run_dir / "result.json").unlink()
+    assert str(status(exps["a"])) == "interrupted at step 2 of 2"
+    capsys.readouterr()
+    assert run_next(exps, progress=False)["step"] == 2
+    assert (exps["a"].run_dir / "result.json").is_file() and str(status(exps["a"])) == "done (2 steps)"
+    assert "is finished: step 2 of the 2 it planned" in capsys.readouterr().out

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 
 import numpy as np
 import pytest
@@ -15,7 +16,7 @@ from fakehub import serve
 
 from tinylib import train as train_module
 from tinylib.checkpoint import TrainState, load_meta, load_model
-from tinylib.config import TrainConfig, get_config
+from tinylib.config import TrainConfig, config_parser, get_config
 from tinylib.faults import DivergenceGuard
 from tinylib.finetune import instruct
 from tinylib.finetune.batches import Encoded, WindowBatches, encode_examples, make_windows
@@ -346,3 +347,12 @@ def test_a_time_budget_replans_the_stage_in_the_trainers_loop(tinystories_dir, t
     result = finetune(cfg)
     assert 6 < result.steps < 30 and result.out_dir is None  # planned, then re-planned at each log step
     assert [r["step"] for r in result.log] == list(range(1, result.steps + 1))
+
+
+def test_help_gives_every_flag_its_description_and_default():
+    text = " ".join(config_parser(FinetuneConfig, "python -m tinylib.finetune").format_help().split())
+    assert text.count("(default: ") == len(dataclasses.fields(FinetuneConfig))
+    assert re.search(r"--lr LR AdamW's peak lr [^)]*\) \(default: 0\.001\)", text)  # the field's own comment
+    assert "--warmup-steps WARMUP_STEPS (default: 100)" in text
+    assert ("--parent PARENT the pretrained checkpoint to start from (default: 'checkpoints/reference')"
+            in text)

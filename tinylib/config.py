@@ -20,9 +20,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
+import inspect
 import json
 import math
 import os
+import re
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -358,18 +360,40 @@ def config_parser(cls: type[TrainConfig] = TrainConfig, prog: str = "python -m t
     """`--config file.json` and one flag per field of `cls` (TrainConfig, or fine-tuning's subclass)."""
     parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument("--config", help=f"a JSON file of {cls.__name__} fields; flags here override it")
+    comments = field_comments(cls)
     for f in dataclasses.fields(cls):
         flag = "--" + f.name.replace("_", "-")
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        text = f"{comments.get(f.name, '')} (default: {default!r})".lstrip().replace("%", "%%")
         if f.name == "model_overrides":
-            parser.add_argument(flag, type=json.loads, default=None, help='JSON, e.g. \'{"dropout": 0.1}\'')
+            parser.add_argument(flag, type=json.loads, default=None, help='JSON, e.g. \'{"dropout": 0.1}\'; '
+                                + text)
         elif f.type.startswith("list["):
-            parser.add_argument(flag, nargs="*", default=None, type=int if f.type == "list[int]" else str)
+            parser.add_argument(flag, nargs="*", default=None, type=int if f.type == "list[int]" else str,
+                                help=text)
         elif f.type == "bool":
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=text)
         else:
             kind = {"int": int, "int | None": int, "float | None": float, "float": float}.get(f.type, str)
-            parser.add_argument(flag, type=kind, default=None)
+            parser.add_argument(flag, type=kind, default=None, help=text)
     return parser
+
+
+def field_comments(cls: type) -> dict[str, str]:
+    """Each field's comment in the class source (`name: type = default  # what it does`): the flags' help,
+    written once beside the field. A subclass's comment wins."""
+    found: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if not dataclasses.is_dataclass(klass):
+            continue
+        try:
+            source = inspect.getsource(klass)
+        except (OSError, TypeError):
+            continue
+        for line in source.splitlines():
+            if m := re.match(r"\s+(\w+): [^=#]+=[^#]*#\s*(.+)$", line):
+                found[m.group(1)] = m.group(2)
+    return found
 
 
 def read_config_file(path: str | Path) -> dict:

@@ -248,8 +248,12 @@ def check_runnable(experiments: list[Experiment]) -> None:
 # --- status -------------------------------------------------------------------------------------------------
 
 def status(exp: Experiment, *, holding: bool = False) -> Status:
-    """The experiment's state from its folder (`tinylib.experiments.status`)."""
-    return run_status(exp.run_dir, holding=holding)
+    """The experiment's state from its folder (`tinylib.experiments.status`). A run trained to its last step
+    but killed before its sample and result.json were written is interrupted, so run-next finishes it."""
+    found = run_status(exp.run_dir, holding=holding)
+    if found.state == "done" and not (exp.run_dir / "result.json").is_file():
+        return Status("interrupted", found.step, found.total_steps)
+    return found
 
 
 def list_table(exps: ExperimentList) -> str:
@@ -336,8 +340,13 @@ def run_next(exps: ExperimentList, *, log_to: str | None = None, progress: bool 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tinylib.experiments", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    for name in ("list", "run-next", "run", "run-all", "results"):
-        p = sub.add_parser(name)
+    commands = {"list": "each experiment's status, last val loss, bpb and tokens",
+                "run-next": "run (or resume) the first experiment that is neither done nor running elsewhere",
+                "run": "run (or resume) one experiment by name",
+                "run-all": "run (or resume) every experiment not done, one after another",
+                "results": "write the results table, curves and plots of the finished runs"}
+    for name, what in commands.items():
+        p = sub.add_parser(name, help=what, description=what)
         p.add_argument("file", help="an experiments YAML file, e.g. experiments/cpu_study.yaml")
         if name == "run":
             p.add_argument("name", help="the experiment to run (or resume)")
@@ -369,6 +378,9 @@ def main(argv: list[str] | None = None) -> int:
             run_all(exps, **kw)
         print(list_table(exps))
         return 0
-    except (ValueError, KeyError, FileNotFoundError, RunLockedError, ExperimentStopped) as e:
+    except ExperimentStopped as e:  # saved at a step boundary, as the trainer does on SIGTERM: not an error
+        print(e, file=sys.stderr)
+        return 0
+    except (ValueError, KeyError, FileNotFoundError, RunLockedError) as e:
         print(f"error: {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr)
         return 2
