@@ -108,6 +108,14 @@ CASES = {
         "your centred_accuracy and bootstrap_interval reproduce the table's numbers ✓",
         "all counted wrong;", "every schema item is a tie", "your pair scored by every model ✓",
         "an item where the lower loss is not the right answer ✓")),
+    "14_sparse_autoencoders": ((), (  # smoke mode reads the shipped experiments/results/compare/
+        "your sae_loss == SparseAutoencoder's on the model's activations ✓",
+        "your topk_activation == the autoencoder's, L0 <= k ✓", "reconstruction error (per dim, scaled)",
+        "an exact identity spliced in leaves the loss unchanged ✓", "your loss_recovered == evaluate_sae's ✓",
+        "your label_entropy == context_entropy's ✓",
+        "neurons and features of one layer measured with intervals ✓",
+        "steering with a feature at strength 0 equals plain generation token for token ✓",
+        "every stated difference recomputed from the results ✓")),
 }
 
 
