@@ -32,6 +32,7 @@ from tinylib.checkpoint import (
     CheckpointError,
     CheckpointMismatchError,
     TrainState,
+    damage,
     load_model,
     load_state,
     step_of,
@@ -522,3 +523,23 @@ def test_resume_edge_cases(data_dir, tmp_path, capsys):
     train(config(data_dir, out, max_steps=60, resume=True))
     assert (f"the run in {out} is finished: step 8 of the 8 it planned, so there is nothing left to train"
             in capsys.readouterr().out)
+
+
+def test_stale_temp_folders_a_symlinked_latest_and_a_grown_state_file(data_dir, tmp_path):
+    """A .latest.tmp-* left by SIGKILL is removed by the next save (one checkpoint's bytes each); a latest/
+    that is a symlink is replaced with --keep-previous 0 (the second save failed with NotADirectoryError);
+    a state.pt that grew is not called 'cut off'."""
+    out = tmp_path / "run"
+    train(config(data_dir, out, until_step=4, save_every=2, keep_previous=0))
+    (out / ".latest.tmp-killed").mkdir()
+    (out / ".latest.tmp-killed" / "model.safetensors").write_bytes(b"x" * 1000)
+    elsewhere = tmp_path / "elsewhere"
+    (out / "latest").rename(elsewhere)
+    (out / "latest").symlink_to(elsewhere)
+    train(config(data_dir, out, save_every=2, keep_previous=0, resume=True))
+    assert not list(out.glob(".latest.tmp-*")) and not (out / "latest").is_symlink()
+    assert step_of(out / "latest") == STEPS and step_of(elsewhere) == 4  # the link went, not its target
+    with (out / "latest" / "state.pt").open("ab") as f:
+        f.write(b"extra")
+    assert "state.pt has" in damage(out / "latest") and "(grown since: appended to or replaced)" in damage(
+        out / "latest")

@@ -101,7 +101,8 @@ def damage(folder: str | Path, only: tuple[str, ...] | None = None) -> str | Non
         except OSError as e:  # e.g. moved away by another rank
             return f"{name} is unreadable ({e})"
         if size != want["bytes"]:
-            return f"{name} has {size:,} bytes where {want['bytes']:,} were written (cut off)"
+            how = "cut off" if size < want["bytes"] else "grown since: appended to or replaced"
+            return f"{name} has {size:,} bytes where {want['bytes']:,} were written ({how})"
         if digest != want["sha256"]:
             return (f"{name} does not match the SHA-256 recorded when it was written (its bytes changed "
                     "since: a bit flip, a partial copy or an edit)")
@@ -126,17 +127,25 @@ def swap_in(tmp: Path, folder: Path, step: int | None, keep_previous: int) -> No
     """Rename the finished `tmp` to `folder`; the folder it replaces goes to previous/ (or away), and the
     history is cut to `keep_previous`. A crash between the two renames leaves the old one in previous/."""
     old = folder.with_name(f".{folder.name}.old")
-    if folder.exists():
+    if folder.exists() or folder.is_symlink():
         old_step = step_of(folder)
         if keep_previous > 0 and old_step is not None and old_step != step:
             old = folder.parent / HISTORY / f"{folder.name}-step{old_step}"
             old.parent.mkdir(exist_ok=True)
-        shutil.rmtree(old, ignore_errors=True)
+        remove(old)
         folder.rename(old)
     tmp.rename(folder)
-    shutil.rmtree(folder.with_name(f".{folder.name}.old"), ignore_errors=True)
+    remove(folder.with_name(f".{folder.name}.old"))
     for stale in history(folder)[keep_previous:]:
-        shutil.rmtree(stale, ignore_errors=True)
+        remove(stale)
+
+
+def remove(path: Path) -> None:
+    """Delete a checkpoint folder, or only the link when it is a symlink (a user's `latest -> elsewhere`)."""
+    if path.is_symlink():
+        path.unlink()
+    else:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def quarantine(folder: Path) -> Path:
@@ -180,6 +189,16 @@ def is_disk_full(e: BaseException) -> bool:
 
 def disk_full(folder: Path, need: int) -> DiskFullError:
     free = shutil.disk_usage(folder.parent).free
+    try:
+        inodes = os.statvfs(folder.parent).f_favail
+    except (OSError, AttributeError):
+        inodes = None
+    if inodes == 0 and free >= need:  # ENOSPC with bytes to spare: the filesystem has no file entries left
+        return DiskFullError(
+            f"out of inodes: checkpoint {folder} needs a few new files but its filesystem can create no more "
+            f"(it has {free:,} bytes free, so space is not the problem); nothing was written (the files "
+            "already there are intact). Delete files there (or choose another --out-dir), then resume with "
+            "--resume")
     return DiskFullError(
         f"disk full: checkpoint {folder} needs about {need:,} bytes ({need / 2**20:.1f} MiB) but its "
         f"filesystem has {free:,} bytes free; nothing was written (the files already there are intact). "
@@ -202,6 +221,8 @@ def save_checkpoint(folder: str | os.PathLike, model: Transformer, meta: dict, s
     if bad:
         raise CheckpointError(f"refusing to write non-finite weights ({', '.join(bad[:3])}) to {folder}: the "
                               "run diverged. The checkpoint already there is unchanged")
+    for stale in folder.parent.glob(f".{folder.name}.tmp-*"):  # left by a process killed while writing
+        remove(stale)
     need = tensor_bytes(weights) + tensor_bytes(state) + 2**16  # + headers, config and pickle framing
     if shutil.disk_usage(folder.parent).free < need:
         raise disk_full(folder, need)

@@ -62,8 +62,8 @@ class FinetuneConfig(TrainConfig):
     max_steps: int | None = 300  # max_time_s plans the steps that fit (re-planned as it goes), at most these
     # Measured from checkpoints/reference on the derived set (held-out response loss 2.442 before): lr 3e-3
     # with 20 warmup steps raised it to 2.916 by step 25 (2.707 at 50); 1e-3 with 100 warmup steps never rose
-    # above 2.442 in the first 50 steps (2.384 at 10, 2.402 at 50). Over 800 steps 3e-3 had reached 25% word
-    # inclusion against 14.6% for 1e-3: a longer run may raise the lr once the format is learnt.
+    # above 2.442 in the first 50 steps (2.384 at 10, 2.402 at 50), though at its peak it did (2.471 at step
+    # 100, 2.451 at 125). Over 800 steps 3e-3 had reached 25% word inclusion against 14.6% for 1e-3.
     lr: float = 1e-3
     warmup_steps: int = 100
     weight_decay: float = 0.0
