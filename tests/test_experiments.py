@@ -277,7 +277,8 @@ def test_list_reads_a_metrics_log_with_a_torn_last_line(tmp_path):
     file.write_text(yaml.safe_dump({"out_dir": str(tmp_path / "runs"),
                                     "experiments": [{"name": "a", "budget": {"steps": 2}}]}))
     run = tmp_path / "runs" / "a"
-    run.mkdir(parents=True)
+    (run / "latest").mkdir(parents=True)
+    (run / "latest" / "config.json").write_text('{"step": 1, "total_steps": 2}')
     (run / "metrics.jsonl").write_text('{"step": 1, "tokens": 512, "val_loss": 5.5, "val_bpb": 3.1}\n'
                                        '{"step": 2, "tokens": 1024, "train_lo')
     proc = subprocess.run([sys.executable, "-m", "tinylib.experiments", "list", str(file)],
@@ -299,3 +300,25 @@ def test_a_run_killed_before_its_result_is_finished_by_run_next(data_dir, tmp_pa
     assert run_next(exps, progress=False)["step"] == 2
     assert (exps["a"].run_dir / "result.json").is_file() and str(status(exps["a"])) == "done (2 steps)"
     assert "is finished: step 2 of the 2 it planned" in capsys.readouterr().out
+
+
+def test_list_survives_a_damaged_config_json_and_counts_only_saved_tokens(tmp_path):
+    """One run's latest/config.json is damaged: list still shows every run (it failed for the whole YAML);
+    an interrupted run's tokens are those of its saved step, not of the steps logged after it (lost)."""
+    file = tmp_path / "two.yaml"
+    file.write_text(yaml.safe_dump({"out_dir": str(tmp_path / "runs"), "experiments": [
+        {"name": "bad", "budget": {"steps": 10}}, {"name": "cut", "budget": {"steps": 10}}]}))
+    for name in ("bad", "cut"):
+        (tmp_path / "runs" / name / "latest").mkdir(parents=True)
+    (tmp_path / "runs" / "bad" / "latest" / "config.json").write_text('{"step": 4, "tota')
+    (tmp_path / "runs" / "cut" / "latest" / "config.json").write_text('{"step": 2, "total_steps": 10}')
+    (tmp_path / "runs" / "cut" / "metrics.jsonl").write_text("".join(
+        json.dumps({"step": s, "tokens": 512 * s, "val_loss": 6.0 - s / 10, "val_bpb": 3.0}) + "\n"
+        for s in (1, 2, 3, 4)))
+    proc = subprocess.run([sys.executable, "-m", "tinylib.experiments", "list", str(file)],
+                          capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    rows = {line.split()[0]: line for line in proc.stdout.splitlines()[3:]}
+    assert "interrupted (latest/ damaged)" in rows["bad"]
+    assert "interrupted at step 2 of 10" in rows["cut"] and rows["cut"].split()[-1] == "1,024"
+    assert "5.800" in rows["cut"]

@@ -57,12 +57,16 @@ class Clock:
         self.log.write({"step": record["step"], "wall_s": self.offset + time.perf_counter() - self.t0})
 
 
-def last_values(run_dir: str | os.PathLike) -> dict:
-    """The last logged validation loss and bits per byte, and tokens seen, of a started run ({} if none)."""
+def last_values(run_dir: str | os.PathLike, upto_step: int | None = None) -> dict:
+    """The last logged validation loss and bits per byte, and tokens seen, of a started run ({} if none);
+    with `upto_step` (an interrupted run's saved step) only what was logged up to it: the steps after it were
+    lost and will be taken again."""
     try:
         records = read_metrics(run_dir)
     except FileNotFoundError:
         return {}
+    if upto_step is not None:
+        records = [r for r in records if r.get("step", 0) <= upto_step]
     val = [r for r in records if r.get("val_loss") is not None]
     out = {"tokens": max((r.get("tokens", 0) for r in records), default=0)}
     if val:

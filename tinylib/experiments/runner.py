@@ -54,7 +54,7 @@ from pathlib import Path
 import yaml
 
 from tinylib.budget import token_target
-from tinylib.checkpoint import load_meta, load_model, load_tokenizer
+from tinylib.checkpoint import load_model, load_tokenizer, step_of
 from tinylib.config import PRESETS, ModelConfig, TrainConfig, entry_point, get_config
 from tinylib.data import read_meta
 from tinylib.experiments.results import Clock, last_values, write_results
@@ -262,10 +262,11 @@ def list_table(exps: ExperimentList) -> str:
     title = f"{exps.path}: {len(exps.experiments)} experiments, runs in {exps.out_dir}"
     lines = [title, head, "-" * len(head)]
     for exp in exps.experiments:
-        res = last_values(exp.run_dir)
+        state = status(exp)
+        res = last_values(exp.run_dir, (state.step or 0) if state.state == "interrupted" else None)
         budget = ", ".join(f"{k} {v:.3g}" for k, v in exp.budget.items())
         val = f"{res['val_loss']:>8.3f} {res['val_bpb']:>6.3f}" if "val_loss" in res else f"{'-':>8} {'-':>6}"
-        lines.append(f"{exp.name:<24} {exp.preset:<20} {exp.optimizer:<9} {budget:<18} {status(exp)!s:<30} "
+        lines.append(f"{exp.name:<24} {exp.preset:<20} {exp.optimizer:<9} {budget:<18} {state!s:<30} "
                      f"{val} {res.get('tokens', 0):>11,}")
     return "\n".join(lines)
 
@@ -293,7 +294,8 @@ def run_experiment(exp: Experiment, *, log_to: str | None = None, sample_prompt:
         cfg = train_config(exp, log_to)
         cfg.progress = cfg.progress and progress
         latest = exp.run_dir / "latest"
-        start = load_meta(latest)["step"] if (latest / "state.pt").is_file() else 0
+        # step_of is None for a damaged config.json: the trainer then resumes from previous/
+        start = (step_of(latest) or 0) if (latest / "state.pt").is_file() else 0
         clock = Clock(exp.run_dir, start)
         result = train(cfg, on_record=clock)
         if getattr(result, "stopped_by", None):  # SIGINT/SIGTERM: the trainer saved latest/ and returned

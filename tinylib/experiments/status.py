@@ -10,11 +10,11 @@ one (`tinylib.faults`), running (`runner.py` here).
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from tinylib.checkpoint import load_meta
 from tinylib.faults import LOCKS, is_locked
 
 
@@ -23,9 +23,12 @@ class Status:
     state: str  # "not started", "running", "interrupted" or "done"
     step: int | None = None  # of the latest checkpoint
     total_steps: int | None = None
+    damaged: bool = False  # latest/config.json is unreadable
 
     def __str__(self) -> str:
         of = f" of {self.total_steps}" if self.total_steps else ""
+        if self.damaged:
+            return "interrupted (latest/ damaged)"
         if self.state == "interrupted":
             return f"interrupted at step {self.step or 0}{of}"
         if self.state == "running":
@@ -38,10 +41,16 @@ def run_status(run_dir: str | os.PathLike, *, holding: bool = False) -> Status:
     runs it and only the checkpoint decides."""
     run_dir = Path(run_dir)
     latest = run_dir / "latest"
-    meta = load_meta(latest) if (latest / "config.json").is_file() else {}
+    try:
+        meta, damaged = (json.loads((latest / "config.json").read_text())
+                         if (latest / "config.json").is_file() else {}), False
+    except (ValueError, OSError):  # a damaged config.json: resuming falls back to previous/
+        meta, damaged = {}, True
     step, total = meta.get("step"), meta.get("total_steps")
     if not holding and any(is_locked(run_dir / name) for name in LOCKS):
         return Status("running", step, total)
+    if damaged:
+        return Status("interrupted", None, None, damaged=True)
     if meta and total is not None and step >= total:
         return Status("done", step, total)
     if meta or (run_dir / "metrics.jsonl").is_file():
