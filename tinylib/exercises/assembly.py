@@ -23,9 +23,22 @@ from types import SimpleNamespace
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from tinylib.config import ModelConfig
-from tinylib.exercises.nb12_build import ADAMW, small_config, sub, tinylib_model
+from tinylib.engine import SamplingConfig, choose_next
+from tinylib.exercises.nb12_build import (
+    ADAMW,
+    _words_of,
+    merge_ids,
+    pair_counts,
+    small_config,
+    sub,
+    tinylib_model,
+)
+from tinylib.generate import generate as tinylib_generate
+from tinylib.model import Transformer, apply_rope
+from tinylib.train import train_step as tinylib_train_step
 
 LOGIT_ATOL = 1e-4  # fp32: the learner's written-out attention vs tinylib's fused kernel differ by ~1e-6
 STEP_ATOL = 1e-4  # max |weight difference| after five AdamW steps (lr 3e-3: each weight moves up to ~1.5e-2)
@@ -92,7 +105,6 @@ def first_merge_difference(mine: list[tuple[int, int]], theirs: list[tuple[int, 
                            texts: list[str]) -> str | None:
     """None when the merge lists are equal; else where they part, and whether the two pairs had the same count
     there (a tie, broken another way than rustbpe's rule: the larger count, then the smaller pair)."""
-    from tinylib.exercises.nb12_build import _words_of, merge_ids, pair_counts
 
     if mine == theirs:
         return None
@@ -144,7 +156,6 @@ def module_diffs(parts: Parts, model, idx: torch.Tensor) -> list[tuple[str, floa
 
     checks: list[tuple[str, Callable, torch.Tensor]] = []
     if cfg.pos == "rope":
-        from tinylib.model import apply_rope
 
         probe = torch.randn(1, 2, idx.shape[1], cfg.d_head, generator=torch.Generator().manual_seed(0))
         positions = torch.arange(idx.shape[1])
@@ -240,8 +251,6 @@ def check_training(parts: Parts, cfg: ModelConfig | None = None, tokens: np.ndar
     """Five of the learner's training steps (2 micro-batches each, clipping, AdamW) give the weights tinylib's
     `train_step` gives from the same initial weights and batches. Returns the max weight and loss differences;
     raises naming the first step and parameter that differ."""
-    from tinylib.model import Transformer
-    from tinylib.train import train_step as tinylib_train_step
 
     cfg = cfg or small_config("llama", vocab_size=512, d_model=64, max_seq_len=64)
     _supported(cfg)
@@ -325,9 +334,7 @@ def train_learner_model(parts: Parts, cfg: ModelConfig, train_tokens: np.ndarray
     warmup then constant lr, clipping at 1) for `max_steps` (a step count, so the loss reached does not depend
     on how busy the machine is; `seconds` can cut it short); validation loss every `eval_every` steps and at
     the end, on the same `eval_batches` x `batch_size` windows of `val_tokens` each time."""
-    from tqdm.auto import tqdm
 
-    from tinylib.model import Transformer
 
     _supported(cfg)
     parts.need("forward", "train_step")
@@ -406,8 +413,6 @@ def check_sampler(parts: Parts, model, tokenizer, prompt: str, *, n_new: int = 6
     """The learner's `generate` with their KV cache == without it == tinylib's `generate`, id for id, for a
     fixed seed. Returns the ids and text; raises naming what differs first (the cache's layer, the forward,
     or the sampler at a step)."""
-    from tinylib.engine import SamplingConfig, choose_next
-    from tinylib.generate import generate as tinylib_generate
 
     cfg = model.cfg
     parts.need(*MODEL_PARTS, "KVCache", "sample_next", "generate")

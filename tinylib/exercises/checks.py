@@ -27,6 +27,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from tinylib.config import PRESETS, ModelConfig, get_config
+
 Case = tuple[tuple, dict]
 
 
@@ -98,7 +100,6 @@ def describe_config(cfg: Any) -> str:
     """A config as code that rebuilds it: `get_config('llama_tiny', vocab_size=512, n_kv_head=2)` for a
     ModelConfig (the nearest preset and what differs from it), `TrainConfig(lr=0.001)` for another dataclass
     (the fields that differ from the defaults)."""
-    from tinylib.config import PRESETS, ModelConfig, get_config
 
     values = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}
     if isinstance(cfg, ModelConfig):

@@ -28,6 +28,7 @@ from tinylib.engine import SamplingConfig, choose_next, sample_tokens
 from tinylib.exercises.checks import Exercise, check, register, solution
 from tinylib.model import MLP, Attention, RMSNorm, Transformer, apply_rope, rope_tables
 from tinylib.tokenizer import from_ranks
+from tinylib.train import train_step as tinylib_train_step
 
 # what the notebook imports from here; the exercises register themselves
 __all__ = ["check", "solution", "sub", "linear", "merge_ids", "merges_of", "small_config"]
@@ -812,7 +813,6 @@ def _train_case(cfg: ModelConfig, seed: int) -> tuple[dict[str, torch.Tensor], T
 
 
 def _train_step_ref(cfg, seed, steps, grad_clip):
-    from tinylib.train import train_step as tinylib_train_step
 
     _, model = _train_case(cfg, seed)
     optimizer = torch.optim.AdamW(model.parameters(), **ADAMW)
