@@ -17,7 +17,7 @@ from fakehub import serve
 from tinylib import train as train_module
 from tinylib.checkpoint import TrainState, load_meta, load_model
 from tinylib.config import TrainConfig, config_parser, get_config
-from tinylib.faults import DivergenceGuard
+from tinylib.faults import DivergenceGuard, RunExistsError
 from tinylib.finetune import instruct
 from tinylib.finetune.batches import Encoded, WindowBatches, encode_examples, make_windows
 from tinylib.finetune.instruct import (
@@ -356,3 +356,22 @@ def test_help_gives_every_flag_its_description_and_default():
     assert "--warmup-steps WARMUP_STEPS (default: 100)" in text
     assert ("--parent PARENT the pretrained checkpoint to start from (default: 'checkpoints/reference')"
             in text)
+
+
+def test_a_quiet_stage_still_names_the_lines_it_skipped_and_never_replaces_a_run(tmp_path, monkeypatch,
+                                                                                capsys):
+    """--no-progress hid which lines were skipped; a second stage into the same folder replaced the first."""
+    torch.set_num_threads(1)
+    folder = tmp_path / "instruct"
+    folder.mkdir()
+    for name in INSTRUCT_FILES.values():
+        write_bytes(folder / name, PUBLISHED * 8)
+    monkeypatch.setenv("TINYSTORIES_INSTRUCT_DIR", str(folder))
+    cfg = FinetuneConfig(max_steps=2, batch_size=4, eval_prompts=0, eval_examples=8, dtype="fp32",
+                         out_dir=str(tmp_path / "ft"), progress=False, data="official")
+    finetune(cfg)
+    err = capsys.readouterr().err
+    assert re.search(r"\d+ examples skipped or refused:\n  TinyStories-Instruct-\w+.txt:18: unknown header "
+                     r"'Moral:'", err), err
+    with pytest.raises(RunExistsError, match=r"already holds a run .* --resume.* --overwrite"):
+        finetune(cfg)

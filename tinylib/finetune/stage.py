@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 import time
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
@@ -132,7 +133,7 @@ def load_examples(data: str = "auto", max_train_examples: int | None = None) -> 
     whose label says so."""
     if data not in ("auto", "official", "derived"):
         raise ValueError(f"data={data!r}: use 'official', 'derived' or 'auto'")
-    found = instruct.find_instruct() if data == "auto" else {}
+    found = instruct.find_instruct() if data != "derived" else {}  # files on this machine before a download
     if data == "official" or {"train", "valid"} <= set(found):
         files = found if {"train", "valid"} <= set(found) else instruct.download_instruct(
             train_bytes=40_000_000)
@@ -195,9 +196,12 @@ def finetune(cfg: FinetuneConfig, on_record: Callable[[dict], None] | None = Non
     held_ex = held.examples[: max(cfg.eval_examples, cfg.eval_prompts)]
     held_w = make_windows(encode_examples(held_ex[: cfg.eval_examples], tok, cfg.seq_len, problems),
                           cfg.seq_len, layout="padded", pad_id=tok.eos_id)
+    skipped = "".join(f"\n  {p}" for p in problems[:5]) + (f"\n  ... ({len(problems) - 5} more)"
+                                                           if len(problems) > 5 else "")
     _say(cfg, f"data: {label}\n{len(encoded)} examples in {len(windows)} windows "
-              f"({cfg.layout}, {windows.fill():.0%} filled); {len(problems)} skipped "
-              f"or refused" + "".join(f"\n  {p}" for p in problems[:5]))
+              f"({cfg.layout}, {windows.fill():.0%} filled); {len(problems)} skipped or refused" + skipped)
+    if problems and not cfg.progress:  # quiet, but never silent about the data it did not use
+        print(f"{len(problems)} examples skipped or refused:{skipped}", file=sys.stderr, flush=True)
     evals = {"before": evaluate_requests(model, tok, held_ex, held_w, cfg, dtype)}
     _say(cfg, f"before: response loss {evals['before']['response_loss']:.4f}, word inclusion "
               f"{evals['before']['word_inclusion']:.1%}")
@@ -234,7 +238,7 @@ def finetune(cfg: FinetuneConfig, on_record: Callable[[dict], None] | None = Non
             stack.enter_context(run_lock(out_dir))
             moved = claim_run_folder(out_dir, resume=cfg.resume, overwrite=cfg.overwrite)
             if moved:
-                _say(cfg, moved)
+                print(moved, file=sys.stderr if not cfg.progress else sys.stdout, flush=True)
         run = Run(cfg, 0, 1, device, dtype, out_dir, tok, accum=cfg.grad_accum_steps(1), evaluate=evaluate,
                   log=MetricsLog(out_dir / "metrics.jsonl") if out_dir else None, on_record=record, draw=draw,
                   save_best=False, guard=DivergenceGuard(cfg, 1, stack.enter_context(StopSignals())),
