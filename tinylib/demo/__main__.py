@@ -131,8 +131,9 @@ def main(argv: list[str] | None = None) -> None:
     except PlanError as e:
         raise SystemExit(f"error: {e}") from None
     print(why + "\n")
+    # overwrite: a new demo replaces the last one in the same folder, which is moved aside, not deleted
     cfg = candidate.train_config(data=str(data_dir), out_dir=args.out or f"checkpoints/demo-{candidate.name}",
-                                 max_time_s=args.minutes * 60, eval_every=400 if gpu else 500)
+                                 max_time_s=args.minutes * 60, eval_every=400 if gpu else 500, overwrite=True)
     torch.manual_seed(cfg.seed)
     untrained = build_model(cfg, meta["vocab_size"]).to(device)  # train() starts from these same weights
     before = full_val_loss(untrained, data_dir, cfg.seq_len, device, dtype)
