@@ -144,13 +144,13 @@ def _label_entropy_by_tinylib(labels: Sequence[str]) -> float:
 
 
 def _entropy_nats(labels):
-    import math
+    import math  # the shown solution stands alone: the learner sees this function only
     counts = {x: labels.count(x) for x in set(labels)}
     return -sum(c / len(labels) * math.log(c / len(labels)) for c in counts.values())
 
 
 def _entropy_distinct(labels):
-    import math
+    import math  # the shown solution stands alone: the learner sees this function only
     return math.log2(len(set(labels)))
 
 

@@ -32,8 +32,17 @@ from typing import Any
 
 import torch
 
+from tinylib.checkpoint import load_model, load_tokenizer
 from tinylib.config import TrainConfig
+from tinylib.data import open_split
+from tinylib.interp.ablation import ablate_each_head, token_losses
+from tinylib.interp.attention import head_scores, ordinary_ids, repeated_tokens
+from tinylib.interp.bridge import to_lens
+from tinylib.interp.features import context_entropy
+from tinylib.interp.sae import eval_windows, mean_loss, site_activations
 from tinylib.model import Transformer
+from tinylib.paths import write_atomic
+from tinylib.train import train
 
 # name -> (preset, overrides): two styles x two sizes, everything else equal
 SMALL = dict(n_layer=2, n_head=4, d_model=64, d_mlp=256)
@@ -76,7 +85,6 @@ def train_models(data: str | Path, out: str | Path, plan: TrainPlan | None = Non
                  names: list[str] | None = None) -> dict[str, dict]:
     """Train every model of the study that has no finished checkpoint under `out` (one after another);
     return {name: {"wall_s", "cpu_s", "val_loss", ...}}, from <out>/<name>/train.json for earlier runs."""
-    from tinylib.train import train
 
     plan = plan or TrainPlan()
     done = {}
@@ -90,7 +98,6 @@ def train_models(data: str | Path, out: str | Path, plan: TrainPlan | None = Non
         result = train(cfg)
         info = {"wall_s": time.perf_counter() - t0, "cpu_s": cpu_seconds() - c0, "val_loss": result.val_loss,
                 "tokens": result.tokens, "threads": torch.get_num_threads(), "plan": asdict(plan)}
-        from tinylib.paths import write_atomic
         write_atomic(record, json.dumps(info, indent=2).encode())
         print(f"{name}: val loss {result.val_loss:.3f}, {info['wall_s']:.0f} s wall, "
               f"{info['cpu_s']:.0f} s CPU")
@@ -127,7 +134,6 @@ class ModelStudy:
 
 def layer_costs(bridge: Any, tokens: torch.Tensor) -> tuple[list[float], list[float]]:
     """Loss change (nats/token) when one layer's whole attention output, or whole MLP output, is zeroed."""
-    from tinylib.interp.ablation import token_losses
 
     def zero(act, hook):
         return torch.zeros_like(act)
@@ -145,11 +151,6 @@ def layer_costs(bridge: Any, tokens: torch.Tensor) -> tuple[list[float], list[fl
 def study_model(name: str, model: Transformer, tokenizer: Any, text: torch.Tensor, *, k: int = 20,
                 rep_batch: int = 8, rep_half: int = 50) -> ModelStudy:
     """Every analysis of the study on one model: `text` [N, T] are validation windows."""
-    from tinylib.interp.ablation import ablate_each_head
-    from tinylib.interp.attention import head_scores, ordinary_ids, repeated_tokens
-    from tinylib.interp.bridge import to_lens
-    from tinylib.interp.features import context_entropy
-    from tinylib.interp.sae import mean_loss, site_activations
 
     model.eval()
     bridge = to_lens(model, tokenizer)
@@ -179,9 +180,6 @@ def study_model(name: str, model: Transformer, tokenizer: Any, text: torch.Tenso
 def study(models_dir: str | Path, data: str | Path, *, n_windows: int = 32, seq_len: int = 128,
           names: list[str] | None = None) -> list[ModelStudy]:
     """`study_model` on every trained model of the study, on the same validation windows."""
-    from tinylib.checkpoint import load_model, load_tokenizer
-    from tinylib.data import open_split
-    from tinylib.interp.sae import eval_windows
 
     rows = []
     for name in names or list(MODELS):
@@ -253,7 +251,7 @@ def differences(rows: list[ModelStudy], *, score_margin: float = 0.1,
 def plot(rows: list[ModelStudy]):
     """Four panels: best head scores per model, loss cost of zeroing each layer's attention and MLP, neuron
     category entropy by layer."""
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # heavy, and only needed to plot
 
     fig, axes = plt.subplots(1, 4, figsize=(17, 3.6))
     names = [r.name for r in rows]
@@ -294,7 +292,6 @@ def main(argv: list[str] | None = None) -> int:
     rows = study(a.models, a.data)
     out = Path(a.out or a.models)
     out.mkdir(parents=True, exist_ok=True)
-    from tinylib.paths import write_atomic
 
     claims = differences(rows)
     write_atomic(out / "compare.json", json.dumps({"models": [asdict(r) for r in rows], "training": trained,

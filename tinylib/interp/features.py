@@ -31,6 +31,7 @@ from typing import Any
 
 import torch
 
+from tinylib.interp.neurons import story_html  # the same shading as the neuron views
 from tinylib.interp.sae import SparseAutoencoder, site_activations
 from tinylib.interp.steering import SteeringVector
 from tinylib.model import Transformer
@@ -79,7 +80,6 @@ def top_contexts(acts: torch.Tensor, unit: int, k: int = 20, *, skip_first: bool
 def contexts_html(tokenizer: Any, windows: torch.Tensor, acts: torch.Tensor, unit: int, k: int = 8,
                   context: int = 12, title: str = "") -> str:
     """The unit's top-k contexts, one line each, every token shaded by the unit's activation there."""
-    from tinylib.interp.neurons import story_html  # the same shading as the neuron views
 
     tops = top_contexts(acts, unit, k)
     vmax = max((c.value for c in tops), default=1.0) or 1.0
@@ -126,7 +126,7 @@ def feature_steering_vector(model: Transformer, sae: SparseAutoencoder, feature:
 
 def plot_histogram(acts: torch.Tensor, unit: int, *, title: str | None = None, bins: int = 50):
     """Histogram of the unit's nonzero activations (log counts), with how often it is nonzero."""
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # heavy, and only needed to plot
 
     a = acts[..., unit].flatten().float()
     nz = a[a != 0]

@@ -52,7 +52,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
 
+from tinylib.checkpoint import load_model, load_tokenizer
+from tinylib.data import open_split, read_meta
 from tinylib.model import Transformer
 
 Site = Literal["mlp", "resid"]
@@ -371,7 +374,6 @@ def train_sae(model: Transformer, tokens: np.ndarray, cfg: SAEConfig, *, out_dir
     stop = min(cfg.steps, until_step) if until_step is not None else cfg.steps
     bar = None
     if progress:
-        from tqdm.auto import tqdm
         bar = tqdm(total=cfg.steps, initial=step, desc=f"SAE {cfg.kind} L{cfg.layer} {cfg.site}", unit="step")
     t0, c0 = time.perf_counter(), time.process_time()
     while step < stop:
@@ -564,8 +566,6 @@ def eval_windows(tokens: np.ndarray, n_windows: int, seq_len: int) -> torch.Tens
 
 # --- command line ------------------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
-    from tinylib.checkpoint import load_model, load_tokenizer
-    from tinylib.data import open_split, read_meta
 
     p = argparse.ArgumentParser(prog="python -m tinylib.interp.sae", description=__doc__.split("\n")[0])
     p.add_argument("--model", default="checkpoints/reference", help="checkpoint folder of a tinylib model")
