@@ -65,16 +65,21 @@ class Candidate:
 
 
 # Largest first. The thresholds are in steps at the speed `measure` sees (uncompiled; torch.compile makes the
-# real run somewhat faster on every candidate alike). Measured with the trainer on a 2-core AMD EPYC, fp32,
-# one seed each (bench/demo_recipe.py runs such comparisons): at equal CPU time the ReLU^2 MLP ended 0.012
-# bits/byte below SwiGLU (1.065 vs 1.076 after ~840 CPU-s), and at equal tokens (1.2M) and about equal CPU
-# time (+5%) batch 8 ended 0.079 below batch 16 (1.217 vs 1.296): on a CPU's budget, updates are scarcer than
-# tokens. The smaller fallback follows the compute-optimal rule (a smaller model for a smaller budget,
-# Hoffmann et al.) for machines slower than any measured here; its crossover is not measured.
+# real run faster on every candidate alike). Measured with the trainer on a 2-core AMD EPYC, one seed each
+# (bench/demo_recipe.py runs such comparisons): at equal CPU time the ReLU^2 MLP ended 0.012 bits/byte
+# below SwiGLU (fp32, 1.065 vs 1.076 after ~840 CPU-s); at equal tokens and about equal CPU time, batch 8
+# ended 0.079 below batch 16 on a short budget (1.2M tokens: 1.217 vs 1.296), but a 10-minute bf16 demo at
+# batch 8 (3,501 steps, 7.2M tokens) ended at 1.009, above batch 16's 0.995 at 8.1M tokens: small batches win
+# while updates are scarce and lose once they are not. The crossover between those two budgets is set at 1,000
+# measured steps of batch 16 (about 4M tokens), not measured more finely. The smallest fallback follows the
+# compute-optimal rule (a smaller model for a smaller budget, Hoffmann et al.) for machines slower than any
+# measured here.
 CANDIDATES: tuple[Candidate, ...] = (
-    Candidate("tiny-relu2", "tiny", {"mlp": "relu2"}, 8, 256, min_steps=500,
-              about="4 layers x 128, ReLU^2 MLP 512 (two matrices, SwiGLU has three), batch 8 x 256"),
-    Candidate("small-relu2", "tiny", {"mlp": "relu2", "n_layer": 3}, 8, 256, min_steps=0,
+    Candidate("tiny-relu2", "tiny", {"mlp": "relu2"}, 16, 256, min_steps=1000,
+              about="4 layers x 128, ReLU^2 MLP 512 (two matrices, SwiGLU has three), batch 16 x 256"),
+    Candidate("tiny-relu2-b8", "tiny", {"mlp": "relu2"}, 8, 256, min_steps=400,
+              about="the same model at batch 8 x 256: twice the updates for a short budget"),
+    Candidate("small-relu2-b8", "tiny", {"mlp": "relu2", "n_layer": 3}, 8, 256, min_steps=0,
               about="3 layers x 128, ReLU^2 MLP 512, batch 8 x 256"),
 )
 GPU_CANDIDATE = Candidate("gpu", "llama_6L_6H_288D", {}, 64, 256,
