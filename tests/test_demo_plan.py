@@ -73,6 +73,8 @@ def test_a_plan_repeats_from_its_json_or_its_name():
     assert candidate_named(plan.name) == plan.candidate()
     with pytest.raises(PlanError, match="unknown plan 'huge'"):
         candidate_named("huge")
+    with pytest.raises(PlanError, match="is not a plan's JSON"):
+        Plan.from_json('{"name": "tiny-relu2"')
 
 
 class Args:

@@ -109,7 +109,11 @@ class Plan:
 
     @classmethod
     def from_json(cls, text: str) -> Plan:
-        return cls(**json.loads(text))
+        try:
+            return cls(**json.loads(text))
+        except (json.JSONDecodeError, TypeError) as e:
+            raise PlanError(f"--plan {text[:60]!r} is not a plan's JSON ({e}); pass a candidate's name or "
+                            "Plan.to_json()'s output") from None
 
 
 def candidate_named(name: str, candidates: Sequence[Candidate] = CANDIDATES) -> Candidate:
