@@ -3,6 +3,8 @@ same weights as an uninterrupted run, with the right status at each point; Tenso
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import math
 import os
@@ -226,10 +228,49 @@ def test_results_refuse_an_impossible_mfu():
     assert "| 5.0% |" in table and "\\* MFU of d: MFU 137% is above 100%" in table
     shipped, _ = read_results(Path(__file__).resolve().parents[1] / "experiments/results/architecture_lab")
     assert set(mfu_problems(shipped)) == {"llama_tiny_seed2", "wsd_seed2", "relu2_seed2"}
-    for md in (Path(__file__).resolve().parents[1] / "experiments/results").glob("*/results.md"):
-        lines = [line for line in md.read_text().splitlines() if line.startswith("| ")]
-        cells = [c.strip() for line in lines for c in line.split("|")]
+    assert all(math.isnan(r["mfu"]) and r["mfu_note"] for r in shipped if r["name"] in mfu_problems(shipped))
+
+
+def _mfus(value) -> list[float]:
+    """Every number under an "mfu" key, at any depth of a JSON value."""
+    if isinstance(value, dict):
+        return [x for k, v in value.items() for x in ([v] if k == "mfu" and isinstance(v, (int, float))
+                                                       else _mfus(v))]
+    return [x for v in value for x in _mfus(v)] if isinstance(value, list) else []
+
+
+def test_no_shipped_results_file_shows_an_mfu_above_100_percent():
+    """Every table, curve and JSON under experiments/results: MFU <= 1 or missing (the shipped
+    architecture-lab csv and curves had 1.37 and 2.19 while its results.md already said n/a)."""
+    results = Path(__file__).resolve().parents[1] / "experiments/results"
+    for md in results.glob("**/*.md"):
+        cells = [c.strip() for line in md.read_text().splitlines() if line.startswith("| ")
+                 for c in line.split("|")]
         assert not [c for c in cells if c.endswith("%") and float(c[:-1]) > 100], md
+    for path in results.glob("**/results.csv"):
+        mfus = [r["mfu"] for r in csv.DictReader(io.StringIO(path.read_text()))]
+        assert all(m == "" or 0 <= float(m) <= 1 for m in mfus), (path, mfus)
+    for path in [*results.glob("**/*.jsonl"), *results.glob("**/*.json")]:
+        text = path.read_text()
+        values = [json.loads(line) for line in text.splitlines() if line] if path.suffix == ".jsonl" \
+            else [json.loads(text)]
+        assert all(0 <= m <= 1 for m in _mfus(values)), path
+
+
+def test_shipped_tables_are_what_the_results_code_derives_from_them(tmp_path):
+    """results.md and results.csv agree: re-deriving a shipped folder from its own csv (`--from-table`)
+    changes nothing, so the Markdown is the csv's rendering and an impossible MFU is missing in both."""
+    import shutil
+
+    from tinylib.experiments.results import rewrite_results
+
+    for name in ("architecture_lab", "cpu_study"):
+        shipped = Path(__file__).resolve().parents[1] / "experiments/results" / name
+        copy = shutil.copytree(shipped, tmp_path / name)
+        rewrite_results(copy, prompt="Once upon a time")
+        for path in (Path("results.md"), Path("results.csv"), *(p.relative_to(shipped) for p in
+                                                                 (shipped / "curves").glob("*.jsonl"))):
+            assert (copy / path).read_text() == (shipped / path).read_text(), (name, path)
 
 
 def test_seeds_expand_to_one_run_each_and_results_show_mean_std_and_paired_differences(data_dir, tmp_path,

@@ -27,7 +27,8 @@ from tinylib.metrics import MetricsLog, read_metrics
 from tinylib.paths import write_atomic
 
 COLUMNS = ("name", "preset", "style", "optimizer", "params", "steps", "tokens", "flops", "wall_s",
-           "tokens_per_s", "mfu", "val_loss", "val_bpb", "eval", "eval_lo", "eval_hi", "done", "sample")
+           "tokens_per_s", "mfu", "mfu_note", "val_loss", "val_bpb", "eval", "eval_lo", "eval_hi", "done",
+           "sample")
 # the benchmark's report of a run (`python -m tinylib.evals --model <run> --into-run`): its overall centred
 # score and 95% interval become the eval columns; read as a file, so this room needs nothing of tinylib.evals
 EVALS_FILE = "evals.json"
@@ -130,13 +131,17 @@ def collect(runs: dict[str, str | os.PathLike]) -> tuple[list[dict], dict[str, l
 def mfu_problems(rows: list[dict]) -> dict[str, str]:
     """{run: why its MFU cannot be right}: an MFU above 100%, or one measured against a device peak under half
     the other runs' (a peak probed while the machine was busy reads too low, and every MFU over it too high).
-    The peak a run used is its FLOP/s over its MFU: tokens/s x FLOPs per token / MFU."""
+    The peak a run used is its FLOP/s over its MFU: tokens/s x FLOPs per token / MFU. A row read back from a
+    table already flagged keeps its reason (`mfu_note`; its MFU is then missing)."""
+    problems = {r["name"]: r["mfu_note"] for r in rows if r.get("mfu_note")}
     peaks = {r["name"]: r["tokens_per_s"] * r["flops"] / r["tokens"] / r["mfu"] for r in rows
-             if r["tokens"] and r["mfu"] and r["mfu"] > 0 and not math.isnan(r["tokens_per_s"])}
+             if r["name"] not in problems and r["tokens"] and r["mfu"] and r["mfu"] > 0
+             and not math.isnan(r["tokens_per_s"])}
     typical = statistics.median(peaks.values()) if peaks else math.nan
-    problems = {}
     for r in rows:
         name, peak = r["name"], peaks.get(r["name"], math.nan)
+        if name in problems:
+            continue
         if r["mfu"] > 1:
             problems[name] = (f"MFU {r['mfu']:.0%} is above 100%, which cannot be: the device peak it "
                               f"divides by ({peak:.3g} FLOP/s) was measured too low, on a busy machine")
@@ -145,6 +150,18 @@ def mfu_problems(rows: list[dict]) -> dict[str, str]:
                               f"other runs' {typical:.3g}: the peak was probed on a busy machine, so this "
                               "MFU reads too high")
     return problems
+
+
+def drop_bad_mfu(rows: list[dict], curves: dict[str, list[dict]]) -> tuple[list[dict], dict[str, list[dict]]]:
+    """(rows, curves) as files show them: a run's MFU that cannot be right (`mfu_problems`) becomes missing
+    (NaN in the row, no `mfu` in its curve's records) with the reason in `mfu_note`, so no written table or
+    curve shows an impossible figure."""
+    problems = mfu_problems(rows)
+    rows = [{**r, "mfu": math.nan, "mfu_note": problems[r["name"]]} if r["name"] in problems
+            else {**r, "mfu_note": ""} for r in rows]
+    curves = {name: [{k: v for k, v in rec.items() if k != "mfu"} for rec in curve] if name in problems
+              else curve for name, curve in curves.items()}
+    return rows, curves
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
@@ -198,7 +215,7 @@ def results_markdown(rows: list[dict], prompt: str = "", groups: dict[str, str] 
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     problems = mfu_problems(rows)
     for r in rows:
-        mfu = "n/a*" if r["name"] in problems else f"{r['mfu']:.1%}"
+        mfu = "n/a*" if r["name"] in problems else "n/a" if math.isnan(r["mfu"]) else f"{r['mfu']:.1%}"
         mark = "" if r["done"] else " (unfinished)"
         lines.append(f"| {r['name']}{mark} | {r['preset']} | {r['style']} | {r['optimizer']} | "
                      f"{r['params'] / 1e6:.2f}M | {r['tokens'] / 1e6:.2f}M | {r['flops']:.3g} | "
@@ -226,7 +243,9 @@ def results_csv(rows: list[dict]) -> str:
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
     writer.writeheader()
-    writer.writerows(rows)
+    # a missing figure (NaN: not measured, not evaluated, or an MFU that cannot be right) is an empty cell
+    writer.writerows([{k: "" if isinstance(v, float) and math.isnan(v) else v for k, v in r.items()}
+                      for r in rows])
     return buf.getvalue()
 
 
@@ -273,16 +292,32 @@ def write_results(runs: dict[str, str | os.PathLike], out: str | os.PathLike, *,
     rows, curves = collect(runs)
     if not rows:
         raise FileNotFoundError(f"none of {sorted(runs)} has a checkpoint yet: run them first")
-    markdown = results_markdown(rows, prompt, groups)
-    write_atomic(out / "results.md", (markdown + "\n").encode())
-    write_atomic(out / "results.csv", results_csv(rows).encode())
-    for name, curve in curves.items():
-        write_atomic(out / "curves" / f"{name}.jsonl", "".join(json.dumps(r) + "\n" for r in curve).encode())
+    markdown = _write_tables(out, rows, curves, prompt, groups)
     for x in X_LABELS:
         fig = Figure(figsize=(6.5, 4), layout="tight")
         plot_curves(curves, x=x, ax=fig.subplots()).set_title(f"validation loss vs {X_LABELS[x]}")
         fig.savefig(out / f"loss_vs_{x}.png", dpi=110)
     return markdown
+
+
+def _write_tables(out: Path, rows: list[dict], curves: dict[str, list[dict]], prompt: str,
+                  groups: dict[str, str] | None) -> str:
+    rows, curves = drop_bad_mfu(rows, curves)
+    markdown = results_markdown(rows, prompt, groups)
+    write_atomic(out / "results.md", (markdown + "\n").encode())
+    write_atomic(out / "results.csv", results_csv(rows).encode())
+    for name, curve in curves.items():
+        write_atomic(out / "curves" / f"{name}.jsonl", "".join(json.dumps(r) + "\n" for r in curve).encode())
+    return markdown
+
+
+def rewrite_results(folder: str | os.PathLike, *, prompt: str = "",
+                    groups: dict[str, str] | None = None) -> str:
+    """Re-derive results.md, results.csv and the curves of a folder `write_results` wrote, from that folder
+    alone (the run folders may be gone): what a change to the table's rules (a new column, an MFU that cannot
+    be right) does to a shipped table. The plots are left as they are. Returns the Markdown."""
+    rows, curves = read_results(folder)
+    return _write_tables(Path(folder), rows, curves, prompt, groups)
 
 
 def read_results(folder: str | os.PathLike) -> tuple[list[dict], dict[str, list[dict]]]:
@@ -295,7 +330,7 @@ def read_results(folder: str | os.PathLike) -> tuple[list[dict], dict[str, list[
                "eval", "eval_lo", "eval_hi"}
     rows = []
     for r in csv.DictReader(io.StringIO((folder / "results.csv").read_text())):
-        rows.append({k: float(v) if k in numeric else v == "True" if k == "done" else v
+        rows.append({k: (float(v) if v else math.nan) if k in numeric else v == "True" if k == "done" else v
                      for k, v in r.items()})
     curves = {r["name"]: read_metrics(folder / "curves" / f"{r['name']}.jsonl") for r in rows}
     return rows, curves

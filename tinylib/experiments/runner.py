@@ -57,7 +57,7 @@ from tinylib.budget import token_target
 from tinylib.checkpoint import load_model, load_tokenizer, step_of
 from tinylib.config import PRESETS, ModelConfig, TrainConfig, entry_point, get_config
 from tinylib.data import read_meta
-from tinylib.experiments.results import Clock, last_values, write_results
+from tinylib.experiments.results import Clock, last_values, rewrite_results, write_results
 from tinylib.experiments.status import Status, run_status
 from tinylib.faults import EXPERIMENT_LOCK, RunLockedError, run_lock
 from tinylib.metrics import TRACKERS
@@ -359,6 +359,8 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument("--out", default=None, help="folder for the table and plots (default: "
                            "experiments/results/<file name>)")
             p.add_argument("--only", nargs="+", default=None, help="these experiments only")
+            p.add_argument("--from-table", action="store_true", help="re-derive results.md, results.csv and "
+                           "the curves from the folder's own results.csv (when the run folders are gone)")
     args = parser.parse_args(argv)
     try:
         exps = load_experiments(args.file)
@@ -367,6 +369,9 @@ def main(argv: list[str] | None = None) -> int:
             chosen = [e for e in exps.experiments
                       if not args.only or e.name in args.only or e.group in args.only]
             groups = {e.name: e.group for e in chosen if e.group}
+            if args.from_table:
+                print(rewrite_results(out, prompt=exps.sample_prompt, groups=groups))
+                return 0
             print(write_results({e.name: e.run_dir for e in chosen}, out, prompt=exps.sample_prompt,
                                 groups=groups))
             return 0
