@@ -21,9 +21,10 @@ def softcap(logits: torch.Tensor, cap: float | None) -> torch.Tensor:
 class _LinearCrossEntropy(torch.autograd.Function):
     """Mean cross-entropy of softcap(x @ weight.T) without holding the [N, vocab] logits all at once.
 
-    Works through the rows in chunks: each chunk's logits live only in cache-sized pieces, and the gradients
-    (softmax - onehot, times the soft-cap's derivative 1 - tanh^2) are formed right away, so backward is two
-    stored tensors.
+    Works through the rows in chunks of 256 (a chunk's fp32 logits, 256 x 4096 x 4 bytes = 4 MB, stay in the
+    CPU's cache while they are read four times; chunks of 1,024 spill), and the gradients (softmax - onehot,
+    times the soft-cap's derivative 1 - tanh^2) are formed right away from the same exp pass that gives the
+    loss, so backward is two stored tensors.
     """
 
     @staticmethod
@@ -41,12 +42,16 @@ class _LinearCrossEntropy(torch.autograd.Function):
             if cap is not None:
                 logits = softcap(logits, cap)
                 dcap = 1 - (logits / cap).square()  # d/dz cap tanh(z / cap)
-            lse = logits.logsumexp(-1)
             t_safe = t.clamp(min=0)
-            total += ((lse - logits.gather(1, t_safe[:, None]).squeeze(1)) * ok).sum()
-            grad = logits.sub_(lse[:, None]).exp_()
-            grad[torch.arange(len(t), device=t.device), t_safe] -= 1.0
-            grad.mul_((ok / n)[:, None])
+            target_logit = logits.gather(1, t_safe[:, None]).squeeze(1)
+            top = logits.amax(-1, keepdim=True)
+            # one exp pass serves both the loss (log of the sum) and the gradient (softmax = exp / sum)
+            grad = logits.sub_(top).exp_()
+            sums = grad.sum(-1, keepdim=True)
+            total += ((top.squeeze(1) + sums.squeeze(1).log() - target_logit) * ok).sum()
+            scale = (ok / n)[:, None]
+            grad.mul_(scale / sums)
+            grad[torch.arange(len(t), device=t.device), t_safe] -= scale.squeeze(1)
             if dcap is not None:
                 grad.mul_(dcap)
             g = grad.to(compute_dtype)
@@ -64,7 +69,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
 
 
 def linear_cross_entropy(x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
-                         chunk: int = 1024, cap: float | None = None) -> torch.Tensor:
+                         chunk: int = 256, cap: float | None = None) -> torch.Tensor:
     """cross_entropy(softcap(x @ weight.T, cap), targets, ignore_index=-1), chunked;
     x [N, d], weight [V, d], targets [N]."""
     dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
