@@ -363,3 +363,20 @@ def test_list_survives_a_damaged_config_json_and_counts_only_saved_tokens(tmp_pa
     assert "interrupted (latest/ damaged)" in rows["bad"]
     assert "interrupted at step 2 of 10" in rows["cut"] and rows["cut"].split()[-1] == "1,024"
     assert "5.800" in rows["cut"]
+
+
+def test_paired_seeds_pair_by_seed_with_a_t_interval():
+    """The paired difference over seeds by hand: a constant per-seed gap is beyond the noise however much the
+    seeds move both runs; an uneven one over 3 seeds is inside t(2) = 4.303 standard errors."""
+    from tinylib.experiments.results import paired_seeds, t95
+
+    assert (t95(1), t95(2), t95(30), t95(31)) == (12.706, 4.303, 2.042, 1.96)
+    a = {0: 1.0, 1: 1.3, 2: 1.2}
+    steady = paired_seeds(a, {2: 1.15, 0: 0.95, 1: 1.25})  # b lists its seeds in another order
+    assert steady["diff"] == pytest.approx(-0.05) and steady["std"] < 1e-12 and steady["beyond_noise"]
+    uneven = paired_seeds(a, {0: 0.9, 1: 1.3, 2: 1.2})
+    assert uneven["diff"] == pytest.approx(-0.1 / 3)
+    assert uneven["half_width"] == pytest.approx(4.303 * math.sqrt(0.01 / 3) / math.sqrt(3))
+    assert not uneven["beyond_noise"] and uneven["seeds"] == [0, 1, 2]
+    with pytest.raises(ValueError, match="share 1"):
+        paired_seeds({0: 1.0, 1: 1.0}, {1: 1.0, 2: 1.0})

@@ -6,19 +6,25 @@ a run with a FLOP budget) and `tinylib.results.value_at` (the interpolation the 
 Each wrong answer is a mistake people make: 6 N for the training FLOPs per token (the attention term
 forgotten), a budget rounded to the nearest token (a run that overspends it); the last evaluation instead of
 an interpolation, training losses mixed into the validation curve; two runs compared at equal tokens or equal
-steps, or each at the same fraction of its own budget, instead of at the same FLOPs.
+steps, or each at the same fraction of its own budget, instead of at the same FLOPs; for seed noise, the
+population std (divide by n) or the mean's standard error for a run's spread; a gap judged unpaired (two
+means with their own spreads), paired by position instead of by seed, with the normal's 1.96 instead of
+Student's t for a handful of seeds, or called a win whatever the noise. Seed-noise references:
+`tinylib.experiments.results.paired_seeds` (what `make results` reports for `seeds:` lists).
 """
 
 from __future__ import annotations
 
 import math
+import statistics
 
 import torch
 
 from tinylib.budget import token_target
 from tinylib.config import ModelConfig, get_config
 from tinylib.exercises.checks import Exercise, check, register, solution
-from tinylib.experiments.results import value_at
+from tinylib.experiments import results
+from tinylib.experiments.results import T95, paired_seeds, t95, value_at
 from tinylib.flops import flop_params, flops_per_token
 
 __all__ = ["check", "solution"]  # what the notebook imports from here; the exercises register themselves
@@ -172,3 +178,102 @@ register(Exercise(
     "gap_at_equal_flops", "Two runs compared at equal compute", NB, difficulty=2, importance=5, minutes=10,
     reference=_gap_at_equal_flops_by_tinylib, shown=gap_at_equal_flops, cases=_curve_cases,
     wrong=(_gap_at_equal_tokens, _gap_at_equal_steps, _gap_at_own_budget)))
+
+
+# --- seed noise: mean +- std over seeds ---------------------------------------------------------------------
+
+def _mean_std_by_tinylib(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (divide by n - 1) of one configuration's results over its seeds."""
+    return results.mean_std(values)
+
+
+def _mean_population_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), statistics.pstdev(values)  # divides by n: too small for a few seeds
+
+
+def _mean_std_error(values: list[float]) -> tuple[float, float]:
+    # the standard error of the mean, not the spread of one run
+    return statistics.fmean(values), statistics.stdev(values) / math.sqrt(len(values))
+
+
+def _seed_values(gen: torch.Generator):
+    for n in (2, 3, 3, 4, 5, 2):
+        base = 1.4 + 0.3 * torch.rand(1, generator=gen).item()
+        yield ([base + 0.03 * torch.randn(1, generator=gen).item() for _ in range(n)],), {}
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (n - 1) of one configuration's results over its seeds."""
+    n = len(values)
+    mean = sum(values) / n
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))  # n - 1: a sample of the seeds
+    return mean, std
+
+
+register(Exercise(
+    "mean_std", "Mean and spread over seeds", NB, difficulty=1, importance=5, minutes=5,
+    reference=_mean_std_by_tinylib, shown=mean_std, cases=_seed_values,
+    wrong=(_mean_population_std, _mean_std_error), setup="one configuration's val bpb, one per seed"))
+
+
+# --- seed noise: a paired difference, inside the noise or beyond it ---------------------------------------
+
+def _paired_gap_by_tinylib(a: dict[int, float], b: dict[int, float]) -> tuple[float, float, bool]:
+    """(b minus a, paired by seed and averaged; the half width of its 95% t interval, t95(n - 1) x sample std
+    of the differences / sqrt(n); whether the gap is beyond the noise: |gap| > half width)."""
+    p = paired_seeds(a, b)
+    return p["diff"], p["half_width"], p["beyond_noise"]
+
+
+def _gap_unpaired(a: dict[int, float], b: dict[int, float]) -> tuple[float, float, bool]:
+    (ma, sa), (mb, sb) = results.mean_std(list(a.values())), results.mean_std(list(b.values()))
+    half = t95(len(a) - 1) * math.sqrt((sa ** 2 + sb ** 2) / len(a))  # ignores that a seed moves both runs
+    return mb - ma, half, abs(mb - ma) > half
+
+
+def _gap_by_position(a: dict[int, float], b: dict[int, float]) -> tuple[float, float, bool]:
+    diffs = [vb - va for va, vb in zip(a.values(), b.values())]  # pairs by order, not by seed
+    mean, std = results.mean_std(diffs)
+    half = t95(len(diffs) - 1) * std / math.sqrt(len(diffs))
+    return mean, half, abs(mean) > half
+
+
+def _gap_normal_quantile(a: dict[int, float], b: dict[int, float]) -> tuple[float, float, bool]:
+    diff, std = results.mean_std([b[s] - a[s] for s in a])
+    half = 1.96 * std / math.sqrt(len(a))  # the normal's 1.96 with a handful of seeds: calls noise a win
+    return diff, half, abs(diff) > half
+
+
+def _gap_any_difference_wins(a: dict[int, float], b: dict[int, float]) -> tuple[float, float, bool]:
+    diff, half, _ = _paired_gap_by_tinylib(a, b)
+    return diff, half, diff != 0  # a gap is a win whatever the noise
+
+
+def _gap_cases(gen: torch.Generator):
+    """Two variants run with the same seeds: a seed's effect shared by both runs (the same initial weights
+    and batches), the variant's own effect, a little noise of each run; seeds listed in another order in b."""
+    for n, effect in ((2, -0.076), (3, -0.03), (3, 0.0), (4, -0.01), (5, 0.02), (2, -0.2), (3, 0.15)):
+        seeds = [int(s) for s in torch.randperm(50, generator=gen)[:n]]
+        shared = {s: 0.05 * torch.randn(1, generator=gen).item() for s in seeds}
+        a = {s: 1.6 + shared[s] + 0.01 * torch.randn(1, generator=gen).item() for s in seeds}
+        b = {s: 1.6 + effect + shared[s] + 0.01 * torch.randn(1, generator=gen).item()
+             for s in reversed(seeds)}
+        yield (a, b), {}
+
+
+def paired_gap(a: dict[int, float], b: dict[int, float]) -> tuple[float, float, bool]:
+    """(b minus a paired by seed, averaged; the half width of its 95% t interval; beyond the noise?)"""
+    seeds = sorted(a)
+    diffs = [b[s] - a[s] for s in seeds]  # pair by seed: dicts may list seeds in other orders
+    n = len(diffs)
+    mean = sum(diffs) / n
+    std = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (n - 1))
+    half = T95[n - 2] * std / math.sqrt(n)  # t quantile with n - 1 degrees of freedom (T95[0] is df = 1)
+    return mean, half, abs(mean) > half
+
+
+register(Exercise(
+    "paired_gap", "Is the gap beyond the seed noise?", NB, difficulty=2, importance=5, minutes=15,
+    reference=_paired_gap_by_tinylib, shown=paired_gap, cases=_gap_cases,
+    wrong=(_gap_unpaired, _gap_by_position, _gap_normal_quantile, _gap_any_difference_wins),
+    setup="two variants' val bpb by seed, {seed: value}, run with the same seeds"))

@@ -164,8 +164,37 @@ def drop_bad_mfu(rows: list[dict], curves: dict[str, list[dict]]) -> tuple[list[
     return rows, curves
 
 
-def _mean_std(values: list[float]) -> tuple[float, float]:
+# Two-sided 95% quantiles of Student's t by degrees of freedom 1..30 (a paired difference over n seeds has
+# n - 1); beyond 30 the normal's 1.96 is within 2%. With 2 seeds the quantile is 12.7: two seeds say little.
+T95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
+       2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
+       2.045, 2.042)
+
+
+def t95(df: int) -> float:
+    """The two-sided 95% quantile of Student's t with `df` degrees of freedom (table above; 1.96 past 30)."""
+    if df < 1:
+        raise ValueError(f"df={df}: a t interval needs at least 2 seeds (1 degree of freedom)")
+    return T95[df - 1] if df <= len(T95) else 1.96
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (n - 1: the seeds are a sample of all the seeds one could run)."""
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else math.nan
+
+
+def paired_seeds(a: dict[int, float], b: dict[int, float]) -> dict:
+    """b minus a over the seeds both ran, paired by seed: {"seeds", "diff" (mean of the per-seed differences),
+    "std" (their sample std), "half_width" (of the 95% t interval, t95(n - 1) std / sqrt n), "beyond_noise"
+    (the interval excludes 0)}. Pairing removes what a seed does to both runs (the same initial weights and
+    batches), so it is tighter than comparing two means with their own spreads."""
+    seeds = sorted(set(a) & set(b))
+    if len(seeds) < 2:
+        raise ValueError(f"seeds {sorted(a)} and {sorted(b)} share {len(seeds)}: a paired difference over "
+                         "seeds needs at least 2 in common")
+    diff, std = mean_std([b[s] - a[s] for s in seeds])
+    half = t95(len(seeds) - 1) * std / math.sqrt(len(seeds))
+    return {"seeds": seeds, "diff": diff, "std": std, "half_width": half, "beyond_noise": abs(diff) > half}
 
 
 def seed_summary(rows: list[dict], groups: dict[str, str]) -> tuple[list[dict], list[dict]]:
@@ -179,7 +208,7 @@ def seed_summary(rows: list[dict], groups: dict[str, str]) -> tuple[list[dict], 
             by_group.setdefault(group, {})[int(r["name"][len(group) + 5:])] = r
     summary = []
     for group, runs in by_group.items():
-        loss, bpb = (_mean_std([r[k] for r in runs.values()]) for k in ("val_loss", "val_bpb"))
+        loss, bpb = (mean_std([r[k] for r in runs.values()]) for k in ("val_loss", "val_bpb"))
         summary.append({"group": group, "seeds": sorted(runs), "val_loss": loss, "val_bpb": bpb})
     paired = []
     if summary:
@@ -187,8 +216,10 @@ def seed_summary(rows: list[dict], groups: dict[str, str]) -> tuple[list[dict], 
         for s in summary[1:]:
             runs = by_group[s["group"]]
             if set(runs) == set(first) and len(runs) > 1:
-                diffs = [runs[seed]["val_bpb"] - first[seed]["val_bpb"] for seed in sorted(runs)]
-                paired.append({"group": s["group"], "vs": summary[0]["group"], "diff": _mean_std(diffs)})
+                p = paired_seeds({k: r["val_bpb"] for k, r in first.items()},
+                                 {k: r["val_bpb"] for k, r in runs.items()})
+                paired.append({"group": s["group"], "vs": summary[0]["group"], "diff": (p["diff"], p["std"]),
+                               "half_width": p["half_width"], "beyond_noise": p["beyond_noise"]})
     return summary, paired
 
 
@@ -201,8 +232,11 @@ def _seed_markdown(rows: list[dict], groups: dict[str, str]) -> list[str]:
     lines += [f"| {s['group']} | {', '.join(map(str, s['seeds']))} | {s['val_loss'][0]:.3f} ± "
               f"{s['val_loss'][1]:.3f} | {s['val_bpb'][0]:.3f} ± {s['val_bpb'][1]:.3f} |" for s in summary]
     if paired:
-        lines += ["", "Paired by seed (val bpb, this group minus the first at each seed, mean ± std):", ""]
-        lines += [f"- {p['group']} - {p['vs']}: {p['diff'][0]:+.3f} ± {p['diff'][1]:.3f}" for p in paired]
+        lines += ["", "Paired by seed (val bpb, this group minus the first at each seed, mean ± std; the 95% "
+                  "t interval's half width; a difference inside it is noise):", ""]
+        lines += [f"- {p['group']} - {p['vs']}: {p['diff'][0]:+.3f} ± {p['diff'][1]:.3f} (95%: ± "
+                  f"{p['half_width']:.3f}, {'beyond' if p['beyond_noise'] else 'within'} the noise)"
+                  for p in paired]
     return lines
 
 
