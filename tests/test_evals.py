@@ -372,3 +372,84 @@ def test_cli_writes_reports_and_the_runs_evals_json(tmp_path, capsys):
            "eval": report["overall"]["centred"], "eval_lo": lo, "eval_hi": hi, "done": True, "sample": ""}
     assert f"{report['overall']['centred']:+.3f} [{lo:+.3f}, {hi:+.3f}]" in results_markdown([row])
     assert "| n/a |" in results_markdown([{**row, "eval": float("nan")}])
+
+
+# --- the instruction family --------------------------------------------------------------------------------
+
+def test_wilson_interval_against_closed_form_values():
+    from tinylib.evals.scoring import wilson
+
+    assert wilson(5, 10) == pytest.approx((0.2366, 0.7634), abs=1e-4)
+    assert wilson(0, 10) == pytest.approx((0.0, 0.2775), abs=1e-4)  # not empty at k = 0, unlike p +- z se
+    lo, hi = wilson(60, 600)
+    assert lo < 0.1 < hi and hi - lo == pytest.approx(2 * 1.96 * math.sqrt(0.1 * 0.9 / 600), rel=0.02)
+    with pytest.raises(ValueError, match="k=11"):
+        wilson(11, 10)
+
+
+def test_weighted_bootstrap_is_the_pooled_rate_resampled_by_request():
+    correct, chance = np.array([1.0, 0.0, 2 / 3, 1 / 3]), np.array([0.0, 0.0, 1 / 3, 0.0])
+    w = np.array([1, 1, 3, 3])
+    lo, hi = bootstrap_centred(correct, chance, weights=w)
+    pooled = centred(float(correct @ w / w.sum()), float(chance @ w / w.sum()))
+    assert lo <= pooled <= hi
+    assert bootstrap_centred(correct, chance, weights=np.ones(4)) == pytest.approx(
+        bootstrap_centred(correct, chance))
+
+
+def test_judge_counts_inflected_forms_dialogue_and_sad_endings_only_when_asked():
+    from tinylib.evals.requests import judge
+
+    story = 'Tom smiled at the boxes. "Look!" he said, jumping. Then he went home and cried, sad and alone.'
+    j = judge(story, ["smile", "box", "jump", "cat"], ["Dialogue", "BadEnding"])
+    assert j["words"] == [True, True, True, False] and j["dialogue"] and j["sad_ending"]
+    assert not j["satisfied"]  # "cat" is missing
+    assert judge("He ran to catch it.", ["cat"], [])["words"] == [False]  # not inside another word
+    plain = judge("Tom smiled. They were happy forever.", ["smile"], [])
+    assert plain == {"words": [True], "dialogue": None, "sad_ending": None, "satisfied": True}
+    asked = judge("Tom smiled. They were happy forever.", ["smile"], ["Dialogue", "BadEnding"])
+    assert asked["dialogue"] is False and asked["sad_ending"] is False and not asked["satisfied"]
+
+
+def test_requests_summary_against_counts_by_hand():
+    from tinylib.evals.requests import summarize_requests, swapped, words_used
+
+    samples = [{"story": "The dog ran to the park.", "words": ["dog", "park"], "features": []},
+               {"story": '"Hi," said the cat to the dog.', "words": ["cat", "hat"], "features": ["Dialogue"]},
+               {"story": "A bird sang in the tree.", "words": ["bird", "tree", "sing"], "features": []}]
+    assert [s["story"] for s in swapped(samples)] == [samples[1]["story"], samples[2]["story"],
+                                                      samples[0]["story"]]
+    assert words_used(samples) == (5, 7) and words_used(swapped(samples)) == (1, 7)  # "dog" in story 2
+    s = summarize_requests(samples)
+    assert s["words"]["acc"] == pytest.approx(5 / 7) and s["words"]["chance"] == pytest.approx(1 / 7)
+    assert s["words"]["trials"] == 7 and s["words"]["n"] == 3
+    assert s["requests"]["acc"] == pytest.approx(1 / 3) and s["requests"]["chance"] == 0  # only the dog's
+    assert s["dialogue"]["n"] == 1 and s["dialogue"]["acc"] == 1 and s["dialogue"]["chance"] == 0
+    assert "sad_ending" not in s  # nobody asked for one
+    assert s["words"]["centred"] == pytest.approx(centred(5 / 7, 1 / 7))
+    lo, hi = s["words"]["acc_ci"]
+    assert lo < 5 / 7 < hi
+
+
+def test_instruction_family_only_for_instruction_tuned_checkpoints(tmp_path):
+    """A checkpoint whose config.json says stage "instruct" gets the family (kept out of the overall);
+    the same weights without it do not."""
+    import json
+    import shutil
+
+    from tinylib.evals.report import evaluate
+    from tinylib.paths import REFERENCE_DIR
+
+    items = [it for it in F.build_benchmark(validation_stories=[]).items if it.task == "colors"]
+    plain = evaluate(REFERENCE_DIR, benchmark=F.Benchmark(items), progress=False)
+    assert "instruction" not in plain.families
+    tuned = tmp_path / "tuned"
+    shutil.copytree(REFERENCE_DIR, tuned)
+    meta = json.loads((tuned / "config.json").read_text())
+    (tuned / "config.json").write_text(json.dumps({**meta, "stage": "instruct"}))
+    rep = evaluate(tuned, benchmark=F.Benchmark(items), progress=False, requests=4)
+    fam = rep.families["instruction"]
+    assert fam["n"] == 4 and 0 <= fam["chance"] <= 1 and "instruction/words" in rep.tasks
+    assert rep.tasks["instruction/words"]["trials"] == 12  # 3 words a request
+    assert rep.overall == plain.overall  # the overall is the loss-scored families' only
+    assert "| **instruction** | 4 |" in rep.markdown()

@@ -6,7 +6,9 @@ stories. Each item is scored by loss (`scoring`): multiple choice by the mean lo
 schema by the mean loss of the shared continuation under each context, minimal pairs by total loss; ties
 count as wrong. Scores are centred, (acc - chance) / (1 - chance), with bootstrap 95% intervals, next to a
 unigram and a bigram floor fitted on the training text (`floors`). Generation statistics (`genstats`) cover
-what loss cannot see.
+what loss cannot see, and so does the instruction family (`requests`), scored only for instruction-tuned
+checkpoints: the share of held-out requests whose story uses every required word (inflected forms count),
+has dialogue and a sad ending when asked, against chance from requests swapped across stories.
 
     from tinylib.evals import evaluate
     report = evaluate("reference")         # or "stories260K", "induction", "demo", "bigram", a path
@@ -14,7 +16,8 @@ what loss cannot see.
 
 CLI: `python -m tinylib.evals --model reference --model bigram --out evals/`.
 Modules: items (the item type and files), words and families (the items), data (the TinyStories text it
-reads), scoring, floors, models (names -> loss models, checked), genstats, report.
+reads), scoring (and intervals: bootstrap, Wilson), floors, models (names -> loss models, checked), genstats,
+requests (the instruction family), report.
 """
 
 from tinylib.evals.families import Benchmark, build_benchmark

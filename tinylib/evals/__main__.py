@@ -15,6 +15,7 @@ from tinylib.evals.families import Benchmark, build_benchmark
 from tinylib.evals.items import ItemFileError, read_items
 from tinylib.evals.models import NAMES, VocabMismatchError, available, run_folder
 from tinylib.evals.report import comparison_markdown, evaluate, write_reports
+from tinylib.evals.requests import N_REQUESTS, fine_tuning_outcome, summarize_requests, write_outcome
 from tinylib.paths import write_atomic
 
 
@@ -32,9 +33,33 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--into-run", action="store_true",
                    help="also write <run folder>/evals.json for each checkpoint path, where the experiments "
                         "tracker's results table (make results) reads its benchmark column")
+    p.add_argument("--instruction", choices=("auto", "on", "off"), default="auto",
+                   help="the instruction family (requests satisfied): auto = for instruction-tuned "
+                        "checkpoints only (config.json stage 'instruct')")
+    p.add_argument("--requests", type=int, default=N_REQUESTS,
+                   help=f"held-out requests for the instruction family (default {N_REQUESTS})")
+    p.add_argument("--fine-tuning-outcome", default=None, metavar="JSON",
+                   help="for one instruction-tuned checkpoint: write the stories it and its parent write "
+                        "for the held-out requests (--requests) to this file, the before/after that notebook "
+                        "09 reads, and stop")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
     models = [m for name in (args.model or ["all"]) for m in (available() if name == "all" else [name])]
+    if args.fine_tuning_outcome:
+        if len(args.model) != 1:
+            p.error("--fine-tuning-outcome takes exactly one --model: an instruction-tuned checkpoint")
+        try:
+            outcome = fine_tuning_outcome(args.model[0], n=args.requests)
+        except (ValueError, FileNotFoundError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        print(f"wrote {write_outcome(outcome, args.fine_tuning_outcome)}", file=sys.stderr)
+        for when in ("before", "after"):
+            s = summarize_requests(outcome[when])["words"]
+            print(f"{when}: words used {s['acc']:.1%} [{s['acc_ci'][0]:.1%}, {s['acc_ci'][1]:.1%}], "
+                  f"chance {s['chance']:.1%} [{s['chance_ci'][0]:.1%}, {s['chance_ci'][1]:.1%}] "
+                  f"({s['trials']} words)")
+        return 0
     try:
         if args.items:
             bench = Benchmark(read_items(args.items))
@@ -42,8 +67,9 @@ def main(argv: list[str] | None = None) -> int:
             bench = build_benchmark(args.seed)
         counts = ", ".join(f"{f} {n}" for f, n in bench.families().items())
         print(f"{len(bench.items)} items ({counts})", file=sys.stderr)
-        reports = [evaluate(m, benchmark=bench, samples=args.samples, progress=not args.no_progress)
-                   for m in models]
+        instruction = {"auto": None, "on": True, "off": False}[args.instruction]
+        reports = [evaluate(m, benchmark=bench, samples=args.samples, progress=not args.no_progress,
+                            instruction=instruction, requests=args.requests) for m in models]
     except (ItemFileError, VocabMismatchError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

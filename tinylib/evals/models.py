@@ -75,7 +75,7 @@ def _from_checkpoint(folder: Path, name: str, tokenizer=None) -> NetworkLossMode
     tokenizer = tokenizer if tokenizer is not None else checkpoint.load_tokenizer(folder)
     check_vocab(model.cfg.vocab_size, tokenizer, f"{name} ({folder})")
     lm = NetworkLossModel(model, tokenizer, name)
-    lm.source = str(folder)
+    lm.source, lm.meta = str(folder), checkpoint.load_meta(folder)  # meta: is it instruction-tuned?
     return lm
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from tinylib.evals.families import Benchmark, build_benchmark
 from tinylib.evals.genstats import generation_stats
 from tinylib.evals.models import load_loss_model
+from tinylib.evals.requests import N_REQUESTS, instruction_family
 from tinylib.evals.scoring import (
     LossModel,
     Scored,
@@ -26,6 +27,7 @@ from tinylib.evals.scoring import (
     score_items,
     summarize,
 )
+from tinylib.finetune.instruct import is_instruct_checkpoint
 from tinylib.paths import write_atomic
 
 
@@ -98,10 +100,19 @@ def report_of(scored: Scored, source: str, tokenizer: str, *, seconds: float = 0
                        seconds=seconds, notes=list(notes), scored=scored)
 
 
+def is_instruction_tuned(lm: LossModel) -> bool:
+    """Whether a loaded model is an instruction-tuned checkpoint (its config.json says stage "instruct")."""
+    return is_instruct_checkpoint(getattr(lm, "meta", None))
+
+
 def evaluate(model: str | os.PathLike | LossModel, *, benchmark: Benchmark | None = None,
-             samples: int = 0, progress: bool = True) -> ModelReport:
+             samples: int = 0, progress: bool = True, instruction: bool | None = None,
+             requests: int = N_REQUESTS) -> ModelReport:
     """Score `model` (a name or path, see `tinylib.evals.models`, or a loaded LossModel) on the benchmark;
-    `samples` > 0 also samples that many stories for the generation statistics (networks only)."""
+    `samples` > 0 also samples that many stories for the generation statistics (networks only). The
+    instruction family (`requests` held-out requests, see `tinylib.evals.requests`) is added for an
+    instruction-tuned checkpoint (`instruction=None`: detected from its config.json; True or False forces it)
+    and kept out of the overall score, which only the loss-scored families make."""
     lm = load_loss_model(model) if isinstance(model, (str, os.PathLike)) else model
     benchmark = benchmark or build_benchmark()
     t0 = time.perf_counter()
@@ -111,6 +122,21 @@ def evaluate(model: str | os.PathLike | LossModel, *, benchmark: Benchmark | Non
                     notes=benchmark.notes)
     if samples and hasattr(lm, "model"):
         rep.generation = generation_stats(lm.model, lm.tokenizer, n=samples)
+    if instruction is None:
+        instruction = is_instruction_tuned(lm)
+    if instruction:
+        if not hasattr(lm, "model"):
+            raise ValueError(f"{lm.name} is not a network: the instruction family needs stories written on "
+                             "request")
+        t0 = time.perf_counter()
+        tasks, _ = instruction_family(lm.model, lm.tokenizer, n=requests)
+        rep.families["instruction"] = tasks["requests"]
+        rep.tasks.update({f"instruction/{t}": s for t, s in tasks.items()})
+        rep.notes.append(f"instruction: {requests} held-out requests, a story each (temperature 0.7, top-k "
+                         f"50, seed 0); satisfied = every required word used (inflected forms count), "
+                         f"dialogue and a sad ending when asked; chance = the same requests judged on the "
+                         f"stories written for other requests; not in the overall "
+                         f"({time.perf_counter() - t0:.0f} s)")
     return rep
 
 

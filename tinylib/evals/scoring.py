@@ -215,16 +215,34 @@ def centred(acc: float, chance: float) -> float:
 
 
 def bootstrap_centred(correct: np.ndarray, chance: np.ndarray, *, n_boot: int = N_BOOT, seed: int = 0,
-                      level: float = 0.95) -> tuple[float, float]:
+                      level: float = 0.95, weights: np.ndarray | None = None) -> tuple[float, float]:
     """A percentile bootstrap interval of the centred score: resample the items with replacement `n_boot`
-    times and take the middle `level` of the centred scores."""
+    times and take the middle `level` of the centred scores. With `weights` (an item's number of trials,
+    e.g. a request's words) accuracy and chance are weighted means: the pooled rate, resampled by item."""
     correct, chance = np.asarray(correct, float), np.asarray(chance, float)
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, len(correct), size=(n_boot, len(correct)))
-    acc, ch = correct[idx].mean(1), chance[idx].mean(1)
+    if weights is None:
+        acc, ch = correct[idx].mean(1), chance[idx].mean(1)
+    else:
+        w = np.asarray(weights, float)
+        acc, ch = (correct * w)[idx].sum(1) / w[idx].sum(1), (chance * w)[idx].sum(1) / w[idx].sum(1)
     boots = (acc - ch) / (1 - ch)
     lo, hi = np.quantile(boots, [(1 - level) / 2, (1 + level) / 2])
     return float(lo), float(hi)
+
+
+def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The Wilson score interval of a binomial rate k / n (95% at z = 1.96): unlike k/n +- z sqrt(p(1-p)/n)
+    it stays inside [0, 1] and is not empty at k = 0 or k = n. It assumes independent trials: words of one
+    request are not quite (`bootstrap_centred` resamples whole requests)."""
+    if n <= 0:
+        raise ValueError(f"n={n}: a rate needs at least one trial")
+    if not 0 <= k <= n:
+        raise ValueError(f"k={k} is not between 0 and n={n}")
+    centre = (k + z * z / 2) / (n + z * z)
+    half = z * np.sqrt(k * (n - k) / n + z * z / 4) / (n + z * z)
+    return float(centre - half), float(centre + half)
 
 
 @dataclass
