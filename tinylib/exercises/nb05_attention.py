@@ -1,11 +1,15 @@
-"""Exercises of notebook 05 (attention patterns): a pattern from q and k, and head scores read off patterns.
+"""Exercises of notebook 05 (attention patterns): a steering direction, a pattern from q and k, and head
+scores read off patterns.
 
 The pattern's reference is the eager path of `tinylib.model.Attention` written out on its own (grouped-query
 attention: each key head serves n_head / n_kv_head consecutive query heads). The score references are
 `tinylib.interp.attention.scores_from_patterns`, the function `head_scores` uses. Each wrong answer is a
 mistake people make: tiling the kv heads instead of repeating each one, forgetting the causal mask, reading
 the diagonal itself instead of the one below it, counting query 0 (which has no previous token), looking at
-the earlier copy instead of the token after it, and a wrap-around shift that counts the BOS column.
+the earlier copy instead of the token after it, and a wrap-around shift that counts the BOS column. The
+steering direction is `tinylib.interp.steering.mean_activation`'s average written out on cached residual
+streams (the notebook checks it against `happy_sad_vector` on the model); its wrong answers keep BOS, weight
+prompts by their length, flip the sign, or read only the last token.
 """
 
 from __future__ import annotations
@@ -160,3 +164,54 @@ register(Exercise(
     "induction_score", "Induction score from patterns", NB, difficulty=4, importance=4, minutes=20,
     reference=_induction_score_by_tinylib, shown=induction_score, cases=_induction_cases,
     wrong=(_induction_on_the_copy_itself, _induction_with_wraparound_shift)))
+
+
+# --- a steering direction -----------------------------------------------------------------------------------
+
+def steering_direction(positive: list[torch.Tensor], negative: list[torch.Tensor]) -> torch.Tensor:
+    """[d_model]: the mean residual stream of the `positive` prompts minus that of the `negative` ones. Each
+    prompt is [T_i, d_model] with BOS first; a prompt's mean leaves BOS out (its residual is the same in every
+    prompt), then every prompt counts once, however long it is."""
+    def mean(prompts: list[torch.Tensor]) -> torch.Tensor:
+        return torch.stack([x[1:].float().mean(0) for x in prompts]).mean(0)
+
+    return mean(positive) - mean(negative)
+
+
+def _direction_keeps_bos(positive: list[torch.Tensor], negative: list[torch.Tensor]) -> torch.Tensor:
+    return (torch.stack([x.float().mean(0) for x in positive]).mean(0)
+            - torch.stack([x.float().mean(0) for x in negative]).mean(0))
+
+
+def _direction_pools_tokens(positive: list[torch.Tensor], negative: list[torch.Tensor]) -> torch.Tensor:
+    # every token counts once: long prompts outweigh short ones
+    return (torch.cat([x[1:] for x in positive]).float().mean(0)
+            - torch.cat([x[1:] for x in negative]).float().mean(0))
+
+
+def _direction_flipped(positive: list[torch.Tensor], negative: list[torch.Tensor]) -> torch.Tensor:
+    return steering_direction(negative, positive)
+
+
+def _direction_last_token(positive: list[torch.Tensor], negative: list[torch.Tensor]) -> torch.Tensor:
+    return (torch.stack([x[-1] for x in positive]).float().mean(0)
+            - torch.stack([x[-1] for x in negative]).float().mean(0))
+
+
+def _prompts(gen: torch.Generator, bos: torch.Tensor, n: int, shift: float) -> list[torch.Tensor]:
+    """n residual streams of 2-12 positions, BOS's first."""
+    lengths = torch.randint(2, 13, (n,), generator=gen).tolist()
+    return [torch.cat([bos[None], torch.randn(T - 1, bos.shape[0], generator=gen) + shift]) for T in lengths]
+
+
+def _residual_cases(gen: torch.Generator):
+    for n_pos, n_neg, d in ((3, 3, 8), (4, 2, 16), (5, 5, 4), (2, 3, 32)):
+        bos = torch.randn(d, generator=gen) * 5  # BOS's residual: the same in every prompt, and large
+        yield (_prompts(gen, bos, n_pos, 0.5), _prompts(gen, bos, n_neg, -0.5)), {}
+
+
+register(Exercise(
+    "steering_direction", "A steering direction from the residual stream", NB, difficulty=2, importance=4,
+    minutes=10, reference=steering_direction, cases=_residual_cases,
+    setup="two lists of residual streams [T_i, d_model], one per prompt, BOS first",
+    wrong=(_direction_keeps_bos, _direction_pools_tokens, _direction_flipped, _direction_last_token)))
