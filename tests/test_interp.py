@@ -14,7 +14,9 @@ from tinylib.config import ModelConfig
 from tinylib.interp.ablation import (
     ablate_each_head,
     ablated_loss,
+    ablation_hooks,
     component_means,
+    each_head_losses,
     plot_ablation,
     token_losses,
 )
@@ -30,11 +32,17 @@ from tinylib.interp.attention import (
 from tinylib.interp.bridge import to_lens
 from tinylib.interp.logit_lens import direct_logit_attribution, logit_lens
 from tinylib.interp.neurons import (
+    WORD_CLASSES,
+    class_ids,
     neuron_activations,
     neuron_selectivity,
     story_html,
+    token_share,
     top_activations,
+    top_k_entropy,
+    word_class,
     word_positions,
+    words_at,
 )
 from tinylib.model import Transformer
 
@@ -201,7 +209,7 @@ def test_neuron_helpers(random_model):
 
     mask = word_positions(Ids(), toks, ["5", "6"])
     assert mask.sum() == ((toks == 5) | (toks == 6)).sum()
-    ranked = neuron_selectivity(bridge, toks, mask, top=3)
+    ranked = neuron_selectivity(bridge, toks, mask, top=3, min_positions=1)  # a few positions: a test
     assert len(ranked) == 3 and ranked[0].score >= ranked[1].score and ranked[0].mean_on > ranked[0].mean_off
 
 
@@ -231,3 +239,79 @@ def test_helpers_accept_a_checkpoint_path(tmp_path, induction_model, rep):
     save_checkpoint(tmp_path / "run" / "best", induction_model, {"step": 0})
     scores = head_scores(tmp_path / "run", rep[:4])
     assert top_heads(scores["induction"], 1)[0][:2] == (1, 0)
+
+
+def test_each_head_losses_and_intervals_over_rows(bridge, rep):
+    means = component_means(bridge, rep)
+    losses = each_head_losses(bridge, rep[:6], "mean", means=means)
+    assert losses.shape == (2, 2, 6, rep.shape[1] - 1)
+    one = token_losses(bridge, rep[:6], ablation_hooks(heads=[(1, 0)], kind="mean", means=means))
+    assert torch.allclose(losses[1, 0], one, atol=1e-5)  # entry [l, h] is head h of layer l ablated alone
+    second = slice(HALF + 1, None)
+    res = ablate_each_head(bridge, rep[:6], "mean", means=means, positions=second)
+    again = ablate_each_head(bridge, rep[:6], "mean", means=means, positions=second, losses=losses)
+    assert torch.allclose(res.per_row, again.per_row) and res.per_row.shape == (2, 2, 6)
+    assert torch.allclose(res.delta, res.per_row.mean(-1))  # equal rows: mean of row means = mean of tokens
+    lo, hi = res.ci(1, 0)
+    assert lo <= float(res.delta[1, 0]) <= hi and hi - lo > 0
+    assert res.cis().shape == (2, 2, 2)
+    assert res.ci(0, 1) == (0.0, 0.0) or abs(res.ci(0, 1)[1]) < 1e-5  # an idle head: no cost, no spread
+    with pytest.raises(ValueError, match="needs means"):
+        each_head_losses(bridge, rep[:2], "mean")
+
+
+class _SpaceFirst:
+    """Like SentencePiece: every text is encoded with a space in front, so "Lily" at a line start differs."""
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def encode(self, text):
+        return self.inner.encode(text if text.startswith(" ") else " " + text)
+
+    def token_bytes(self, i):
+        return self.inner.token_bytes(i)
+
+
+def test_word_positions_find_line_starts_and_words_and_classes():
+    from tinylib.tokenizer import get_tokenizer
+
+    tok = get_tokenizer("tinystories-512")
+    text = "Tim saw Tom.\nTim and he ran to tomato land."
+    ids = torch.tensor([tok.encode(text)])
+    for t in (tok, _SpaceFirst(tok)):
+        marked = word_positions(t, ids, ["Tim", "Tom"]).nonzero()[:, 1].tolist()
+        words = words_at(t, ids)[0]
+        assert [words[i] for i in marked] == ["Tim", "Tom", "Tim"]  # the line-start Tim too, not tomato
+    words = words_at(tok, ids)[0]
+    assert "tomato" in words and "." in words
+    assert [word_class(w) for w in ("Tim", "he", "the", "tomato", ".", "42")] == [
+        "capitalised word", "pronoun", "function word", "content word", "punctuation or space", "number"]
+    assert class_ids([["Tim", "he"]]).tolist() == [[WORD_CLASSES.index("capitalised word"),
+                                                    WORD_CLASSES.index("pronoun")]]
+
+
+def test_min_group_size_top_k_entropy_and_token_share(random_model):
+    bridge = to_lens(random_model)
+    toks = torch.randint(0, 40, (6, 16), generator=torch.Generator().manual_seed(0))
+    mask = torch.zeros(6, 16, dtype=torch.bool)
+    mask[0, :3] = True
+    with pytest.raises(ValueError, match="fewer than min_positions=20"):
+        neuron_selectivity(bridge, toks, mask)
+    assert len(neuron_selectivity(bridge, toks, mask, min_positions=3, top=2)) == 2
+
+    labels = torch.tensor([[0, 0, 1, 1, 2, 3, 3, 3]])
+    acts = torch.zeros(1, 8, 3)
+    acts[0, :2, 0] = 5.0  # neuron 0: top-2 both label 0 -> 0 bits
+    acts[0, [0, 2], 1] = 5.0  # neuron 1: labels 0 and 1 -> 1 bit
+    acts[0, 2:6, 2] = torch.tensor([4.0, 3.0, 2.0, 1.0])  # neuron 2, k=4: 1, 1, 2, 3 -> 1.5 bits
+    assert torch.allclose(top_k_entropy(acts, labels, 2)[:2], torch.tensor([0.0, 1.0]))
+    assert top_k_entropy(acts, labels, 4)[2].item() == pytest.approx(1.5)
+
+    tokens = torch.randint(0, 4, (50, 20), generator=torch.Generator().manual_seed(1))
+    by_token = torch.tensor([0.0, 1.0, 3.0, -2.0])[tokens]
+    assert token_share(by_token, tokens).share == pytest.approx(1.0)  # reads only the current token
+    noise = torch.randn(50, 20, generator=torch.Generator().manual_seed(2))
+    assert token_share(noise, tokens).share < 0.05  # does not depend on the token at all
+    mixed = token_share(by_token + 2 * noise, tokens)
+    assert 0.2 < mixed.share < 0.6 and mixed.n_tokens == 4 and mixed.n_positions == 1000

@@ -1,5 +1,5 @@
-"""Exercises of notebook 07 (ablations): hook functions that knock out a head, and one head's direct logit
-attribution.
+"""Exercises of notebook 07 (ablations): hook functions that knock out a head, a paired bootstrap interval
+on the difference of two ablation costs, and one head's direct logit attribution.
 
 The hook references are the hook functions `tinylib.interp.ablation.ablation_hooks` builds (the ones
 `ablated_loss` runs); a hook takes the TransformerLens form fn(activation, hook) and edits `hook_z`
@@ -7,7 +7,9 @@ The hook references are the hook functions `tinylib.interp.ablation.ablation_hoo
 `tinylib.interp.logit_lens.direct_logit_attribution` (RMSNorm branch) written out for one head. Each wrong
 answer is a mistake people make: zeroing the position or d_head axis instead of the head axis, replacing the
 head by one scalar or replacing every head, slicing o_proj's columns with a stride, and normalising the head's
-own output instead of freezing the final residual's scale.
+own output instead of freezing the final residual's scale. The interval's reference is
+`tinylib.interp.features.bootstrap_mean` on the per-row differences; its wrong answers resample the two costs
+independently (the pairs broken), use mean +- 1.96 standard errors, or take a 90% interval.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import torch
 
 from tinylib.exercises.checks import Exercise, check, in_place_hook, register, solution
 from tinylib.interp.ablation import Means, ablation_hooks
+from tinylib.interp.features import bootstrap_mean
 
 __all__ = ["check", "solution"]  # what the notebook imports from here; the exercises register themselves
 
@@ -143,3 +146,58 @@ register(Exercise(
     "head_logit_attribution", "Direct logit attribution of one head", NB, difficulty=3, importance=4,
     minutes=20, reference=head_logit_attribution, cases=_dla_cases,
     wrong=(_dla_strided_columns, _dla_normalises_the_head)))
+
+
+# --- a paired bootstrap interval ----------------------------------------------------------------------------
+
+def _paired_interval_by_tinylib(cost_a: torch.Tensor, cost_b: torch.Tensor, n_boot: int,
+                                seed: int) -> tuple[float, float]:
+    """95% percentile bootstrap interval of mean(cost_a - cost_b), rows resampled as pairs."""
+    return bootstrap_mean(cost_a - cost_b, n_boot, seed)
+
+
+def _independent_resamples(cost_a, cost_b, n_boot, seed):
+    g = torch.Generator().manual_seed(seed)
+    n = len(cost_a)
+    a = cost_a[torch.randint(0, n, (n_boot, n), generator=g)].mean(1)
+    b = cost_b[torch.randint(0, n, (n_boot, n), generator=g)].mean(1)  # breaks the pairs: too wide
+    d = a - b
+    return float(d.quantile(0.025)), float(d.quantile(0.975))
+
+
+def _normal_approximation(cost_a, cost_b, n_boot, seed):
+    d = cost_a - cost_b
+    se = d.std() / len(d) ** 0.5  # mean +- 1.96 standard errors: no resampling at all
+    return float(d.mean() - 1.96 * se), float(d.mean() + 1.96 * se)
+
+
+def _ninety_percent_pairs(cost_a, cost_b, n_boot, seed):
+    d = cost_a - cost_b
+    g = torch.Generator().manual_seed(seed)
+    means = d[torch.randint(0, len(d), (n_boot, len(d)), generator=g)].mean(1)
+    return float(means.quantile(0.05)), float(means.quantile(0.95))
+
+
+def _paired_cases(gen: torch.Generator):
+    for n, n_boot, seed in ((8, 500, 0), (16, 1000, 1), (32, 2000, 2), (5, 300, 3)):
+        shared = torch.rand(n, generator=gen) * 0.2  # what both ablations cost on each row (text difficulty)
+        a = shared + 0.01 + 0.005 * torch.randn(n, generator=gen)
+        b = shared + 0.005 * torch.randn(n, generator=gen)
+        yield (a, b, n_boot, seed), {}
+
+
+def paired_interval(cost_a: torch.Tensor, cost_b: torch.Tensor, n_boot: int,
+                    seed: int) -> tuple[float, float]:
+    """95% percentile bootstrap interval of mean(cost_a - cost_b) over rows measured on the same text."""
+    diff = cost_a - cost_b  # one number per row: resampling rows keeps each pair together
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randint(0, len(diff), (n_boot, len(diff)), generator=g)  # one row of indices per resample
+    means = diff[idx].mean(dim=1)
+    return float(means.quantile(0.025)), float(means.quantile(0.975))
+
+
+register(Exercise(
+    "paired_interval", "A paired bootstrap interval over windows", NB, difficulty=2, importance=5, minutes=15,
+    reference=_paired_interval_by_tinylib, shown=paired_interval, cases=_paired_cases,
+    wrong=(_independent_resamples, _normal_approximation, _ninety_percent_pairs),
+    setup="two costs per row (window or story) measured on the same rows, the number of resamples, a seed"))

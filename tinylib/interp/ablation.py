@@ -10,8 +10,11 @@ forward hooks on the TransformerLens bridge. The cost of an ablation is the chan
 - `component_means(model, tokens)` -> mean z per head [L, H, d_head] and
   mean activation per neuron [L, d_mlp];
 - `ablation_hooks(heads, neurons, kind, means)` -> the hooks; `ablated_loss(...)` -> one number;
-- `ablate_each_head(model, tokens, kind)` -> `HeadAblation` (base loss, delta [L, H]);
-  `plot_ablation` shows it. A neuron is ablated through `ablated_loss(..., neurons=[(layer, i)])`.
+- `each_head_losses(model, tokens, kind)` -> per-token losses [L, H, B, T-1] with each head alone ablated;
+- `ablate_each_head(model, tokens, kind)` -> `HeadAblation`: base loss, delta [L, H], the cost on each row
+  [L, H, B] and its bootstrap interval over rows (`ci`, `cis`, through `tinylib.interp.features`'
+  `bootstrap_mean`); `plot_ablation` shows it.
+A neuron is ablated through `ablated_loss(..., neurons=[(layer, i)])`.
 Logit lens and direct logit attribution live in `tinylib.interp.logit_lens`.
 """
 
@@ -25,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from tinylib.interp.bridge import as_bridge
+from tinylib.interp.features import bootstrap_mean
 
 Kind = Literal["zero", "mean"]
 Hook = tuple[str, Callable]
@@ -107,6 +111,7 @@ class HeadAblation:
     kind: str
     base_loss: float
     delta: torch.Tensor  # [n_layer, n_head]: ablated loss - base loss (nats/token)
+    per_row: torch.Tensor  # [n_layer, n_head, B]: the same cost on each row (window or story) alone
 
     def top(self, k: int = 5) -> list[tuple[int, int, float]]:
         """The k heads whose ablation raises the loss most, as (layer, head, delta)."""
@@ -114,11 +119,21 @@ class HeadAblation:
         n = self.delta.shape[1]
         return [(int(i) // n, int(i) % n, float(v)) for v, i in zip(vals, idx)]
 
+    def ci(self, layer: int, head: int, *, n_boot: int = 2000, seed: int = 0) -> tuple[float, float]:
+        """95% bootstrap interval of one head's cost, resampling rows (every head gets the same resamples)."""
+        return bootstrap_mean(self.per_row[layer, head], n_boot, seed)
+
+    def cis(self, *, n_boot: int = 2000, seed: int = 0) -> torch.Tensor:
+        """[n_layer, n_head, 2]: every head's interval (low, high)."""
+        L, H, _ = self.per_row.shape
+        return torch.tensor([[self.ci(i, h, n_boot=n_boot, seed=seed) for h in range(H)] for i in range(L)])
+
 
 @torch.no_grad()  # an analysis: no graph to keep
-def ablate_each_head(model: Any, tokens: torch.Tensor, kind: Kind = "zero", *, means: Means | None = None,
-                     positions: slice = slice(None), batch_size: int = 16) -> HeadAblation:
-    """Loss change when each head alone is ablated.
+def each_head_losses(model: Any, tokens: torch.Tensor, kind: Kind = "zero", *, means: Means | None = None,
+                     batch_size: int = 16) -> torch.Tensor:
+    """Per-token loss [n_layer, n_head, B, T-1] with each head alone ablated (entry [l, h] has head h of
+    layer l ablated), so that any positions can be read from one pass.
 
     One forward pass per layer and batch chunk: the chunk is repeated n_head times and copy h has head h
     ablated, which gives the same numbers as n_layer x n_head separate runs (a test checks one against weight
@@ -127,11 +142,10 @@ def ablate_each_head(model: Any, tokens: torch.Tensor, kind: Kind = "zero", *, m
     if kind not in ("zero", "mean"):
         raise ValueError(f"kind={kind!r}: expected 'zero' or 'mean'")
     if kind == "mean" and means is None:
-        means = component_means(bridge, tokens)
-    base = float(token_losses(bridge, tokens)[:, positions].mean())
+        raise ValueError("mean ablation needs means: pass means=component_means(model, tokens)")
     L, H = bridge.cfg.n_layers, bridge.cfg.n_heads
-    sums = torch.zeros(L, H)
-    count = 0
+    out = torch.zeros(L, H, tokens.shape[0], tokens.shape[1] - 1)
+    start = 0
     for chunk in tokens.split(max(1, batch_size // H)):
         B = chunk.shape[0]
         rep = chunk.repeat(H, 1)  # rows [h * B:(h + 1) * B] ablate head h
@@ -144,9 +158,26 @@ def ablate_each_head(model: Any, tokens: torch.Tensor, kind: Kind = "zero", *, m
 
             logits = bridge.run_with_hooks(rep, fwd_hooks=[(f"blocks.{layer}.attn.hook_z", fn)])
             loss = F.cross_entropy(logits[:, :-1].float().transpose(1, 2), rep[:, 1:], reduction="none")
-            sums[layer] += loss[:, positions].reshape(H, -1).sum(-1)
-        count += loss[:, positions].numel() // H
-    return HeadAblation(kind, base, sums / count - base)
+            out[layer, :, start:start + B] = loss.view(H, B, -1)
+        start += B
+    return out
+
+
+def ablate_each_head(model: Any, tokens: torch.Tensor, kind: Kind = "zero", *, means: Means | None = None,
+                     positions: slice = slice(None), batch_size: int = 16,
+                     losses: torch.Tensor | None = None) -> HeadAblation:
+    """Loss change when each head alone is ablated, in total and on each row of `tokens` (the rows are the
+    units a bootstrap resamples: windows of text, or stories); `positions` selects which predictions count.
+    Pass `losses` (from `each_head_losses`) to read other positions without running the model again."""
+    bridge = as_bridge(model)
+    if kind == "mean" and means is None:
+        means = component_means(bridge, tokens)
+    if losses is None:
+        losses = each_head_losses(bridge, tokens, kind, means=means, batch_size=batch_size)
+    base_rows = token_losses(bridge, tokens)[:, positions].mean(-1)  # [B]
+    # every row has as many predictions, so the mean of the row means is the mean over all tokens
+    per_row = losses[..., positions].mean(-1) - base_rows
+    return HeadAblation(kind, float(base_rows.mean()), per_row.mean(-1), per_row)
 
 
 def plot_ablation(result: HeadAblation | torch.Tensor, title: str | None = None):
