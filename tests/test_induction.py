@@ -1,5 +1,6 @@
 """Induction heads: the training recipe, per-checkpoint scores, and the circuit measures from the weights."""
 
+import copy
 import json
 
 import pytest
@@ -10,6 +11,7 @@ from tinylib.config import get_config
 from tinylib.data import prepare_dataset
 from tinylib.interp.attention import head_scores, repeated_tokens
 from tinylib.interp.circuits import (
+    ablated_induction_scores,
     composition_score,
     composition_scores,
     copying_accuracy,
@@ -17,20 +19,26 @@ from tinylib.interp.circuits import (
     full_ov_circuit,
     head_direct_logits,
     head_matrices,
+    random_composition_baseline,
+    zero_head,
 )
 from tinylib.interp.induction import (
     InductionConfig,
     Probe,
     RepeatedSpans,
+    add_text_tokens,
+    bootstrap_interval,
     checkpoint_steps,
     checkpoints_of,
     copy_losses,
     crossing_step,
+    icl_per_window,
     icl_score,
     load_scores,
     score_checkpoint,
     score_run,
     train_induction,
+    write_spans,
 )
 from tinylib.model import Transformer
 
@@ -54,6 +62,73 @@ def test_checkpoint_steps_are_log_spaced_and_include_both_ends():
     assert gaps[0] < gaps[-1] / 20  # dense early, sparse late
     with pytest.raises(ValueError, match="n >= 2"):
         checkpoint_steps(10, 1)
+
+
+def test_the_dense_window_places_the_transition_to_its_spacing():
+    log_only = checkpoint_steps(2000, 40)
+    near = [s for s in log_only if 700 <= s <= 1300]
+    assert max(b - a for a, b in zip(near, near[1:])) > 150  # log spacing is coarsest where the head forms
+    steps = checkpoint_steps(2000, 40, (800, 1200, 25))
+    assert set(range(800, 1201, 25)) <= set(steps) and set(log_only) <= set(steps)
+    assert checkpoint_steps(12, 5, (800, 1200, 25)) == checkpoint_steps(12, 5)  # past the end: nothing added
+    with pytest.raises(ValueError, match="dense"):
+        checkpoint_steps(2000, 40, (1200, 800, 25))
+
+
+def test_write_spans_writes_the_window_both_inputs_and_targets_see():
+    window = torch.arange(2 * 11).view(2, 11)
+    x, y = window[:, :-1].clone(), window[:, 1:].clone()
+    span = torch.tensor([100, 101, 102])
+    nx, ny = write_spans(x, y, [(1, span, 0, 8)])
+    new = torch.cat([nx, ny[:, -1:]], 1)
+    assert torch.equal(nx[:, 1:], ny[:, :-1]) and torch.equal(new[0], window[0])
+    assert new[1].tolist() == [100, 101, 102, 14, 15, 16, 17, 18, 100, 101, 102]
+    assert torch.equal(x, window[:, :-1])  # the inputs are left as they were
+    with pytest.raises(ValueError, match="must not overlap"):
+        write_spans(x, y, [(0, span, 2, 4)])
+
+
+def test_icl_interval_is_over_windows():
+    g = torch.Generator().manual_seed(0)
+    losses = torch.rand(200, 50, generator=g) + torch.linspace(1, 0, 50)
+    per = icl_per_window(losses)
+    assert per.shape == (200,) and float(per.mean()) == pytest.approx(icl_score(losses), abs=1e-6)
+    lo, hi = bootstrap_interval(per)
+    assert lo < float(per.mean()) < hi and hi - lo < 0.1
+    lo_few, hi_few = bootstrap_interval(per[:10])
+    assert hi_few - lo_few > hi - lo  # fewer windows, a wider interval
+    with pytest.raises(ValueError, match="at least 2"):
+        bootstrap_interval(per[:1])
+
+
+def test_random_composition_baseline_is_well_above_zero_and_reproducible():
+    base = random_composition_baseline(128, 32, n=50)
+    assert torch.equal(base, random_composition_baseline(128, 32, n=50))
+    assert 0.08 < float(base.mean()) < 0.1 and float(base.std()) < 0.01  # rank 32 in 128 dimensions
+    assert float(random_composition_baseline(32, 8, n=50).mean()) > float(base.mean())  # smaller: closer
+
+
+def test_ablated_induction_scores_equal_a_model_with_the_heads_output_columns_zeroed():
+    model = gpt_model()
+    tokens = repeated_tokens(96, batch=3, half=10, bos_id=0)
+    table = ablated_induction_scores(model, tokens)
+    assert table.shape == (4, 4)
+    for h in (0, 2):
+        cut = copy.deepcopy(model)
+        with torch.no_grad():
+            cut.blocks[0].attn.o_proj.weight[:, h * 8:(h + 1) * 8] = 0
+        _, patterns = cut.forward_with_patterns(tokens)
+        expected = head_scores(cut, tokens)["induction"][1]
+        torch.testing.assert_close(table[h], expected, rtol=1e-4, atol=1e-5)
+        assert patterns[0].shape[1] == 4
+    _, before = model.forward_with_patterns(tokens)
+    with zero_head(model, 0, 1):
+        pass
+    _, after = model.forward_with_patterns(tokens)  # the hook is gone
+    torch.testing.assert_close(before[1], after[1])
+    with pytest.raises(ValueError, match="has 4 heads"):
+        with zero_head(model, 0, 4):
+            pass
 
 
 def test_repeated_spans_copy_a_span_of_the_row_to_a_random_later_place():
@@ -166,6 +241,9 @@ def test_recipe_saves_log_spaced_checkpoints_and_scores_every_one(data_dir, tmp_
     assert rows == load_scores(run) == json.loads((run / "scores.json").read_text())
     assert [r["step"] for r in rows] == checkpoint_steps(12, 5)
     assert rows[-1]["tokens"] == 12 * 4 * 64
+    assert [r["text_tokens"] for r in add_text_tokens(rows, cfg, 512)] == [r["text_tokens"] for r in rows]
+    assert 0 < rows[-1]["text_tokens"] < rows[-1]["tokens"]  # half of the windows carry a repeated span
+    assert all(r["icl_lo"] <= r["icl"] <= r["icl_hi"] for r in rows)
     assert rows[-1]["val_loss"] < rows[0]["val_loss"]
     assert all(len(r["induction"]) == 2 and len(r["induction"][0]) == 4 for r in rows)
     assert crossing_step(rows, threshold=2.0) is None and crossing_step(rows, threshold=0.0) == 0

@@ -136,3 +136,29 @@ def test_bad_tasks_say_what_to_fix(reference):
         patch_heads(bridge, NamesTask(answer=" Ellie"))
     with pytest.raises(ValueError, match="nothing to recover"):
         patch_heads(bridge, NamesTask(corrupted=NAMES_TASK.clean))
+
+
+def test_fraction_recovered_is_linear_between_the_two_runs():
+    from tinylib.interp.patching import fraction_recovered
+
+    got = fraction_recovered(torch.tensor([-3.0, 5.0, 1.0, 9.0]), 5.0, -3.0)
+    assert got.tolist() == [0.0, 1.0, 0.5, 1.5]
+
+
+def test_names_tasks_line_up_and_the_profile_matches_the_patterns(reference):
+    from tinylib.interp.circuits import head_direct_logits
+    from tinylib.interp.patching import name_head_profile, names_tasks
+
+    model, tok, _ = reference
+    tasks = names_tasks(tok)
+    assert len(tasks) >= 30 and tasks[0] == NAMES_TASK
+    for task in tasks:
+        assert len(tok.encode(task.clean)) == len(tok.encode(task.corrupted))
+    profile = name_head_profile(model, tok, tasks[:3], 3, 2)
+    ids = torch.tensor([tok.encode(tasks[0].clean, bos=True)])
+    _, patterns = model.forward_with_patterns(ids)
+    assert float(profile.to_answer[0]) == pytest.approx(float(patterns[3][0, 2, -1, 3]), abs=1e-6)  # " Tom"
+    assert float(profile.to_repeated[0]) == pytest.approx(float(patterns[3][0, 2, -1, 9]), abs=1e-6)
+    answer, wrong = tok.encode(" Tom", bos=False)[0], tok.encode(" Lily", bos=False)[0]
+    logits = head_direct_logits(model, ids, 3, 2)[0, -1]
+    assert float(profile.direct[0]) == pytest.approx(float(logits[answer] - logits[wrong]), abs=1e-5)

@@ -112,3 +112,35 @@ def test_bad_input_says_what_to_fix(reference, vector):
     with pytest.raises(ValueError, match=r"expected \(128,\)"):
         with steer(model, torch.zeros(64), 1.0, layer=0):
             pass
+
+
+def test_sentiment_counts_whole_words_only():
+    from tinylib.interp.steering import sentiment_counts
+
+    assert sentiment_counts("Lily was happy. She smiled, then cried: SAD day, sadly.") == (2, 2)
+    assert sentiment_counts("unhappy Sadie") == (0, 0)
+
+
+def test_steering_curve_at_strength_zero_is_the_unsteered_model_on_its_own_stories(reference, vector):
+    from tinylib.interp.steering import plot_steering_curve, steering_curve, story_loss
+
+    model, tok = reference
+    curve = steering_curve(model, tok, vector, [0.0, 8.0], n_stories=3, max_new_tokens=12, progress=False)
+    plain = generate(model, tok, ["Once upon a time"] * 3, seed=0, max_new_tokens=12)
+    assert curve.texts[0] == [r.text for r in plain]  # the same seeds at every strength
+    r = plain[1]
+    ids = torch.tensor([r.prompt_tokens + r.tokens])
+    logits, _ = model(ids)
+    n = len(r.prompt_tokens)
+    expected = torch.nn.functional.cross_entropy(logits[0, n - 1:-1].float(), ids[0, n:]).item()
+    assert story_loss(model, r.prompt_tokens, r.tokens) == pytest.approx(expected, rel=1e-5)
+    assert float(curve.fluency[0, 1]) == pytest.approx(expected, rel=1e-5)
+    rows = curve.summary()
+    assert [row["strength"] for row in rows] == [0.0, 8.0]
+    assert rows[1]["sentiment"] >= rows[0]["sentiment"] and rows[1]["fluency"] > rows[0]["fluency"]
+    assert rows[0]["sentiment_ci"][0] <= rows[0]["sentiment"] <= rows[0]["sentiment_ci"][1]
+    import matplotlib
+    matplotlib.use("Agg")
+    assert plot_steering_curve(curve) is not None
+    with pytest.raises(ValueError, match="at least 2 stories"):
+        steering_curve(model, tok, vector, [0.0], n_stories=1)

@@ -1,4 +1,4 @@
-"""Watch induction heads form: train a 2-layer model, keep log-spaced checkpoints, score each one.
+"""Watch induction heads form: train a 2-layer model, keep checkpoints where things change, score each one.
 
     python -m tinylib.interp.induction --repeat-frac 1   # TinyStories with repeated spans: the head forms
     python -m tinylib.interp.induction --repeat-frac 0   # plain TinyStories: at this budget it does not
@@ -10,16 +10,21 @@ showed it appears in a sudden phase change, together with a drop of the loss on 
 relative to early ones (in-context learning) and of the loss on the second copy of a repeated sequence.
 
 `train_induction` is the recipe: the one training step of `tinylib.train` in a short loop that saves the
-weights at log-spaced steps (the change is fast, early). The defaults (`InductionConfig`) are what formed an
-induction head on a 2-core CPU in minutes: 2 attention-only layers with learned positions (a layer-0 head then
-sees positions, which a previous-token head needs; with RoPE and 2 layers we saw the previous-token head land
-in layer 1, too late), Muon, and `RepeatedSpans`, which writes into a fraction of the training windows one
-span twice at random places: data in which copying from the context pays. At equal places every time, a model
-learns "attend k back" instead, which fails on any other distance.
-`score_checkpoint` measures one model; `score_run` every checkpoint of a run (written to `scores.json`);
-`plot_phase_change` draws the three curves. Head scores come from the eager attention patterns
-(`forward_with_patterns`), the same numbers `tinylib.interp.attention.head_scores` reads from the
-TransformerLens bridge, without building a bridge per checkpoint.
+weights at log-spaced steps (the first hundred steps, where the loss falls fastest) and every `dense_every`
+steps from `dense_start` to `dense_stop` (in the default recipe the induction head forms near step 1,000 of
+2,000, where log spacing alone leaves ~200 steps between checkpoints). The defaults (`InductionConfig`) are
+what formed an induction head on a 2-core CPU in minutes: 2 attention-only layers with learned positions (a
+layer-0 head then sees positions, which a previous-token head needs; with RoPE and 2 layers we saw the
+previous-token head land in layer 1, too late), Muon, and `RepeatedSpans`, which writes into a fraction of the
+training windows one span twice at random places (`write_spans`): data in which copying from the context pays.
+At equal places every time, a model learns "attend k back" instead, which fails on any other distance. With
+random spans the intervention replaces ~56% of every window's tokens: each checkpoint records how many
+TinyStories tokens the run has seen (`text_tokens`; `add_text_tokens` replays the count for older scores).
+`score_checkpoint` measures one model (the in-context score with a bootstrap interval over windows);
+`score_run` every checkpoint of a run (written to `scores.json`); `plot_phase_change` draws the three curves.
+Head scores come from the eager attention patterns (`forward_with_patterns`), the same numbers
+`tinylib.interp.attention.head_scores` reads from the TransformerLens bridge, without building a bridge per
+checkpoint.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,7 +77,11 @@ class InductionConfig:
     warmup_steps: int = 100
     repeat_frac: float = 1.0  # fraction of windows in which a span appears twice (see RepeatedSpans)
     repeat_source: str = "random"  # the span: "text" (the window's own) or "random" (random tokens)
-    n_checkpoints: int = 40  # log-spaced, step 0 and the last step included
+    n_checkpoints: int = 40  # log-spaced, step 0 and the last step included: the early fall of the loss
+    dense_every: int = 25  # and one every dense_every steps from dense_start to dense_stop: the transition
+    dense_start: int = 800
+    dense_stop: int = 1200
+    stop_at: int = 0  # > 0: train only the first stop_at steps of the `steps`-step schedule
     seed: int = 0
     dtype: str = "auto"
     progress: bool = True
@@ -88,12 +98,38 @@ class InductionConfig:
                            warmup_steps=self.warmup_steps, seed=self.seed, dtype=self.dtype, compile="off")
 
 
-def checkpoint_steps(total: int, n: int) -> list[int]:
-    """About n log-spaced steps in [0, total], 0 and total included (early steps are closer together)."""
+def checkpoint_steps(total: int, n: int, dense: tuple[int, int, int] | None = None) -> list[int]:
+    """About n log-spaced steps in [0, total], 0 and total included, and with `dense=(start, stop, every)`
+    every `every`-th step from start to stop as well.
+
+    Log spacing resolves the first hundred steps, where the loss falls fastest; it is coarsest where the
+    induction head forms in the default recipe (near step 1,000 of 2,000, ~200 steps between log-spaced
+    checkpoints), which is why the recipe adds a dense window there."""
     if total < 1 or n < 2:
         raise ValueError(f"need total >= 1 step and n >= 2 checkpoints, got total={total}, n={n}")
-    steps = np.unique(np.round(np.geomspace(1, total + 1, n - 1)).astype(int) - 1)
-    return sorted({0, total, *steps.tolist()})
+    steps = set(np.unique(np.round(np.geomspace(1, total + 1, n - 1)).astype(int) - 1).tolist())
+    if dense is not None:
+        start, stop, every = dense
+        if every < 1 or start > stop:
+            raise ValueError(f"dense={dense}: expected (start, stop, every), start <= stop, every >= 1")
+        steps |= {s for s in range(start, stop + 1, every) if s <= total}
+    return sorted({0, total, *steps})
+
+
+def write_spans(x: torch.Tensor, y: torch.Tensor, edits: list[tuple[int, torch.Tensor, int, int]]
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """A batch (x, y) with, for each edit (row, span, a, b), `span` written at positions a and b of that row's
+    window: the seq_len + 1 tokens that x (window[:-1]) and y (window[1:]) were cut from. Inputs and targets
+    stay next-token pairs. New tensors; x and y are left as they were."""
+    window = torch.cat([x, y[:, -1:]], dim=1)
+    for row, span, a, b in edits:
+        n = len(span)
+        if not (0 <= a and a + n <= b and b + n <= window.shape[1]):
+            raise ValueError(f"edit (row {row}, a={a}, b={b}, {n} tokens): the two places must not overlap "
+                             f"and fit in the window of W={window.shape[1]} tokens (a + n <= b, b + n <= W)")
+        window[row, a:a + n] = span
+        window[row, b:b + n] = span
+    return window[:, :-1].contiguous(), window[:, 1:].contiguous()
 
 
 class RepeatedSpans:
@@ -113,26 +149,51 @@ class RepeatedSpans:
                              "'random' (write random tokens twice; needs vocab_size)")
         self.batches, self.frac, self.seed, self.min_len = batches, frac, seed, min_len
         self.source, self.vocab_size = source, vocab_size
+        self.tokens = 0  # predicted tokens (the y of every batch) served so far
+        self.written = 0  # of those, the ones this wrapper wrote (the copy; with source="random", both spans)
 
     def next_batch(self, device: str | torch.device = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
         step = self.batches.step
         x, y = self.batches.next_batch(device)
+        self.tokens += y.numel()
         if self.frac == 0.0:
             return x, y
         window = torch.cat([x, y[:, -1:]], dim=1)  # the seq_len + 1 tokens x and y were cut from
         rng = np.random.default_rng([self.seed, step, 1])
         W = window.shape[1]
+        edits = []
         for row in np.flatnonzero(rng.random(window.shape[0]) < self.frac):
             n = int(rng.integers(min(self.min_len, W // 2), W // 2 + 1))
             a = int(rng.integers(0, W - 2 * n + 1))
             b = int(rng.integers(a + n, W - n + 1))
             if self.source == "random":
-                window[row, a:a + n] = torch.from_numpy(rng.integers(0, self.vocab_size, n))
-            window[row, b:b + n] = window[row, a:a + n].clone()
-        return window[:, :-1].contiguous(), window[:, 1:].contiguous()
+                span = torch.from_numpy(rng.integers(0, self.vocab_size, n)).to(window)
+            else:
+                span = window[row, a:a + n].clone()
+            edits.append((int(row), span, a, b))
+            written = range(a, a + n) if self.source == "random" else range(0)
+            self.written += sum(1 for t in (*written, *range(b, b + n)) if t >= 1)  # y is window[1:]
+        return write_spans(x, y, edits)
 
     def state_dict(self) -> dict:
         return self.batches.state_dict()
+
+
+def add_text_tokens(rows: list[dict], cfg: InductionConfig, vocab_size: int) -> list[dict]:
+    """`rows` (scores of a run trained with `cfg`, its tokenizer of `vocab_size` ids) with "text_tokens": the
+    training targets up to each row's step that the intervention did not write. Replays the sampler's draws,
+    which depend on (seed, step) only, not on the text: for scores of runs that predate the count that
+    `train_induction` keeps."""
+    stand_in = RandomBatches(np.zeros(4 * cfg.seq_len, dtype=np.uint16), cfg.batch_size, cfg.seq_len,
+                             seed=cfg.seed)
+    stream = RepeatedSpans(stand_in, cfg.repeat_frac, cfg.seed, source=cfg.repeat_source,
+                           vocab_size=vocab_size)
+    out = []
+    for row in sorted(rows, key=lambda r: r["step"]):
+        while stream.tokens < row["step"] * cfg.batch_size * cfg.seq_len:
+            stream.next_batch()
+        out.append({**row, "text_tokens": stream.tokens - stream.written})
+    return out
 
 
 @torch.enable_grad()  # a notebook studying models may have turned gradients off
@@ -152,12 +213,15 @@ def train_induction(cfg: InductionConfig) -> Path:
                            vocab_size=tokenizer.vocab_size)
     state = TrainState(model, configure_optimizer(model, tcfg, device), batches, total_steps=cfg.steps)
     record = {"tokenizer": tokenizer.name, "recipe": dataclasses.asdict(cfg), "train_config": tcfg.to_dict()}
-    save_at = set(checkpoint_steps(cfg.steps, cfg.n_checkpoints))
-    bar = tqdm(total=cfg.steps, desc=f"induction (repeat {cfg.repeat_frac:.0%})", disable=not cfg.progress)
+    save_at = set(checkpoint_steps(cfg.steps, cfg.n_checkpoints,
+                                   (cfg.dense_start, cfg.dense_stop, cfg.dense_every)))
+    bar = tqdm(total=cfg.stop_at or cfg.steps, desc=f"induction (repeat {cfg.repeat_frac:.0%})",
+               disable=not cfg.progress)
     while True:
         if state.step in save_at:
-            save_checkpoint(out / f"step_{state.step:06d}", model, {**record, **state.progress()})
-        if state.step >= cfg.steps:
+            text = {"text_tokens": stream.tokens - stream.written, "written_tokens": stream.written}
+            save_checkpoint(out / f"step_{state.step:06d}", model, {**record, **state.progress(), **text})
+        if state.step >= (cfg.stop_at or cfg.steps):
             break
         set_lr_factor(state.optimizer, lr_scale(state.step, warmup=cfg.warmup_steps, total=cfg.steps,
                                                 floor=tcfg.min_lr_ratio))
@@ -210,18 +274,41 @@ def per_token_loss(model: Transformer, tokens: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits[:, :-1].float().transpose(1, 2), tokens[:, 1:], reduction="none")
 
 
-def icl_score(losses: torch.Tensor, early: int | None = None, late: int | None = None,
-              width: int = 10) -> float:
-    """Olsson et al.'s in-context-learning score: loss at late positions minus loss at early ones (negative:
-    later tokens, with more context, are easier). Defaults: positions at 1/5 and 4/5 of the window
-    (51 and 204 of 255 predictions), each averaged over `width` neighbouring positions."""
-    n = losses.shape[1]
+def _icl_span(n: int, early: int | None, late: int | None, width: int) -> tuple[int, int]:
     early = n // 5 if early is None else early
     late = 4 * n // 5 if late is None else late
     if not 0 <= early < early + width <= late < late + width <= n:
         raise ValueError(f"early={early}, late={late}, width={width} do not fit in windows of {n} "
                          "predictions (need early + width <= late and late + width <= n)")
+    return early, late
+
+
+def icl_per_window(losses: torch.Tensor, early: int | None = None, late: int | None = None,
+                   width: int = 10) -> torch.Tensor:
+    """[N]: each window's late-minus-early loss (see `icl_score`, their mean)."""
+    early, late = _icl_span(losses.shape[1], early, late, width)
+    return losses[:, late:late + width].float().mean(1) - losses[:, early:early + width].float().mean(1)
+
+
+def icl_score(losses: torch.Tensor, early: int | None = None, late: int | None = None,
+              width: int = 10) -> float:
+    """Olsson et al.'s in-context-learning score: loss at late positions minus loss at early ones (negative:
+    later tokens, with more context, are easier). Defaults: positions at 1/5 and 4/5 of the window
+    (51 and 204 of 255 predictions), each averaged over `width` neighbouring positions."""
+    early, late = _icl_span(losses.shape[1], early, late, width)
     return float(losses[:, late:late + width].mean() - losses[:, early:early + width].mean())
+
+
+def bootstrap_interval(values: torch.Tensor, *, n_boot: int = 2000, level: float = 0.95,
+                       seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of `values` [N] (windows resampled with replacement)."""
+    if values.ndim != 1 or len(values) < 2:
+        raise ValueError(f"need a 1-D tensor of at least 2 values to resample, got {tuple(values.shape)}")
+    gen = torch.Generator().manual_seed(seed)
+    idx = torch.randint(0, len(values), (n_boot, len(values)), generator=gen)
+    means = values.double()[idx].mean(1)
+    lo, hi = torch.quantile(means, torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=torch.float64))
+    return float(lo), float(hi)
 
 
 def copy_losses(losses: torch.Tensor, half: int) -> tuple[float, float]:
@@ -235,29 +322,37 @@ def copy_losses(losses: torch.Tensor, half: int) -> tuple[float, float]:
 
 @torch.no_grad()
 def score_checkpoint(model: Transformer, probe: Probe) -> dict:
-    """Validation loss, ICL score, first/second-copy loss, and every head's previous-token and
-    induction score."""
+    """Validation loss, ICL score with its 95% bootstrap interval over windows, first/second-copy loss, and
+    every head's previous-token and induction score."""
     model.eval()
     val = per_token_loss(model, probe.windows)
     logits, patterns = model.forward_with_patterns(probe.repeated)
     rep = F.cross_entropy(logits[:, :-1].float().transpose(1, 2), probe.repeated[:, 1:], reduction="none")
     heads = scores_from_patterns(torch.stack(patterns, dim=1), probe.repeated)
     first, second = copy_losses(rep, probe.half)
-    return {"val_loss": float(val.mean()), "icl": icl_score(val), "first_copy_loss": first,
+    lo, hi = bootstrap_interval(icl_per_window(val))
+    return {"windows": int(probe.windows.shape[0]), "val_loss": float(val.mean()), "icl": icl_score(val),
+            "icl_lo": lo, "icl_hi": hi,
+            "first_copy_loss": first,
             "second_copy_loss": second, "previous_token": heads["previous_token"].tolist(),
             "induction": heads["induction"].tolist()}
 
 
-def score_run(run_dir: str | Path, probe: Probe | None = None, *, progress: bool = True) -> list[dict]:
-    """Score every checkpoint of a run (step, tokens and the `score_checkpoint` figures) and write them to
-    `run_dir/scores.json`."""
+def score_run(run_dir: str | Path, probe: Probe | None = None, *, steps: Iterable[int] | None = None,
+              progress: bool = True) -> list[dict]:
+    """Score every checkpoint of a run (or those at `steps`): step, tokens, text tokens and the
+    `score_checkpoint` figures, written to `run_dir/scores.json`."""
     folders = checkpoints_of(run_dir)
+    if steps is not None:
+        keep = set(steps)
+        folders = [f for f in folders if int(f.name.split("_")[1]) in keep]
     rows = []
     for folder in tqdm(folders, desc="scoring checkpoints", disable=not progress):
         meta = json.loads((folder / "config.json").read_text())
         if probe is None:
             probe = Probe.build(meta["recipe"]["data"], seq_len=meta["recipe"]["seq_len"])
-        rows.append({"step": meta["step"], "tokens": meta["tokens_seen"],
+        text = meta.get("text_tokens")  # None for runs that predate the count: see add_text_tokens
+        rows.append({"step": meta["step"], "tokens": meta["tokens_seen"], "text_tokens": text,
                      **score_checkpoint(load_model(folder), probe)})
     write_atomic(Path(run_dir) / SCORES_FILE, json.dumps(rows, indent=1).encode())
     return rows
@@ -286,30 +381,38 @@ def crossing_step(rows: list[dict], threshold: float = 0.5) -> int | None:
 
 # --- the figure ----------------------------------------------------------------------------------------
 
-def plot_phase_change(runs: dict[str, list[dict]], threshold: float = 0.5):
-    """Three panels against training step: best induction and previous-token score, the ICL score, and the
-    loss on the first vs second copy of repeated random tokens. One line style per run."""
+def plot_phase_change(runs: dict[str, list[dict]], threshold: float = 0.5, *, log_steps: bool = False):
+    """Three panels against training step: best induction and previous-token score, the ICL score (with its
+    interval where the rows have one), and the loss on the first vs second copy of repeated random tokens.
+    One line style per run; a linear step axis by default (the transition is late), `log_steps` for the
+    early steps."""
     import matplotlib.pyplot as plt  # plotting is optional for the library; imported when drawing
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     for (name, rows), style in zip(runs.items(), ("-", "--", ":", "-.")):
-        steps = [max(r["step"], 1) for r in rows]
+        steps = [max(r["step"], 1) if log_steps else r["step"] for r in rows]
         axes[0].plot(steps, [best_head(r)[2] for r in rows], "C0" + style, label=f"{name}: induction")
         axes[0].plot(steps, [best_head(r, "previous_token")[2] for r in rows], "C1" + style,
                      label=f"{name}: previous token")
         axes[1].plot(steps, [r["icl"] for r in rows], "C2" + style, label=name)
+        band = [(s, r["icl_lo"], r["icl_hi"]) for s, r in zip(steps, rows) if r.get("icl_lo") is not None]
+        if band:
+            axes[1].fill_between([b[0] for b in band], [b[1] for b in band], [b[2] for b in band], color="C2",
+                                 alpha=0.2, linewidth=0)
         axes[2].plot(steps, [r["first_copy_loss"] for r in rows], "C3" + style, label=f"{name}: 1st copy")
         axes[2].plot(steps, [r["second_copy_loss"] for r in rows], "C4" + style, label=f"{name}: 2nd copy")
         cross = crossing_step(rows, threshold)
         for ax in axes:
             if cross is not None:
-                ax.axvline(max(cross, 1), color="grey", linestyle=style, linewidth=0.8)
-    titles = ("best head score", "in-context score (late - early loss, nats)",
+                ax.axvline(max(cross, 1) if log_steps else cross, color="grey", linestyle=style,
+                           linewidth=0.8)
+    titles = ("best head score", "in-context score (late - early loss, nats; 95% band)",
               "loss on repeated random tokens (nats)")
     for ax, title in zip(axes, titles):
-        ax.set_xscale("log")
+        if log_steps:
+            ax.set_xscale("log")
         ax.set_xlabel("training step")
-        ax.set_title(title)
+        ax.set_title(title, fontsize=9)
         ax.legend(fontsize=7)
     axes[0].axhline(threshold, color="grey", linewidth=0.5)
     fig.tight_layout()

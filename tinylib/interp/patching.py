@@ -43,6 +43,23 @@ class NamesTask:
 
 
 NAMES_TASK = NamesTask()
+NAMES = ("Lily", "Tom", "Ben", "Sue", "Max", "Anna", "Sam", "Mia", "Tim", "Lucy")
+
+
+def names_tasks(tokenizer: Any, names: tuple[str, ...] = NAMES, template: NamesTask = NAMES_TASK
+                ) -> list[NamesTask]:
+    """`template` with every ordered pair of `names` in place of Lily (the subject, named twice) and Tom (the
+    indirect object, the answer); pairs where a name is not one token, with or without a leading space, are
+    left out (their prompts would not line up position by position)."""
+    def one_token(name: str) -> bool:
+        return all(len(tokenizer.encode(t, bos=False)) == 1 for t in (name, " " + name))
+
+    def fill(text: str, s: str, io: str) -> str:
+        return text.replace("Lily", "{s}").replace("Tom", "{io}").format(s=s, io=io)
+
+    ok = [n for n in names if one_token(n)]
+    return [NamesTask(fill(template.clean, s, io), fill(template.corrupted, s, io), " " + io, " " + s)
+            for s in ok for io in ok if s != io]
 
 
 @dataclass
@@ -93,6 +110,13 @@ def logit_diff(logits: torch.Tensor, answer: int, wrong: int) -> torch.Tensor:
     return last[:, answer] - last[:, wrong]
 
 
+def fraction_recovered(patched: torch.Tensor, clean: torch.Tensor | float,
+                       corrupted: torch.Tensor | float) -> torch.Tensor:
+    """(patched - corrupted) / (clean - corrupted): 0 where a patch leaves the corrupted run's logit
+    difference, 1 where it restores the clean run's, linear in between (negative: pushed further away)."""
+    return (patched - corrupted) / (clean - corrupted)
+
+
 def _bridge(model: Any, tokenizer: Any):
     bridge = as_bridge(model, tokenizer)
     if tokenizer is not None and getattr(bridge, "tinylib_tokenizer", None) is None:
@@ -121,7 +145,7 @@ def _patch(model: Any, task: NamesTask, tokenizer: Any, names: list[str], n_copi
             return act
 
         logits = bridge.run_with_hooks(batch, fwd_hooks=[(name, fn)])
-        grid[row] = (logit_diff(logits, answer, wrong) - corrupted_diff) / (clean_diff - corrupted_diff)
+        grid[row] = fraction_recovered(logit_diff(logits, answer, wrong), clean_diff, corrupted_diff)
     return grid, clean_diff, corrupted_diff, bridge
 
 
@@ -155,6 +179,42 @@ def patch_heads(model: Any, task: NamesTask = NAMES_TASK, *, tokenizer: Any = No
 
     grid, clean_diff, corrupted_diff, _ = _patch(bridge, task, None, names, H, patch)
     return PatchingResult("heads", grid, clean_diff, corrupted_diff, names, [f"H{h}" for h in range(H)])
+
+
+@dataclass
+class NameHeadProfile:
+    """What one head does at the last position of names tasks, one value per task."""
+
+    to_answer: torch.Tensor  # attention to the indirect object (the name named once: the clean answer)
+    to_repeated: torch.Tensor  # attention to the second mention of the subject (the name named twice)
+    direct: torch.Tensor  # the head's direct effect on logit(answer) - logit(wrong), clean prompt
+
+
+@torch.no_grad()
+def name_head_profile(model: Any, tokenizer: Any, tasks: list[NamesTask], layer: int, head: int
+                      ) -> NameHeadProfile:
+    """Where a head looks from the last position of each clean prompt, and what its own output does to the
+    logit difference there (`tinylib.interp.circuits.head_direct_logits`; a tinylib Transformer).
+
+    Wang et al.'s (2022) name movers attend to the indirect object and raise its logit: to_answer high,
+    direct > 0. A head that attends to the repeated subject and still raises the answer lowers the name it
+    reads instead (their negative or S-inhibition-like heads)."""
+    from tinylib.interp.circuits import head_direct_logits  # circuits imports the attention module, as we
+
+    to_answer, to_repeated, direct = [], [], []
+    for task in tasks:
+        ids = torch.tensor([tokenizer.encode(task.clean, bos=True)])
+        answer = _token_id(tokenizer, task.answer, "answer")
+        wrong = _token_id(tokenizer, task.wrong, "wrong answer")
+        _, patterns = model.forward_with_patterns(ids)
+        row = patterns[layer][0, head, -1].float()  # [T]: the last position's attention
+        io = int((ids[0] == answer).nonzero()[0])
+        s2 = int((ids[0, :-1] == wrong).nonzero()[-1])
+        to_answer.append(row[io])
+        to_repeated.append(row[s2])
+        logits = head_direct_logits(model, ids, layer, head)[0, -1]
+        direct.append(logits[answer] - logits[wrong])
+    return NameHeadProfile(torch.stack(to_answer), torch.stack(to_repeated), torch.stack(direct))
 
 
 def _plot_grid(result: PatchingResult, xlabel: str, ylabels: list[str], title: str | None, rotate: int):

@@ -16,6 +16,12 @@ second (strength < 0). Strength 1 adds exactly the average difference between th
   prefill and every new token are steered, and the cached keys/values are the steered ones. Strength 0 leaves
   the model's output unchanged bit for bit (x + 0 = x), so generation equals plain generation token for token.
 
+How much it does, and what it costs: `steering_curve(model, tokenizer, vector, strengths)` samples the same
+stories (same prompt, same seeds) at each strength and measures a sentiment (per story, the count of words
+from `HAPPY_WORDS` minus those from `SAD_WORDS`) and a fluency (the unsteered model's mean loss on the steered
+story's tokens: text the model itself would not write costs more), each with a bootstrap interval over
+stories; `plot_steering_curve` draws both against the strength.
+
 This works on a tinylib `Transformer` directly (generation needs the KV cache, which the TransformerLens
 bridge does not drive). What it leaves to others: sampling (`tinylib.engine`), text (`tinylib.generate`), the
 widget's controls (`tinylib.widgets.story`).
@@ -23,13 +29,18 @@ widget's controls (`tinylib.widgets.story`).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
 
+from tinylib.generate import generate
+from tinylib.interp.induction import bootstrap_interval
 from tinylib.model import Transformer
 
 HAPPY = (
@@ -154,3 +165,100 @@ def steer(model: Transformer, vector: SteeringVector | torch.Tensor, strength: f
         yield
     finally:
         handle.remove()
+
+
+# --- measuring it: a curve over strengths ------------------------------------------------------------------
+
+HAPPY_WORDS = frozenset(
+    "happy glad joy joyful smile smiled smiles smiling laugh laughed laughing fun love loved loves "
+    "cheer cheered excited proud kind nice best beautiful great hug hugged friends yay wonderful".split())
+SAD_WORDS = frozenset(
+    "sad cry cried cries crying tears upset angry mad scared afraid lonely hurt sorry lost broke broken "
+    "alone sick dark mean grumpy worried frown frowned bad worst".split())
+
+
+def sentiment_counts(text: str) -> tuple[int, int]:
+    """(happy words, sad words) in `text`: lower-cased whole words looked up in HAPPY_WORDS and SAD_WORDS."""
+    words = re.findall(r"[a-z]+", text.lower())
+    return sum(w in HAPPY_WORDS for w in words), sum(w in SAD_WORDS for w in words)
+
+
+@dataclass
+class SteeringCurve:
+    """Per strength, per story: happy and sad word counts and the unsteered model's loss on the story."""
+
+    strengths: list[float]
+    happy: torch.Tensor  # [strengths, stories]
+    sad: torch.Tensor  # [strengths, stories]
+    fluency: torch.Tensor  # [strengths, stories]: mean loss (nats/token) of the unsteered model
+    texts: list[list[str]] = field(default_factory=list)
+
+    @property
+    def sentiment(self) -> torch.Tensor:
+        """[strengths, stories]: happy minus sad words per story."""
+        return (self.happy - self.sad).float()
+
+    def summary(self) -> list[dict]:
+        """One row per strength: means over stories and their 95% bootstrap intervals."""
+        rows = []
+        for i, strength in enumerate(self.strengths):
+            rows.append({"strength": strength, "happy": float(self.happy[i].float().sum()),
+                         "sad": float(self.sad[i].float().sum()),
+                         "sentiment": float(self.sentiment[i].mean()),
+                         "sentiment_ci": bootstrap_interval(self.sentiment[i]),
+                         "fluency": float(self.fluency[i].mean()),
+                         "fluency_ci": bootstrap_interval(self.fluency[i])})
+        return rows
+
+
+@torch.no_grad()
+def story_loss(model: Transformer, prompt_tokens: list[int], tokens: list[int]) -> float:
+    """The mean next-token loss of `model` on `tokens` after `prompt_tokens` (the prompt is not scored)."""
+    ids = torch.tensor([prompt_tokens + tokens], device=next(model.parameters()).device)
+    logits, _ = model(ids[:, :-1])
+    losses = F.cross_entropy(logits[0].float(), ids[0, 1:], reduction="none")
+    return float(losses[len(prompt_tokens) - 1:].mean())
+
+
+def steering_curve(model: Transformer, tokenizer: Any, vector: SteeringVector, strengths: Sequence[float], *,
+                   n_stories: int = 32, prompt: str = "Once upon a time", max_new_tokens: int = 48,
+                   seed: int = 0, progress: bool = True) -> SteeringCurve:
+    """Sample `n_stories` continuations of `prompt` (seeds seed..seed+n-1, the same at every strength) with
+    the vector added at each strength, and measure each story's sentiment and fluency."""
+    if n_stories < 2:
+        raise ValueError(f"n_stories={n_stories}: need at least 2 stories per strength for an interval")
+    happy, sad, fluency, texts = [], [], [], []
+    for strength in tqdm(list(strengths), desc="steering strengths", disable=not progress):
+        with steer(model, vector, strength):
+            results = generate(model, tokenizer, [prompt] * n_stories, seed=seed,
+                               max_new_tokens=max_new_tokens)
+        counts = [sentiment_counts(r.text) for r in results]
+        happy.append([h for h, _ in counts])
+        sad.append([s for _, s in counts])
+        fluency.append([story_loss(model, r.prompt_tokens, r.tokens) if r.tokens else float("nan")
+                        for r in results])
+        texts.append([r.text for r in results])
+    return SteeringCurve(list(strengths), torch.tensor(happy), torch.tensor(sad), torch.tensor(fluency),
+                         texts)
+
+
+def plot_steering_curve(curve: SteeringCurve, title: str | None = None):
+    """Sentiment (happy - sad words per story) and fluency (unsteered loss) against the strength, with
+    95% bootstrap intervals over stories."""
+    import matplotlib.pyplot as plt  # only when plotting: the analyses run without matplotlib
+
+    rows = curve.summary()
+    x = [r["strength"] for r in rows]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+    for ax, key, label in ((axes[0], "sentiment", "happy - sad words per story"),
+                           (axes[1], "fluency", "unsteered model's loss on the story (nats/token)")):
+        mean = [r[key] for r in rows]
+        lo = [r[key] - r[f"{key}_ci"][0] for r in rows]
+        hi = [r[f"{key}_ci"][1] - r[key] for r in rows]
+        ax.errorbar(x, mean, yerr=[lo, hi], marker="o", capsize=3)
+        ax.set(xlabel="steering strength", ylabel=label)
+        ax.axvline(0, color="grey", linewidth=0.5)
+    axes[0].axhline(0, color="grey", linewidth=0.5)
+    fig.suptitle(title or f"steering with {curve.happy.shape[1]} stories per strength", fontsize=10)
+    fig.tight_layout()
+    return fig
