@@ -10,7 +10,7 @@ more steps ends lower: each `min_steps` was measured as that crossover (see `CAN
 
 The offline sample is small (2,316 stories, ~0.5M tokens), so a 10-minute run sees it many times: what a
 larger model gains in capacity it partly loses to memorising, which is why the candidates stay small and carry
-dropout and strong weight decay.
+strong weight decay, and dropout where the budget makes many passes over the sample.
 
 What it leaves to others: the training loop (`tinylib.train`), the schedule's own re-planning while it runs
 (`tinylib.optim.TimePlan`), the command (`tinylib.demo.__main__`).
@@ -35,9 +35,10 @@ from tinylib.train import train_step
 
 # What every demo run shares. Muon on the block matrices learns more per token than AdamW (tinylib.optim);
 # the tied embedding learns best with a higher AdamW lr (6e-3). Offline the sample is seen many times: strong
-# weight decay and residual dropout keep the model from memorising it (attention dropout is left off: it
-# halves CPU speed), and the embedding's weight decay keeps the logits of tokens never seen in training (byte
-# tokens of mis-encoded text in the validation stories) from sinking without bound.
+# weight decay keeps the model from memorising it, and the embedding's weight decay keeps the logits of tokens
+# never seen in training (byte tokens of mis-encoded text in the validation stories) from sinking without
+# bound. Residual dropout is the candidate's own (`Candidate.dropout`): it pays only where the run sees the
+# sample many times (attention dropout is left off everywhere: it halves CPU speed).
 RECIPE = dict(optimizer="muon", muon_lr=0.01, muon_weight_decay=0.3, weight_decay=1.0, lr=6e-3,
               min_lr_ratio=0.05, eval_batches=20, sample_tokens=32)
 WARMUP_TOKENS = 409_600  # 100 steps of 16 x 256: warmup is set in tokens, so a smaller batch warms as long
@@ -53,11 +54,12 @@ class Candidate:
     batch_size: int = 16
     seq_len: int = 256
     min_steps: int = 0  # with fewer steps in the budget, the next candidate in the list ends lower
+    dropout: float = 0.1  # residual dropout: against memorising a sample seen ~16 times, a cost at ~7
     about: str = ""
 
     def train_config(self, **fields) -> TrainConfig:
         """The run's TrainConfig: the shared recipe, this candidate's shape, then `fields` (data, time...)."""
-        overrides = {"dropout": 0.1, "attn_dropout": 0.0, **self.model_overrides}
+        overrides = {"dropout": self.dropout, "attn_dropout": 0.0, **self.model_overrides}
         warmup = round(WARMUP_TOKENS / (self.batch_size * self.seq_len))
         return TrainConfig(**{**RECIPE, "preset": self.preset, "model_overrides": overrides,
                               "batch_size": self.batch_size, "seq_len": self.seq_len, "warmup_steps": warmup,
@@ -71,16 +73,23 @@ class Candidate:
 # ended 0.079 below batch 16 on a short budget (1.2M tokens: 1.217 vs 1.296), but a 10-minute bf16 demo at
 # batch 8 (3,501 steps, 7.2M tokens) ended at 1.009, above batch 16's 0.995 at 8.1M tokens: small batches win
 # while updates are scarce and lose once they are not. The crossover between those two budgets is set at 1,000
-# measured steps of batch 16 (about 4M tokens), not measured more finely. The smallest fallback follows the
-# compute-optimal rule (a smaller model for a smaller budget, Hoffmann et al.) for machines slower than any
-# measured here.
+# measured steps of batch 16 (about 4M tokens), not measured more finely.
+# Dropout follows the number of passes over the 0.5M-token sample. At batch 16 for 1,928 steps (7.9M tokens,
+# ~16 passes: the bf16 demo) it is what keeps the model from memorising: 0.0 ended at 1.072 (2,140 steps, the
+# same time), 0.1 at 0.999, 0.2 at 1.009. At batch 8 for 1,555-1,733 steps (3.2-3.5M tokens, ~7 passes: the
+# AVX2 demo) it only costs: 0.1 ended at 1.067, 0.0 at 1.053 at 1,555 steps, and a compiled step without it
+# is ~10% cheaper (1,733 steps in the same time: 1.046). At that budget the shape is right: 2 layers (2,900
+# steps, 1.080), d_model 96 (2,700 steps, 1.049) and batch 4 (3,400 steps, 1.081) did no better.
+# The smallest fallback follows the compute-optimal rule (a smaller model for a smaller budget, Hoffmann et
+# al.) for machines slower than any measured here.
 CANDIDATES: tuple[Candidate, ...] = (
-    Candidate("tiny-relu2", "tiny", {"mlp": "relu2"}, 16, 256, min_steps=1000,
-              about="4 layers x 128, ReLU^2 MLP 512 (two matrices, SwiGLU has three), batch 16 x 256"),
-    Candidate("tiny-relu2-b8", "tiny", {"mlp": "relu2"}, 8, 256, min_steps=400,
-              about="the same model at batch 8 x 256: twice the updates for a short budget"),
-    Candidate("small-relu2-b8", "tiny", {"mlp": "relu2", "n_layer": 3}, 8, 256, min_steps=0,
-              about="3 layers x 128, ReLU^2 MLP 512, batch 8 x 256"),
+    Candidate("tiny-relu2", "tiny", {"mlp": "relu2"}, 16, 256, min_steps=1000, dropout=0.1,
+              about="4 layers x 128, ReLU^2 MLP 512 (two matrices, SwiGLU has three), batch 16 x 256, "
+                    "dropout 0.1"),
+    Candidate("tiny-relu2-b8", "tiny", {"mlp": "relu2"}, 8, 256, min_steps=400, dropout=0.0,
+              about="the same model at batch 8 x 256 without dropout: twice the updates for a short budget"),
+    Candidate("small-relu2-b8", "tiny", {"mlp": "relu2", "n_layer": 3}, 8, 256, min_steps=0, dropout=0.0,
+              about="3 layers x 128, ReLU^2 MLP 512, batch 8 x 256, no dropout"),
 )
 GPU_CANDIDATE = Candidate("gpu", "llama_6L_6H_288D", {}, 64, 256,
                           about="6 layers x 288 (LLaMA-style), batch 64: a GPU runs it at thousands of steps")
