@@ -3,6 +3,9 @@ Playwright. notebooks/04_generation.ipynb: Run All Cells, Generate, and story te
 steering on (a steered story appears beside it, same seed) and drag the strength slider: the steered text
 must change while the unsteered one stays.
 notebooks/00_start_here.ipynb: Run All Cells, and its environment check must pass on the page.
+tinylib.widgets.token_views in a notebook the test writes: hover two tokens of the reference model's attention
+view; the shaded targets must be each query's row of the model's own pattern (argmax included), per head in
+the all-heads grid and per layer; the token view's hover shows the value.
 
 Needs the `chromium` Debian package (/usr/bin/chromium) and the `playwright` Python package (no browser
 download: Playwright drives the system chromium). When either is missing the test FAILS and says what to
@@ -24,7 +27,11 @@ import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 
+import nbformat
 import pytest
+import torch
+
+from tinylib.widgets.models import open_model
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "notebooks" / "04_generation.ipynb"
@@ -62,7 +69,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _wait_for_server(url: str, proc: subprocess.Popen, log: Path, timeout: float = 60) -> None:
+def _wait_for_server(url: str, proc: subprocess.Popen, log: Path, timeout: float = 180) -> None:
     deadline = time.time() + timeout
     while time.time() < deadline:
         if proc.poll() is not None:
@@ -119,7 +126,7 @@ def lab(tmp_path):
                 proc.wait(5)
 
 
-def _wait_for_idle_kernel(page, timeout: float = 45) -> None:
+def _wait_for_idle_kernel(page, timeout: float = 180) -> None:
     """Accept JupyterLab's "Select Kernel" dialog if it shows (python3 is preselected), then wait for Idle."""
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -229,3 +236,96 @@ def test_start_here_in_jupyterlab(lab, tmp_path):
         _run_all_cells(page, base, token, START)
         for text in ("environment checked ✓", "every notebook is in the table ✓"):
             page.locator(".jp-OutputArea-output", has_text=text).first.wait_for(timeout=60_000)
+
+
+VIEWS_TEXT = "Once upon a time, there was a little girl named Lily. Lily liked to play with her red ball."
+VIEWS_LAYER, VIEWS_HEAD = 1, 2
+ALPHA_ATOL = 0.5e-3 + 1 / 255  # the view keeps 3 decimals; Chromium keeps a colour's alpha in 8 bits
+
+
+def _views_notebook(path: Path) -> None:
+    """A notebook that renders the attention view of the reference model and a token view."""
+    cells = [nbformat.v4.new_code_cell(
+                 "from tinylib.widgets.models import open_model\n"
+                 "from tinylib.widgets.token_views import model_attention_view, token_view\n"
+                 "found = open_model('reference')\n"
+                 f"model_attention_view(found.model, {VIEWS_TEXT!r}, found.tokenizer, layer={VIEWS_LAYER}, "
+                 f"head={VIEWS_HEAD})"),
+             nbformat.v4.new_code_cell("token_view(['<s>', ' Lily', ' & ', ' Tom'], [0.5, -2.25, 1.0, 3.0], "
+                                       "names=['neuron <7>'])")]
+    nbformat.write(nbformat.v4.new_notebook(cells=cells, metadata={"kernelspec": {
+        "name": "python3", "display_name": "Python 3", "language": "python"}}), path)
+
+
+def _alphas(page, panel) -> list[float]:
+    """The background opacity of every token of one panel, as the browser computed it."""
+    colours = panel.locator(".tlv-tok").evaluate_all(
+        "spans => spans.map(s => getComputedStyle(s).backgroundColor)")
+    out = []
+    for c in colours:  # "rgba(40, 80, 220, 0.675)"; an opaque colour is written "rgb(40, 80, 220)"
+        parts = c[c.index("(") + 1:-1].split(",")
+        out.append(float(parts[3]) if len(parts) == 4 else 1.0)
+    return out
+
+
+def test_attention_view_in_jupyterlab(lab, tmp_path):
+    """Hover a token of the attention view in JupyterLab (offline): the shaded targets are the query's row of
+    the model's own pattern, they change with the query, per head in the all-heads grid and per layer."""
+    sync_playwright = _requirements()
+    base, token, log = lab
+    notebook = tmp_path / "lab" / "notebooks" / "token_views.ipynb"
+    _views_notebook(notebook)
+    found = open_model("reference")
+    ids = torch.tensor([found.tokenizer.encode(VIEWS_TEXT, bos=True)])
+    with torch.no_grad():
+        patterns = torch.stack([p[0] for p in found.model.forward_with_patterns(ids)[1]])  # [L, H, T, T]
+    row = patterns[VIEWS_LAYER, VIEWS_HEAD]
+    # two queries whose strongest targets differ, each clearly ahead of its second (no ties to argue about)
+    clear = [q for q in range(3, ids.shape[1]) if float(row[q].topk(2).values.diff().abs()) > 0.05]
+    q1 = clear[0]
+    q2 = next(q for q in clear if int(row[q].argmax()) != int(row[q1].argmax()))
+    with sync_playwright() as p, _page(p, tmp_path, log) as page:
+        _run_all_cells(page, base, token, notebook)
+        view = page.locator(".tinylib-attention")
+        # the kernel imports torch and tinylib first: minutes on a CPU shared with other work
+        view.locator(".tlv-panels .tlv-tok").first.wait_for(state="visible", timeout=240_000)
+        panel = view.locator(".tlv-panel").first
+        assert _alphas(page, panel) == [0.0] * ids.shape[1]  # nothing shaded before a hover
+        seen = {}
+        for q in (q1, q2):
+            panel.locator(".tlv-tok").nth(q).hover()
+            seen[q] = _alphas(page, panel)
+            readout = view.locator(".tlv-readout").inner_text()
+            assert readout.startswith(f"L{VIEWS_LAYER}H{VIEWS_HEAD}: query {q} "), readout
+        # all heads: one panel per head, each shading its own row for the hovered query
+        view.locator("select.tlv-head").select_option("all")
+        panels = view.locator(".tlv-panel")
+        panels.first.locator(".tlv-tok").nth(q1).hover()
+        per_head = [_alphas(page, panels.nth(h)) for h in range(panels.count())]
+        thumbnails = view.locator(".tlv-panel canvas").count()
+        # another layer: the same query now shades that layer's rows
+        view.locator("select.tlv-layer").select_option(str(VIEWS_LAYER - 1))
+        panels.first.locator(".tlv-tok").nth(q1).hover()
+        layer_before = _alphas(page, panels.nth(VIEWS_HEAD))
+        tokens = page.locator(".tinylib-tokens")
+        tokens.locator(".tlv-tok").nth(1).hover()
+        token_readout = tokens.locator(".tlv-readout").inner_text()
+        page.screenshot(path=str(tmp_path / "attention_view.png"))
+    for q in (q1, q2):
+        assert max(range(len(seen[q])), key=seen[q].__getitem__) == int(row[q].argmax()), (q, seen[q])
+        torch.testing.assert_close(torch.tensor(seen[q]), row[q], atol=ALPHA_ATOL, rtol=0)
+    assert seen[q1] != seen[q2]
+    _assert_rows(per_head, patterns[VIEWS_LAYER, :, q1])
+    assert thumbnails == patterns.shape[1]
+    _assert_rows([layer_before], patterns[VIEWS_LAYER - 1, VIEWS_HEAD, q1][None])
+    assert token_readout == 'neuron <7> at token 1 " Lily": -2.25', token_readout
+    print(f"queries {q1} and {q2}: targets {int(row[q1].argmax())} and {int(row[q2].argmax())}; "
+          f"screenshot {tmp_path / 'attention_view.png'}")
+
+
+def _assert_rows(shown: list[list[float]], rows: torch.Tensor) -> None:
+    """Each panel's opacities are its head's attention row (within ALPHA_ATOL), argmax included."""
+    assert len(shown) == rows.shape[0], (len(shown), rows.shape)
+    torch.testing.assert_close(torch.tensor(shown), rows.float(), atol=ALPHA_ATOL, rtol=0)
+    for panel, row in zip(shown, rows):
+        assert row[max(range(len(panel)), key=panel.__getitem__)] >= row.max() - ALPHA_ATOL
