@@ -183,6 +183,27 @@ def test_the_wrong_answers_that_used_to_pass_fail(name):
             run_check(ex, wrong)
 
 
+def wrong_answers_of_issue_28():
+    """The wrong answers issue 28 names for notebook 08's measurements: the wrong head ablated, a patching
+    metric normalised by the clean run only, a composition score with no baseline."""
+    from tinylib.exercises import nb08_induction as nb08
+    return {
+        "ablation_table": [nb08._ablate_the_neighbour, nb08._ablate_in_layer_one],
+        "patching_recovered": [nb08._recovered_by_clean_only],
+        "k_composition_excess": [nb08._excess_no_baseline],
+        "repeat_spans": [nb08._spans_into_x_only, nb08._spans_same_index_in_y],
+    }
+
+
+@pytest.mark.parametrize("name", sorted(wrong_answers_of_issue_28()))
+def test_the_wrong_answers_of_issue_28_fail(name):
+    ex = get(name)
+    for wrong in wrong_answers_of_issue_28()[name]:
+        assert wrong in ex.wrong
+        with pytest.raises(CheckFailed, match=rf"^{name}\(.*\): .*(expected|differ)"):
+            run_check(ex, wrong)
+
+
 def test_the_specific_cases_are_there():
     from tinylib.exercises.nb01_data import merge_pair
     from tinylib.exercises.nb09_finetune import story_word_inclusion
