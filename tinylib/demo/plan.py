@@ -80,9 +80,9 @@ class Candidate:
 # AVX2 demo) it only costs: 0.1 ended at 1.067, 0.0 at 1.053 at 1,555 steps, and a compiled step without it
 # is ~10% cheaper (1,733 steps in the same time: 1.046). At that budget the shape is right: 2 layers (2,900
 # steps, 1.080), d_model 96 (2,700 steps, 1.049) and batch 4 (3,400 steps, 1.081) did no better.
-# Muon's lr 0.02 ended below 0.01 at both budgets by about the same small margin, one seed each (bf16 batch 16,
-# 1,928 steps: 0.992 vs the demo's 0.999; AVX2 batch 8, 1,733 steps: 1.040 vs 1.046): the same sign twice,
-# each inside one seed's noise. 6 layers at batch 16 (1,340 steps in the same time) ended at 1.020, and
+# Muon's lr 0.02 ended below 0.01 at both budgets by about the same small margin, one seed each (bf16 batch
+# 16, 1,928 steps: 0.992 vs the demo's 0.999; AVX2 batch 8, 1,733 steps: 1.040 vs 1.046): the same sign
+# twice, each inside one seed's noise. 6 layers at batch 16 (1,340 steps in the same time) ended at 1.020, and
 # warmup-stable-decay (20% decay) at batch 8 at 1.058: neither is taken.
 # The smallest fallback follows the compute-optimal rule (a smaller model for a smaller budget, Hoffmann et
 # al.) for machines slower than any measured here.

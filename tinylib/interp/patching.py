@@ -30,6 +30,7 @@ from typing import Any
 import torch
 
 from tinylib.interp.bridge import as_bridge, encode, str_tokens
+from tinylib.interp.circuits import head_direct_logits
 
 
 @dataclass(frozen=True)
@@ -199,7 +200,6 @@ def name_head_profile(model: Any, tokenizer: Any, tasks: list[NamesTask], layer:
     Wang et al.'s (2022) name movers attend to the indirect object and raise its logit: to_answer high,
     direct > 0. A head that attends to the repeated subject and still raises the answer lowers the name it
     reads instead (their negative or S-inhibition-like heads)."""
-    from tinylib.interp.circuits import head_direct_logits  # circuits imports the attention module, as we
 
     to_answer, to_repeated, direct = [], [], []
     for task in tasks:
