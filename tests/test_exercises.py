@@ -176,8 +176,12 @@ def wrong_answers_from_the_issue():
 
 @pytest.mark.parametrize("name", sorted(wrong_answers_from_the_issue()))
 def test_the_wrong_answers_that_used_to_pass_fail(name):
+    assert_each_fails_naming_the_difference(name, wrong_answers_from_the_issue()[name])
+
+
+def assert_each_fails_naming_the_difference(name, wrongs):
     ex = get(name)
-    for wrong in wrong_answers_from_the_issue()[name]:
+    for wrong in wrongs:
         assert wrong in ex.wrong
         with pytest.raises(CheckFailed, match=rf"^{name}\(.*\): .*(expected|differ)"):
             run_check(ex, wrong)
@@ -197,11 +201,7 @@ def wrong_answers_of_issue_28():
 
 @pytest.mark.parametrize("name", sorted(wrong_answers_of_issue_28()))
 def test_the_wrong_answers_of_issue_28_fail(name):
-    ex = get(name)
-    for wrong in wrong_answers_of_issue_28()[name]:
-        assert wrong in ex.wrong
-        with pytest.raises(CheckFailed, match=rf"^{name}\(.*\): .*(expected|differ)"):
-            run_check(ex, wrong)
+    assert_each_fails_naming_the_difference(name, wrong_answers_of_issue_28()[name])
 
 
 def test_the_specific_cases_are_there():
