@@ -34,6 +34,7 @@ from tinylib.interp.induction import (
     crossing_step,
     icl_per_window,
     icl_score,
+    icl_shift,
     load_scores,
     score_checkpoint,
     score_run,
@@ -99,6 +100,30 @@ def test_icl_interval_is_over_windows():
     assert hi_few - lo_few > hi - lo  # fewer windows, a wider interval
     with pytest.raises(ValueError, match="at least 2"):
         bootstrap_interval(per[:1])
+
+
+def test_icl_shift_is_the_paired_change_of_the_mean_and_subtracts_a_baseline_run():
+    g = torch.Generator().manual_seed(0)
+    difficulty = torch.randn(300, generator=g)  # each window's own level: pairing must cancel it
+
+    def rows(drop_at, drop):
+        return [{"step": s, "icl_windows": (difficulty - (drop if s >= drop_at else 0.0)
+                                            + 0.01 * torch.randn(300, generator=g)).tolist()}
+                for s in range(800, 1225, 25)]
+
+    mixed, plain = rows(1050, 0.05), rows(1050, 0.02)
+    drop, lo, hi = icl_shift(mixed, 1050)
+    assert drop == pytest.approx(0.05, abs=0.003) and lo < drop < hi and hi - lo < 0.01  # paired: narrow
+    excess, lo, hi = icl_shift(mixed, 1050, plain)
+    assert excess == pytest.approx(0.03, abs=0.003) and lo < 0.03 < hi
+    unpaired = torch.tensor(mixed[0]["icl_windows"]) - torch.tensor(mixed[-1]["icl_windows"]).roll(1)
+    assert float(unpaired.std()) > 1  # without pairing, the windows' levels would swamp a 0.05 drop
+    with pytest.raises(ValueError, match="no icl_windows"):
+        icl_shift([{"step": 800, "icl": 0.1}, *mixed[1:]], 1050)
+    with pytest.raises(ValueError, match="before"):
+        icl_shift(mixed, 800)
+    with pytest.raises(ValueError, match="one Probe"):
+        icl_shift(mixed, 1050, [{**r, "icl_windows": r["icl_windows"][:10]} for r in plain])
 
 
 def test_random_composition_baseline_is_well_above_zero_and_reproducible():

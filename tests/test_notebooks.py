@@ -68,7 +68,7 @@ CASES = {
         "your induction_score_repeated == scores_from_patterns on the model ✓", "phase-change figure drawn ✓",
         "plain: no induction head ✓", "placed to 25 steps by the dense checkpoints ✓",
         "the loss gap measured at equal steps and at equal text tokens ✓",
-        "in-context scores stated with their intervals and jitter ✓",
+        "in-context scores stated with their intervals ✓",
         "your in_context_score == icl_score on the model ✓",
         "a previous-token head in layer 0, induction heads in layer 1 (L1H0, and L1H1 at 0.9",
         "the previous-token head L0H1 is the costliest in layer 0 ✓",

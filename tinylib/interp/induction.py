@@ -321,25 +321,68 @@ def copy_losses(losses: torch.Tensor, half: int) -> tuple[float, float]:
 
 
 @torch.no_grad()
-def score_checkpoint(model: Transformer, probe: Probe) -> dict:
+def score_checkpoint(model: Transformer, probe: Probe, *, keep_windows: bool = False) -> dict:
     """Validation loss, ICL score with its 95% bootstrap interval over windows, first/second-copy loss, and
-    every head's previous-token and induction score."""
+    every head's previous-token and induction score; with `keep_windows`, each window's ICL score too
+    (`icl_windows`, for paired comparisons of checkpoints scored on the same windows: see `icl_shift`)."""
     model.eval()
     val = per_token_loss(model, probe.windows)
     logits, patterns = model.forward_with_patterns(probe.repeated)
     rep = F.cross_entropy(logits[:, :-1].float().transpose(1, 2), probe.repeated[:, 1:], reduction="none")
     heads = scores_from_patterns(torch.stack(patterns, dim=1), probe.repeated)
     first, second = copy_losses(rep, probe.half)
-    lo, hi = bootstrap_interval(icl_per_window(val))
-    return {"windows": int(probe.windows.shape[0]), "val_loss": float(val.mean()), "icl": icl_score(val),
-            "icl_lo": lo, "icl_hi": hi,
-            "first_copy_loss": first,
-            "second_copy_loss": second, "previous_token": heads["previous_token"].tolist(),
-            "induction": heads["induction"].tolist()}
+    per_window = icl_per_window(val)
+    lo, hi = bootstrap_interval(per_window)
+    row = {"windows": int(probe.windows.shape[0]), "val_loss": float(val.mean()), "icl": icl_score(val),
+           "icl_lo": lo, "icl_hi": hi,
+           "first_copy_loss": first,
+           "second_copy_loss": second, "previous_token": heads["previous_token"].tolist(),
+           "induction": heads["induction"].tolist()}
+    if keep_windows:
+        row["icl_windows"] = [round(x, 4) for x in per_window.tolist()]
+    return row
+
+
+def _shift_per_window(rows: list[dict], at_step: int) -> torch.Tensor:
+    before = [r for r in rows if r["step"] < at_step]
+    after = [r for r in rows if r["step"] >= at_step]
+    if not before or not after:
+        raise ValueError(f"at_step={at_step} leaves {len(before)} checkpoints before and {len(after)} "
+                         "from it on; pick a step inside the rows' range")
+    missing = [r["step"] for r in rows if "icl_windows" not in r]
+    if missing:
+        raise ValueError(f"rows at steps {missing[:5]} have no icl_windows: score them with "
+                         "score_run(run_dir, keep_windows=True)")
+    if len({len(r["icl_windows"]) for r in rows}) != 1:
+        raise ValueError("the rows were scored on different numbers of windows; score them with one Probe")
+
+    def mean_of(group: list[dict]) -> torch.Tensor:
+        return torch.tensor([r["icl_windows"] for r in group], dtype=torch.float64).mean(0)
+
+    return mean_of(before) - mean_of(after)
+
+
+def icl_shift(rows: list[dict], at_step: int, against: list[dict] | None = None, *, n_boot: int = 2000,
+              seed: int = 0) -> tuple[float, float, float]:
+    """How much the mean in-context score falls from the checkpoints before `at_step` to those from it on:
+    (drop, lo, hi), with a 95% bootstrap interval over windows. Positive: the score fell (the model gained
+    more from context). Paired: every row holds `icl_windows` scored on the same windows
+    (`score_run(..., keep_windows=True)`), so each window's own difficulty cancels. With `against` (another
+    run's rows at the same steps, on the same windows), the drop in excess of that run's drop: training
+    lowers the score anyway, and only the excess belongs to what differs between the runs."""
+    per_window = _shift_per_window(rows, at_step)
+    if against is not None:
+        base = _shift_per_window(against, at_step)
+        if base.shape != per_window.shape:
+            raise ValueError(f"`against` was scored on {len(base)} windows, the rows on {len(per_window)}: "
+                             "score both runs with one Probe")
+        per_window = per_window - base
+    lo, hi = bootstrap_interval(per_window, n_boot=n_boot, seed=seed)
+    return float(per_window.mean()), lo, hi
 
 
 def score_run(run_dir: str | Path, probe: Probe | None = None, *, steps: Iterable[int] | None = None,
-              progress: bool = True) -> list[dict]:
+              keep_windows: bool = False, progress: bool = True) -> list[dict]:
     """Score every checkpoint of a run (or those at `steps`): step, tokens, text tokens and the
     `score_checkpoint` figures, written to `run_dir/scores.json`."""
     folders = checkpoints_of(run_dir)
@@ -353,7 +396,7 @@ def score_run(run_dir: str | Path, probe: Probe | None = None, *, steps: Iterabl
             probe = Probe.build(meta["recipe"]["data"], seq_len=meta["recipe"]["seq_len"])
         text = meta.get("text_tokens")  # None for runs that predate the count: see add_text_tokens
         rows.append({"step": meta["step"], "tokens": meta["tokens_seen"], "text_tokens": text,
-                     **score_checkpoint(load_model(folder), probe)})
+                     **score_checkpoint(load_model(folder), probe, keep_windows=keep_windows)})
     write_atomic(Path(run_dir) / SCORES_FILE, json.dumps(rows, indent=1).encode())
     return rows
 
