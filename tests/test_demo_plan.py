@@ -74,7 +74,7 @@ def test_a_plan_repeats_from_its_json_or_its_name():
     with pytest.raises(PlanError, match="unknown plan 'huge'"):
         candidate_named("huge")
     with pytest.raises(PlanError, match="is not a plan's JSON"):
-        Plan.from_json('{"name": "tiny-relu2"')
+        Plan.from_json('{"name": "tiny-relu2-512"')
 
 
 class Args:
@@ -108,9 +108,10 @@ def test_measure_times_real_steps_and_leaves_the_rng_alone():
 
 
 def test_dropout_follows_the_passes_over_the_sample():
-    """Batch 16 (the many-pass bf16 budget) keeps residual dropout; the batch-8 candidates (the few-pass AVX2
-    budget, where dropout only cost: 1.067 vs 1.053 bits/byte) train without it; attention dropout is off."""
+    """The first candidate (the many-pass bf16 budget) keeps residual dropout; the batch-8 x 256 candidates
+    (the few-pass AVX2 budget, where dropout only cost: 1.067 vs 1.053 bits/byte) train without it; attention
+    dropout is off."""
     overrides = {c.name: c.train_config().model_overrides for c in CANDIDATES}
-    assert overrides["tiny-relu2"]["dropout"] == 0.1
+    assert overrides["tiny-relu2-512"]["dropout"] == 0.1
     assert overrides["tiny-relu2-b8"]["dropout"] == overrides["small-relu2-b8"]["dropout"] == 0.0
     assert all(o["attn_dropout"] == 0.0 for o in overrides.values())

@@ -210,3 +210,14 @@ def test_chunked_loss_and_gradients_equal_the_plain_logits_path(dtype):
     with torch.no_grad():  # evaluation takes the gradient-free branch
         torch.testing.assert_close(model(idx, y, return_logits=False)[1], model(idx, y)[1],
                                    atol=1e-5, rtol=1e-5)
+
+
+def test_compile_plan_writes_attention_out_on_cpu_only_below_long_contexts():
+    from tinylib.config import TrainConfig
+    from tinylib.device import LONG_CONTEXT, compile_plan
+
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    assert compile_plan(TrainConfig(seq_len=256), cpu) == (True, "eager")  # inductor's fused loop wins
+    assert compile_plan(TrainConfig(seq_len=LONG_CONTEXT), cpu) == (True, "sdpa")  # flash skips the mask
+    assert compile_plan(TrainConfig(seq_len=256, compile="off"), cpu) == (False, "sdpa")
+    assert compile_plan(TrainConfig(seq_len=256), gpu) == (True, "sdpa")

@@ -121,17 +121,25 @@ def setup_distributed(device_pref: str = "auto",
     return rank, world, device
 
 
+# From this many positions on, the CPU flash kernel (which skips the masked half of the causal square) beats
+# the written-out attention even under compile: bench/attention_kernel.py on tiny at 4,096 tokens a step, 8 x
+# 512 takes 246 ms with SDPA and 316 ms written out (16 x 256: 225 and 226 ms; Intel Xeon with AMX, bf16, 2
+# threads, 2026-12-08).
+LONG_CONTEXT = 512
+
+
 def compile_plan(cfg: TrainConfig, device: torch.device) -> tuple[bool, str]:
     """(use torch.compile, attention implementation) for training on `device`.
 
-    On CUDA: compile, and SDPA (Flash Attention). On CPU: compile too, with attention written out ("eager"):
-    inductor fuses the mask and softmax into one generated loop, which beats the CPU flash kernel at these
-    model sizes (bench/train_throughput.py). Both attention paths give the same outputs; only speed differs.
+    On CUDA: compile, and SDPA (Flash Attention). On CPU: compile too, with attention written out ("eager")
+    below LONG_CONTEXT positions: inductor fuses the mask and softmax into one generated loop, which beats the
+    CPU flash kernel at these model sizes (bench/train_throughput.py). Both attention paths give the same
+    outputs; only speed differs.
     """
     if cfg.compile not in ("auto", "on", "off"):
         raise ValueError(f"compile={cfg.compile!r}; expected 'auto', 'on' or 'off'")
     use = cfg.compile == "on" or (cfg.compile == "auto" and device.type in ("cuda", "cpu"))
-    return use, "eager" if use and device.type == "cpu" else "sdpa"
+    return use, "eager" if use and device.type == "cpu" and cfg.seq_len < LONG_CONTEXT else "sdpa"
 
 
 def available_memory(device: torch.device) -> int | None:
