@@ -52,6 +52,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args(argv)
+    uneven = [t for t in args.seq_lens if t <= 0 or args.tokens % t]
+    if uneven:
+        parser.error(f"--seq-lens {uneven} do not divide --tokens {args.tokens}: every context needs a whole "
+                     "batch of the same tokens a step (try powers of two up to --tokens)")
     dtype = pick_dtype("auto", torch.device("cpu"))
     print(f"{describe_machine(torch.device('cpu'))}; {dtype_name(dtype)}; tiny (ReLU^2), {args.tokens} "
           f"tokens a step; compile_plan switches to sdpa at {LONG_CONTEXT}")

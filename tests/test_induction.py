@@ -203,6 +203,9 @@ def test_eager_head_scores_equal_the_bridge_scores():
     lens = head_scores(model, tokens)
     for kind in ("previous_token", "induction"):
         torch.testing.assert_close(torch.tensor(ours[kind]), lens[kind], rtol=1e-4, atol=1e-5)
+    kept = score_checkpoint(model, probe, keep_windows=True)  # each window's ICL score, for icl_shift
+    assert "icl_windows" not in ours and len(kept["icl_windows"]) == 2
+    assert sum(kept["icl_windows"]) / 2 == pytest.approx(ours["icl"], abs=1e-4)
 
 
 def test_head_matrices_reproduce_the_models_attention_scores_and_outputs():
